@@ -1,0 +1,5 @@
+import sys
+
+from clci_keras.cli import main
+
+sys.exit(main())

@@ -1,0 +1,64 @@
+"""`clci-keras` command line: one sub-module per subcommand.
+
+Each module under :mod:`clci_keras.cli` listed in :data:`SUBCOMMANDS` defines
+``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
+Modules are imported only when their subcommand runs, so ``clci-keras --help``
+stays fast and does not import TensorFlow.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+from clci_keras.version import __version__
+
+# name -> (module, one-line help). Order is the order shown in --help.
+SUBCOMMANDS = {
+    "summary": ("clci_keras.cli.summary", "build a model and print its summary and parameter count"),
+    "synth": ("clci_keras.cli.synth", "write a synthetic ATLAS-like dataset (R1.1 or 2.0 layout)"),
+    "prep": ("clci_keras.cli.prep", "convert an ATLAS tree (R1.1 or 2.0) into the HDF5 slice file"),
+    "split": ("clci_keras.cli.split", "write a subject-level split file (hold-out or 5-fold)"),
+    "train": ("clci_keras.cli.train", "train a model on an HDF5 file and a split"),
+    "evaluate": ("clci_keras.cli.evaluate", "per-patient 3D scores of trained weights"),
+    "tables": ("clci_keras.cli.tables", "regenerate the paper's Tables 1 and 2 from run folders"),
+    "demo": ("clci_keras.cli.demo", "synthetic end-to-end demo: data, training, evaluation, figure"),
+    "predict": ("clci_keras.cli.predict", "segment NIfTI T1 scans into NIfTI lesion masks"),
+}
+
+
+def _available():
+    return {k: v for k, v in SUBCOMMANDS.items() if importlib.util.find_spec(v[0]) is not None}
+
+
+def build_parser(load=None):
+    """Top-level parser; ``load`` names the one subcommand whose arguments are added."""
+    parser = argparse.ArgumentParser(
+        prog="clci-keras",
+        description="CLCI-Net (MICCAI 2019) stroke-lesion segmentation in Keras 3.",
+    )
+    parser.add_argument("--version", action="version", version=f"clci-keras {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_) in _available().items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        if name == load:
+            importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    available = _available()
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(load=command if command in available else None)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    module = importlib.import_module(available[args.command][0])
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""Loading and exporting weights across Keras 2 and Keras 3 formats.
+
+Formats read by :func:`load_weights`:
+
+* **legacy weights HDF5** (``model.save_weights("w.h5")`` in Keras 2.x, the
+  format the original CLCI-Net/X-Net code writes): root attribute
+  ``layer_names``; one group per layer with attribute ``weight_names``.
+  Layers that hold weights are matched **in topological order** (as Keras 2's
+  ``load_weights(by_name=False)`` does), so layer names need not agree.
+* **legacy full-model HDF5** (Keras 2 ``model.save("m.h5")``): the same layout
+  inside the ``model_weights`` group.
+* **Keras 3** ``.weights.h5`` and ``.keras`` archives (``model.save_weights`` /
+  ``model.save`` of this package), loaded with Keras' own loader.
+
+:func:`save_weights_legacy` writes the legacy weights layout, so that the
+original Keras 2 code can load weights trained here with ``load_weights``.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import zipfile
+
+import h5py
+import numpy as np
+
+from clci_keras.version import __version__
+
+
+class WeightsMismatchError(ValueError):
+    """The weights file does not fit the model's architecture."""
+
+
+def _decode(names):
+    return [n.decode("utf8") if isinstance(n, bytes) else str(n) for n in names]
+
+
+def _layers_with_weights(model):
+    return [layer for layer in _flat_layers(model) if layer.weights]
+
+
+def _flat_layers(model):
+    """Layers in topological order, nested models expanded (as Keras 2 saved them)."""
+    out = []
+    for layer in model.layers:
+        if hasattr(layer, "layers") and hasattr(layer, "inputs"):  # nested functional model
+            out.extend(_flat_layers(layer))
+        else:
+            out.append(layer)
+    return out
+
+
+def _ordered_weights(layer):
+    """Weights in Keras-2 order: trainable first, then non-trainable."""
+    return list(layer.trainable_weights) + list(layer.non_trainable_weights)
+
+
+def detect_format(path):
+    """Return ``'legacy_weights'``, ``'legacy_model'``, ``'keras3_weights'`` or ``'keras_archive'``."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if zipfile.is_zipfile(path):
+        return "keras_archive"
+    try:
+        with h5py.File(path, "r") as f:
+            if "layer_names" in f.attrs:
+                return "legacy_weights"
+            if "model_weights" in f and "layer_names" in f["model_weights"].attrs:
+                return "legacy_model"
+            if "layers" in f or "vars" in f or "_layer_checkpoint_dependencies" in f:
+                return "keras3_weights"
+    except OSError as e:
+        raise ValueError(f"{path}: not a readable HDF5 or .keras weights file ({e})") from e
+    raise ValueError(
+        f"{path}: unrecognised weights layout (neither legacy Keras 2 HDF5, "
+        "Keras 3 .weights.h5 nor a .keras archive)"
+    )
+
+
+def _load_legacy_group(model, group, path):
+    layer_names = _decode(group.attrs["layer_names"])
+    file_layers = []
+    for name in layer_names:
+        g = group[name]
+        weight_names = _decode(g.attrs.get("weight_names", []))
+        if weight_names:
+            file_layers.append((name, [np.asarray(g[w]) for w in weight_names]))
+    model_layers = _layers_with_weights(model)
+    for i, (layer, (fname, arrays)) in enumerate(zip(model_layers, file_layers)):
+        weights = _ordered_weights(layer)
+        want = [tuple(w.shape) for w in weights]
+        got = [tuple(a.shape) for a in arrays]
+        if want != got:
+            raise WeightsMismatchError(
+                f"{path}: weights do not fit the model: layer #{i} with weights, model layer "
+                f"{layer.name!r} ({type(layer).__name__}) expects shapes {want}, file layer "
+                f"{fname!r} holds {got}"
+            )
+    if len(model_layers) != len(file_layers):
+        k = min(len(model_layers), len(file_layers))
+        first = (
+            f"model layer {model_layers[k].name!r} ({type(model_layers[k]).__name__}) has no "
+            "counterpart in the file"
+            if k < len(model_layers)
+            else f"file layer {file_layers[k][0]!r} has no counterpart in the model"
+        )
+        raise WeightsMismatchError(
+            f"{path}: weights do not fit the model: the file has {len(file_layers)} layers with "
+            f"weights, model {model.name!r} has {len(model_layers)}; {first}"
+        )
+    for layer, (_, arrays) in zip(model_layers, file_layers):
+        for var, arr in zip(_ordered_weights(layer), arrays):
+            var.assign(arr.astype(var.dtype) if hasattr(var, "dtype") else arr)
+
+
+def load_weights(model, path):
+    """Load weights from any supported format into ``model`` (in place).
+
+    Args:
+        model: a built Keras model of the same architecture as the file.
+        path: legacy Keras 2 ``.h5`` (weights or full model), Keras 3
+            ``.weights.h5`` or a ``.keras`` archive.
+
+    Returns:
+        The detected format name.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        WeightsMismatchError: (a ``ValueError``) the architecture differs; the
+            message names the first layer that does not fit.
+    """
+    path = os.fspath(path)
+    fmt = detect_format(path)
+    if fmt in ("legacy_weights", "legacy_model"):
+        with h5py.File(path, "r") as f:
+            group = f if fmt == "legacy_weights" else f["model_weights"]
+            _load_legacy_group(model, group, path)
+        return fmt
+    # Keras' own loaders dispatch on the file suffix.
+    suffix = ".keras" if fmt == "keras_archive" else ".weights.h5"
+    tmpdir = None
+    src = path
+    if not path.endswith(suffix):
+        tmpdir = tempfile.mkdtemp(prefix="clci_weights_")
+        src = os.path.join(tmpdir, "weights" + suffix)
+        os.symlink(os.path.abspath(path), src)
+    try:
+        model.load_weights(src)
+    except ValueError as e:
+        raise WeightsMismatchError(f"{path}: weights do not fit model {model.name!r}: {e}") from e
+    finally:
+        if tmpdir:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+    return fmt
+
+
+def save_weights_legacy(model, path, keras_version="2.2.0"):
+    """Write ``model``'s weights in the Keras 2 legacy HDF5 layout.
+
+    The file is loadable by Keras 2.x ``model.load_weights(path)`` (topological
+    matching) on a model built by the original code, and by :func:`load_weights`.
+    ``keras_version`` is recorded as Keras 2 readers expect; the attribute
+    ``written_by`` names this package. Written to a temporary file, then renamed.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".h5.tmp", dir=directory)
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            layers = _flat_layers(model)
+            f.attrs["layer_names"] = np.array([l.name.encode("utf8") for l in layers])
+            f.attrs["backend"] = b"tensorflow"
+            f.attrs["keras_version"] = keras_version.encode("utf8")
+            f.attrs["written_by"] = f"clci_keras {__version__}".encode("utf8")
+            for layer in layers:
+                g = f.create_group(layer.name)
+                names = []
+                for var in _ordered_weights(layer):
+                    wname = f"{layer.name}/{var.name}:0"
+                    names.append(wname.encode("utf8"))
+                    g.create_dataset(wname, data=np.asarray(var.numpy()))
+                g.attrs["weight_names"] = np.array(names, dtype="S") if names else np.array([], dtype="S1")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path

@@ -1,0 +1,59 @@
+"""Installation script for clci_keras.
+
+CPU machines: ``pip install -e .[cpu,test]`` (tensorflow-cpu).
+GPU machines: ``pip install -e .[gpu,test]`` (tensorflow with CUDA wheels).
+"""
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(
+    r'__version__ = "([^"]+)"', (HERE / "clci_keras" / "version.py").read_text()
+).group(1)
+
+INSTALL_REQUIRES = [
+    "keras>=3.3",
+    "numpy>=1.24",
+    "h5py>=3.8",
+    "nibabel>=5.0",
+    "nilearn>=0.10.3",
+    "scipy>=1.10",
+    "scikit-image>=0.21",
+    "matplotlib>=3.7",
+    "pandas>=2.0",
+    "tqdm>=4.65",
+]
+
+EXTRAS = {
+    # TensorFlow is the backend; pick the build for the machine.
+    "cpu": ["tensorflow-cpu>=2.16"],
+    "gpu": ["tensorflow[and-cuda]>=2.16"],
+    # tf-keras (Keras 2 line) builds Keras-2 reference models in the tests only;
+    # it declares a dependency on plain `tensorflow`, so .ci/run installs it with --no-deps.
+    "test": ["pytest>=7.4", "nbclient>=0.9", "nbformat>=5.9", "ipykernel>=6.25", "papermill>=2.5"],
+    "notebooks": ["jupyterlab>=4.0", "papermill>=2.5", "ipykernel>=6.25"],
+}
+
+setup(
+    name="clci_keras",
+    version=VERSION,
+    description=(
+        "CLCI-Net (Yang et al., MICCAI 2019) for chronic-stroke lesion segmentation "
+        "in T1w MRI, reproduced in Keras 3"
+    ),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["clci_keras", "clci_keras.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["clci-keras=clci_keras.cli:main"]},
+    include_package_data=True,
+    classifiers=[
+        "Programming Language :: Python :: 3.11",
+        "Topic :: Scientific/Engineering :: Medical Science Apps.",
+        "Topic :: Scientific/Engineering :: Image Recognition",
+    ],
+)
