@@ -1,0 +1,310 @@
+"""Discovery and validated reading of ATLAS R1.1 and 2.0 source trees.
+
+R1.1 (as the original generator reads it): the table
+``ATLAS_Meta-Data_Release_1.1_standard_mni.csv`` at the release root lists
+subjects in order; columns 0-2 are the site folder (``Site1``), the subject
+id without its leading 0 (``31768``) and the session with a leading space
+(`` t01``).  The images live in ``<site>/0<id>/<session>/``: the T1 is the
+file whose ``_``-separated name has ``deface`` second to last
+(``031768_t1w_deface_stx.nii.gz``), the lesion masks are the files whose
+second ``_`` field is ``LesionSmooth`` (``031768_LesionSmooth_stx.nii.gz``,
+``031768_LesionSmooth_1_stx.nii.gz``, ...).
+
+2.0 (BIDS): ``Training/Rxxx/sub-rxxxsyyy/ses-N/anat/`` with
+``sub-..._ses-N_space-MNI152NLin2009aSym_T1w.nii.gz`` and
+``sub-..._ses-N_space-MNI152NLin2009aSym_label-L_desc-T1lesion_mask.nii.gz``;
+subjects are taken in sorted (cohort, subject, session) order.
+
+Every problem with the inputs raises :class:`AtlasDataError` (a
+``ValueError``) whose message names the file and the problem.  Masks with
+values other than 0/1 are binarised as the original generator does
+(``int(value) > 0``, i.e. values >= 1 are lesion) and reported as warnings.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import re
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from clci_keras.data.constants import ATLAS_SHAPE, R11_CSV_NAME
+
+_NII = (".nii.gz", ".nii")
+_V2_T1 = re.compile(r"^(sub-[A-Za-z0-9]+)_(ses-[A-Za-z0-9]+)_(?:.*_)?T1w\.nii(\.gz)?$")
+_V2_MASK_SUFFIX = "_label-L_desc-T1lesion_mask"
+
+
+class AtlasDataError(ValueError):
+    """Bad or missing input data; the message names the file and the problem."""
+
+
+class NonBinaryMaskWarning(UserWarning):
+    """A lesion mask had values other than 0 and 1 and was binarised."""
+
+
+@dataclass
+class SubjectRecord:
+    """Where one subject's files are, and how it was listed."""
+
+    index: int
+    subject_id: str
+    site: str
+    session: str
+    t1_path: str
+    mask_paths: list = field(default_factory=list)
+    csv_row: int = -1  # 1-based line number in the R1.1 table (-1 for 2.0)
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def _is_nii(name):
+    return name.endswith(_NII)
+
+
+def _strip_nii(name):
+    for ext in _NII:
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def is_r11_t1(name):
+    """R1.1 T1 rule of the original generator: 2nd-to-last '_' field is 'deface'."""
+    parts = name.split("_")
+    return _is_nii(name) and len(parts) >= 2 and parts[-2] == "deface"
+
+
+def is_r11_mask(name):
+    """R1.1 mask rule of the original generator: 2nd '_' field is 'LesionSmooth'."""
+    parts = name.split("_")
+    return _is_nii(name) and len(parts) >= 2 and parts[1] == "LesionSmooth"
+
+
+def detect_layout(src):
+    """Return "r1.1" or "v2" for the tree at ``src``; raise AtlasDataError otherwise."""
+    src = os.fspath(src)
+    if not os.path.isdir(src):
+        raise AtlasDataError(f"{src}: source folder does not exist or is not a folder.")
+    if os.path.isfile(os.path.join(src, R11_CSV_NAME)):
+        return "r1.1"
+    for root, dirs, files in os.walk(src):
+        dirs.sort()
+        if any(_V2_T1.match(f) for f in files):
+            return "v2"
+    raise AtlasDataError(
+        f"{src}: unknown layout: found neither the R1.1 table {R11_CSV_NAME!r} at its root "
+        "nor any ATLAS 2.0 BIDS image 'sub-*_ses-*_*T1w.nii.gz' below it."
+    )
+
+
+def _walk_files(folder):
+    out = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        out.extend(os.path.join(root, f) for f in sorted(files))
+    return out
+
+
+def discover_r11(src):
+    """Subjects of an R1.1 release, in the table's order (as the original generator)."""
+    src = os.fspath(src)
+    csv_path = os.path.join(src, R11_CSV_NAME)
+    if not os.path.isfile(csv_path):
+        raise AtlasDataError(f"{csv_path}: R1.1 metadata table not found.")
+    rows = None
+    for encoding in ("utf-8-sig", "latin-1"):  # latin-1 decodes any byte string
+        try:
+            with open(csv_path, newline="", encoding=encoding) as f:
+                rows = list(csv.reader(f))
+            break
+        except UnicodeDecodeError:
+            continue
+        except (OSError, csv.Error) as e:
+            raise AtlasDataError(f"{csv_path}: cannot read the table ({e}).") from e
+    records = []
+    for line_no, row in enumerate(rows[1:], start=2):  # row 1 is the header
+        if not row or all(not c.strip() for c in row):
+            continue
+        if len(row) < 3:
+            raise AtlasDataError(
+                f"{csv_path}, line {line_no}: expected at least 3 columns (site, subject id, session), got {row!r}."
+            )
+        site, sid, session = row[0].strip(), row[1].strip(), row[2].strip()
+        # The original joins '0' + id and drops the session's leading space.
+        candidates = [os.path.join(src, site, "0" + sid, session), os.path.join(src, site, sid, session)]
+        folder = next((c for c in candidates if os.path.isdir(c)), None)
+        if folder is None:
+            raise AtlasDataError(
+                f"{csv_path}, line {line_no}: row (site={site!r}, subject={sid!r}, session={session!r}) "
+                f"points to {candidates[0]}, which does not exist."
+            )
+        files = _walk_files(folder)
+        t1s = [p for p in files if is_r11_t1(os.path.basename(p))]
+        masks = [p for p in files if is_r11_mask(os.path.basename(p))]
+        where = f"(table line {line_no})"
+        if not t1s:
+            raise AtlasDataError(f"{folder}: missing T1: no '*_t1w_deface_stx.nii.gz' file {where}.")
+        if len(t1s) > 1:
+            raise AtlasDataError(f"{folder}: several T1 files {[os.path.basename(p) for p in t1s]} {where}.")
+        if not masks:
+            raise AtlasDataError(f"{folder}: missing lesion mask: no '*_LesionSmooth*_stx.nii.gz' file {where}.")
+        sub_id = os.path.basename(os.path.dirname(folder)) if os.path.dirname(folder) else sid
+        records.append(
+            SubjectRecord(len(records), sub_id, site, session, t1s[0], masks, csv_row=line_no)
+        )
+    if not records:
+        raise AtlasDataError(f"{csv_path}: the table lists no subjects.")
+    return records
+
+
+def discover_v2(src):
+    """Subjects of an ATLAS 2.0 BIDS tree, sorted by (cohort, subject, session).
+
+    If ``src`` has a ``Training`` folder only that folder is read (the 2.0
+    release's ``Testing`` images come without masks).
+    """
+    src = os.fspath(src)
+    if os.path.isdir(os.path.join(src, "Training")):
+        src = os.path.join(src, "Training")
+    found = {}
+    masks = {}
+    for path in _walk_files(src):
+        name = os.path.basename(path)
+        if not _is_nii(name):
+            continue
+        stem = _strip_nii(name)
+        m = _V2_T1.match(name)
+        if m:
+            found[os.path.join(os.path.dirname(path), stem[: -len("_T1w")])] = (path, m.group(1), m.group(2))
+        elif stem.endswith(_V2_MASK_SUFFIX):
+            masks[os.path.join(os.path.dirname(path), stem[: -len(_V2_MASK_SUFFIX)])] = path
+    if not found and not masks:
+        raise AtlasDataError(f"{src}: no ATLAS 2.0 images ('sub-*_ses-*_*T1w.nii.gz') found.")
+    for key, mpath in sorted(masks.items()):
+        if key not in found:
+            raise AtlasDataError(f"{mpath}: missing T1: lesion mask has no matching '*_T1w.nii.gz' next to it.")
+    items = []
+    for key, (t1, sub, ses) in found.items():
+        if key not in masks:
+            raise AtlasDataError(
+                f"{t1}: missing lesion mask: expected {os.path.basename(key) + _V2_MASK_SUFFIX}.nii.gz next to it."
+            )
+        # Cohort: the folder above sub-*/ (Training/R001/sub-r001s001/ses-1/anat).
+        parts = os.path.normpath(t1).split(os.sep)
+        cohort = ""
+        if sub in parts:
+            i = parts.index(sub)
+            cohort = parts[i - 1] if i > 0 else ""
+        if not re.fullmatch(r"R\d+", cohort or ""):
+            m = re.match(r"sub-r(\d+)s", sub)
+            cohort = f"R{m.group(1)}" if m else cohort
+        items.append((cohort, sub, ses, t1, [masks[key]]))
+    items.sort(key=lambda t: (t[0], t[1], t[2]))
+    return [SubjectRecord(i, sub, cohort, ses, t1, mk) for i, (cohort, sub, ses, t1, mk) in enumerate(items)]
+
+
+def discover_subjects(src, layout="auto"):
+    """Return ``(layout, records)`` for the tree at ``src``."""
+    if layout not in ("auto", "r1.1", "v2"):
+        raise AtlasDataError(f"Unknown layout {layout!r}; expected 'auto', 'r1.1' or 'v2'.")
+    if layout == "auto":
+        layout = detect_layout(src)
+    elif not os.path.isdir(os.fspath(src)):
+        raise AtlasDataError(f"{src}: source folder does not exist or is not a folder.")
+    records = discover_r11(src) if layout == "r1.1" else discover_v2(src)
+    return layout, records
+
+
+def load_nifti(path, what="image"):
+    """Load a NIfTI file fully; returns ``(array as stored (scaled), affine)``.
+
+    Raises AtlasDataError naming ``path`` for missing, unreadable or truncated
+    files and for NaN/inf voxels.  A trailing axis of size 1 is dropped.
+    """
+    import nibabel as nib
+
+    if not os.path.isfile(path):
+        raise AtlasDataError(f"{path}: {what} file not found.")
+    try:
+        img = nib.load(path)
+        arr = np.asanyarray(img.dataobj)  # what the original's get_data() returned
+    except Exception as e:  # nibabel/gzip/zlib raise many types for corrupt files
+        raise AtlasDataError(
+            f"{path}: cannot read {what} ({type(e).__name__}: {e}); the file is truncated, corrupt or not NIfTI."
+        ) from e
+    if arr.ndim == 4 and arr.shape[3] == 1:
+        arr = arr[..., 0]
+    if np.issubdtype(arr.dtype, np.floating):
+        bad = ~np.isfinite(arr)
+        n_bad = int(np.count_nonzero(bad))
+        if n_bad:
+            raise AtlasDataError(f"{path}: {what} has {n_bad} NaN/inf voxels.")
+    return arr, np.asarray(img.affine, dtype=np.float64)
+
+
+def binarize_mask(arr):
+    """Original rule: ``int(value) > 0`` (truncation towards zero) -> 1, else 0.
+
+    Returns ``(uint8 mask, description of non-binary values or None)``.
+    """
+    arr = np.asanyarray(arr)
+    if arr.dtype == np.bool_:
+        return arr.astype(np.uint8), None
+    nonbinary = (arr != 0) & (arr != 1)
+    note = None
+    if nonbinary.any():
+        vals = np.unique(arr[nonbinary])
+        shown = ", ".join(f"{v:g}" for v in vals[:6]) + (", ..." if vals.size > 6 else "")
+        note = f"{int(nonbinary.sum())} voxels with values other than 0/1 ({shown}); binarised as int(value) > 0"
+    if np.issubdtype(arr.dtype, np.floating):
+        out = (np.trunc(arr) > 0).astype(np.uint8)
+    else:
+        out = (arr > 0).astype(np.uint8)
+    return out, note
+
+
+def load_subject(record, expected_shape=ATLAS_SHAPE, atol=1e-3):
+    """Read and validate one subject.
+
+    Returns a dict with ``t1`` (array as stored), ``label`` (uint8 0/1, all
+    masks merged), ``affine``, ``warnings`` (list of strings) and
+    ``lesion_voxels``.
+    """
+    if isinstance(record, dict):
+        record = SubjectRecord(**record)
+    t1, affine = load_nifti(record.t1_path, "T1 image")
+    if t1.ndim != 3 or (expected_shape is not None and tuple(t1.shape) != tuple(expected_shape)):
+        raise AtlasDataError(
+            f"{record.t1_path}: T1 image has shape {tuple(t1.shape)}, expected {tuple(expected_shape)} "
+            "(the 1 mm MNI152 grid of ATLAS)."
+        )
+    if not record.mask_paths:
+        raise AtlasDataError(f"{record.t1_path}: missing lesion mask for subject {record.subject_id}.")
+    label = np.zeros(t1.shape, dtype=np.uint8, order="F")  # nibabel's order: z-slices are contiguous
+    notes = []
+    for mp in record.mask_paths:
+        m, maff = load_nifti(mp, "lesion mask")
+        if tuple(m.shape) != tuple(t1.shape):
+            raise AtlasDataError(
+                f"{mp}: shape mismatch: lesion mask has shape {tuple(m.shape)} but the T1 "
+                f"{os.path.basename(record.t1_path)} has {tuple(t1.shape)}."
+            )
+        if not np.allclose(maff, affine, atol=atol):
+            raise AtlasDataError(
+                f"{mp}: affine mismatch with the T1 {os.path.basename(record.t1_path)}: "
+                f"mask affine {np.round(maff, 4).tolist()} vs T1 affine {np.round(affine, 4).tolist()}."
+            )
+        b, note = binarize_mask(m)
+        if note:
+            notes.append(f"{mp}: {note}")
+        label |= b
+    return {
+        "t1": t1,
+        "label": label,
+        "affine": affine,
+        "warnings": notes,
+        "lesion_voxels": int(label.sum(dtype=np.int64)),
+    }

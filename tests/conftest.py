@@ -1,0 +1,55 @@
+"""Shared pytest fixtures: small synthetic ATLAS-like datasets (session-scoped).
+
+* ``synthetic_r11_dir``: R1.1 release tree, 4 subjects, seed 0 (subject 0
+  has two lesion masks).
+* ``synthetic_h5``: ``clci-keras prep`` of ``synthetic_r11_dir``
+  (4 x 189 slices, intensity scheme "r1.1").
+* ``synthetic_v2_dir`` / ``synthetic_v2_h5``: 2.0 BIDS tree, 3 subjects, seed 1,
+  and its HDF5 file (intensity scheme "v2").
+
+Treat them as read-only; copy before modifying.
+"""
+import os
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+SYNTH_R11_SUBJECTS = 4
+SYNTH_V2_SUBJECTS = 3
+
+
+@pytest.fixture(scope="session")
+def synthetic_r11_dir(tmp_path_factory):
+    from clci_keras.data.synthetic import generate_dataset
+
+    out = tmp_path_factory.mktemp("synth") / "atlas_r11"
+    generate_dataset(out, layout="r1.1", n_subjects=SYNTH_R11_SUBJECTS, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def synthetic_h5(synthetic_r11_dir, tmp_path_factory):
+    from clci_keras.data.preprocess import prepare_h5
+
+    out = tmp_path_factory.mktemp("h5") / "atlas_r11.h5"
+    prepare_h5(synthetic_r11_dir, out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def synthetic_v2_dir(tmp_path_factory):
+    from clci_keras.data.synthetic import generate_dataset
+
+    out = tmp_path_factory.mktemp("synth") / "atlas_v2"
+    generate_dataset(out, layout="v2", n_subjects=SYNTH_V2_SUBJECTS, seed=1)
+    return out
+
+
+@pytest.fixture(scope="session")
+def synthetic_v2_h5(synthetic_v2_dir, tmp_path_factory):
+    from clci_keras.data.preprocess import prepare_h5
+
+    out = tmp_path_factory.mktemp("h5") / "atlas_v2.h5"
+    prepare_h5(synthetic_v2_dir, out, progress=False)
+    return out
