@@ -1,0 +1,169 @@
+"""Tests for the model registry and the paper's comparison methods.
+
+Full-size (224x176) models are only built (parameter counts); forward passes,
+save/load run at 64x48 and three eager training steps at 32x32, to stay fast on a CPU.
+"""
+import keras
+import numpy as np
+import pytest
+
+from clci_keras.models import build_model, get_model_spec, list_models
+from clci_keras.models.common import (
+    AdaptiveAveragePooling2D,
+    BilinearKernel,
+    ResizeTo,
+    adaptive_bins,
+)
+
+SMALL = (64, 48, 1)
+TRAIN = (32, 32, 1)
+STEPS = 3
+COMPARATORS = ("fcn8s", "pspnet", "deeplabv3plus", "denseunet")
+EXPECTED = {"clci_net", "baseline", "clci_aspp", "clci_aspp_clf", *COMPARATORS}
+#: Parameters at 224x176x1 (pinned: a change here changes the README table).
+PARAMS = {
+    "clci_net": 36_838_305,
+    "fcn8s": 41_475_171,
+    "pspnet": 46_763_585,
+    "deeplabv3plus": 40_527_361,
+    "denseunet": 49_739_649,
+}
+
+
+def _toy_batch(shape=SMALL, n=2, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, *shape)).astype("float32")
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    blob = ((yy - shape[0] / 2) ** 2 + (xx - shape[1] / 3) ** 2 < (shape[1] / 4) ** 2)
+    y = np.broadcast_to(blob[None, :, :, None], (n, *shape[:2], 1)).astype("float32")
+    x[..., :1] += 2.0 * y  # the lesion is brighter
+    return x, y
+
+
+def test_registry_lists_every_table_row():
+    assert set(list_models()) == EXPECTED
+    assert list_models() == sorted(list_models())
+    for name in COMPARATORS:
+        spec = get_model_spec(name)
+        assert spec.reference and spec.description and spec.table.startswith("Table 1")
+
+
+def test_unknown_name_lists_known_models():
+    with pytest.raises(ValueError, match="unet3000") as err:
+        build_model("unet3000")
+    for name in EXPECTED:
+        assert name in str(err.value)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_full_size_builds(name):
+    model = build_model(name)
+    assert model.input_shape == (None, 224, 176, 1)
+    assert model.output_shape == (None, 224, 176, 1)
+    assert model.name == name
+    if name in PARAMS:
+        assert model.count_params() == PARAMS[name]
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_small_forward_and_keras_round_trip(name, tmp_path):
+    keras.utils.set_random_seed(0)
+    model = build_model(name, input_shape=SMALL)
+    x, _ = _toy_batch()
+    y = np.asarray(model(x, training=False))
+    assert y.shape == (2, *SMALL[:2], 1)
+    assert np.all(np.isfinite(y))
+    assert y.min() >= 0.0 and y.max() <= 1.0
+    if name != "fcn8s":  # FCN zero-initialises its score layers: 0.5 everywhere at first
+        assert y.std() > 0
+
+    path = tmp_path / f"{name}.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    assert [l.name for l in loaded.layers] == [l.name for l in model.layers]
+    np.testing.assert_array_equal(np.asarray(loaded(x, training=False)), y)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_few_steps_lower_the_loss(name):
+    keras.utils.set_random_seed(1)
+    model = build_model(name, input_shape=TRAIN)
+    # Eager steps: tracing a train function of these graphs costs more than a few steps.
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-4), loss="binary_crossentropy", run_eagerly=True
+    )
+    x, y = _toy_batch(TRAIN, n=2)
+    # One batch per epoch: each entry is the training-mode loss before that step.
+    losses = model.fit(x, y, batch_size=2, epochs=STEPS, verbose=0, shuffle=False).history["loss"]
+    assert np.all(np.isfinite(losses))
+    assert losses[-1] < losses[0] - 0.01, losses
+
+
+@pytest.mark.parametrize("name", COMPARATORS)
+def test_any_size_same_size_out(name, shape=(50, 37, 2)):
+    model = build_model(name, input_shape=shape, num_class=3)
+    assert model.output_shape == (None, *shape[:2], 3)
+    x = np.random.default_rng(0).normal(size=(1, *shape)).astype("float32")
+    y = np.asarray(model(x, training=False))
+    assert y.shape == (1, *shape[:2], 3)
+    np.testing.assert_allclose(y.sum(-1), 1.0, atol=1e-5)  # softmax over classes
+
+
+@pytest.mark.parametrize("name", COMPARATORS)
+@pytest.mark.parametrize("shape", [(7, 176, 1), (224, 176), (0, 176, 1), "224x176"])
+def test_bad_shapes_raise(name, shape):
+    with pytest.raises(ValueError, match="input_shape"):
+        build_model(name, input_shape=shape)
+
+
+@pytest.mark.parametrize("name", COMPARATORS)
+def test_bad_num_class_raises(name):
+    with pytest.raises(ValueError, match="num_class=0"):
+        build_model(name, input_shape=SMALL, num_class=0)
+
+
+def test_deterministic_layer_names_and_input_tensor():
+    a = build_model("fcn8s", input_shape=SMALL)
+    tensor = keras.Input(shape=SMALL, name="slices")
+    b = build_model("fcn8s", input_tensor=tensor)
+    assert b.input_shape == (None, *SMALL)
+    assert [l.name for l in a.layers][1:] == [l.name for l in b.layers][1:]
+
+
+def test_pspnet_aux_head_and_odd_bins():
+    model = build_model("pspnet", input_shape=SMALL, aux_head=True)
+    assert [o.shape for o in model.outputs] == [(None, *SMALL[:2], 1)] * 2
+    assert model.output_names == ["output", "aux_output"]
+    # 224x176 input: the pyramid pools a 28x22 map into 1, 2, 3 and 6 bins.
+    full = build_model("pspnet")
+    assert full.get_layer("ppm_pool6").input.shape[1:3] == (28, 22)
+
+
+def test_adaptive_pooling_matches_manual_bins():
+    x = np.random.default_rng(0).normal(size=(2, 28, 22, 3)).astype("float32")
+    y = np.asarray(AdaptiveAveragePooling2D((6, 3))(x))
+    assert y.shape == (2, 6, 3, 3)
+    for i, (h0, h1) in enumerate(adaptive_bins(28, 6)):
+        for j, (w0, w1) in enumerate(adaptive_bins(22, 3)):
+            np.testing.assert_allclose(y[:, i, j], x[:, h0:h1, w0:w1].mean((1, 2)), rtol=1e-5)
+    assert adaptive_bins(22, 6) == [(0, 4), (3, 8), (7, 11), (11, 15), (14, 19), (18, 22)]
+    # Divisible sizes: plain average pooling.
+    z = np.asarray(AdaptiveAveragePooling2D(2)(x[:, :28, :22]))
+    ref = np.asarray(keras.layers.AveragePooling2D((14, 11))(x))
+    np.testing.assert_allclose(z, ref, rtol=1e-5)
+    with pytest.raises(ValueError, match="output_size"):
+        AdaptiveAveragePooling2D((0, 2))
+
+
+def test_bilinear_transposed_conv_is_bilinear_upsampling():
+    x = np.random.default_rng(0).normal(size=(1, 8, 6, 2)).astype("float32")
+    for factor in (2, 8):
+        up = keras.layers.Conv2DTranspose(
+            2, 2 * factor, strides=factor, padding="same", use_bias=False,
+            kernel_initializer=BilinearKernel(),
+        )(x)
+        ref = np.asarray(ResizeTo((8 * factor, 6 * factor))(x))
+        inner = slice(factor, -factor)  # borders differ (zero padding vs clamping)
+        np.testing.assert_allclose(
+            np.asarray(up)[:, inner, inner], ref[:, inner, inner], atol=1e-5
+        )
