@@ -1,0 +1,485 @@
+"""Whole-volume lesion segmentation of T1 NIfTI images with a trained 2D model.
+
+The data path is the training path of :mod:`clci_keras.data`: a volume on the
+ATLAS grid (MNI152 2009, 1 mm, 197 x 233 x 189) is scaled with the training
+intensity scheme, cut into 189 axial slices (``v[:, :, i].T``), cropped to the
+model's window (224 x 176 for CLCI-Net), segmented slice by slice, and the
+probabilities are pasted back into the full slices with the crop's border set
+to background (0).
+
+Inputs on other grids are brought to the ATLAS grid first:
+
+* the ATLAS grid stored in another voxel-axis order or with flipped axes
+  (e.g. LAS) is reoriented with nibabel's orientation transforms, which is
+  lossless, and the outputs are reoriented back;
+* any other grid (other voxel size, field of view or an oblique affine) is
+  resampled to the ATLAS grid through the two affines (trilinear), and the
+  mask is resampled back with nearest neighbour (probabilities: trilinear),
+  with a :class:`GridWarning`: the model expects MNI-registered input, and
+  resampling does not register a scan.
+
+Speed: only the axial slices of the ATLAS grid that contain brain in the
+MNI152 brain mask shipped with nilearn (155 of 189: z = 0..154) are computed;
+the others are set to background, since a lesion cannot lie outside the
+brain. ``skip_empty_slices=False`` computes every slice. Slices are run in
+batches of a fixed size (the last batch is zero-padded), so each computed
+slice goes through the same compiled function with the same shapes as when
+every slice is computed, and gets the same result.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import time
+import warnings
+
+import numpy as np
+
+from clci_keras.data.constants import ATLAS_SHAPE, CROPS, DEFAULT_CROP
+from clci_keras.data.intensity import SCHEMES, normalize_intensity
+from clci_keras.data.slicing import crop_shape, crop_slices, slices_to_volume, uncrop_slices, volume_to_slices
+from clci_keras.inference.io import InputError, describe, validate_volume
+
+#: Affine of the ATLAS grid (nilearn's MNI152 2009 1 mm template): RAS, 1 mm, origin at voxel (98, 134, 72).
+ATLAS_AFFINE = np.array(
+    [[1.0, 0.0, 0.0, -98.0], [0.0, 1.0, 0.0, -134.0], [0.0, 0.0, 1.0, -72.0], [0.0, 0.0, 0.0, 1.0]]
+)
+#: Largest difference (mm) between an input's affine and :data:`ATLAS_AFFINE` still taken as the ATLAS grid.
+GRID_ATOL = 1e-2
+#: Slices per model call. Measured on a 2-core AVX-512 CPU (benchmarks/RESULTS.md):
+#: larger batches give no further speed and cost memory.
+DEFAULT_BATCH_SIZE = 4
+#: Precision names of :func:`build_inference_model` -> Keras dtype policies.
+PRECISIONS = {"fp32": "float32", "bf16": "mixed_bfloat16"}
+
+
+class GridWarning(UserWarning):
+    """The input is not on the ATLAS MNI152 1 mm grid and was resampled to it."""
+
+
+class WeightsError(ValueError):
+    """Weights that cannot be read, or that belong to another architecture."""
+
+
+@dataclasses.dataclass
+class Segmentation:
+    """Result of :func:`segment_image`.
+
+    Attributes:
+        mask: uint8 NIfTI image (0/1) with the input's shape, affine and header.
+        probabilities: float32 NIfTI image of the lesion probability, or ``None``.
+        grid: how the input was mapped to the ATLAS grid: ``"atlas"`` (as is),
+            ``"reoriented"`` (lossless axis permutation/flip) or ``"resampled"``.
+        slices_computed: axial slices the model ran on (of 189).
+        seconds: wall time of the whole call.
+        notes: warnings issued for this input (also raised as ``GridWarning``).
+    """
+
+    mask: object
+    probabilities: object
+    grid: str
+    slices_computed: int
+    seconds: float
+    notes: list
+
+
+# --------------------------------------------------------------------------
+# Runtime set-up
+# --------------------------------------------------------------------------
+def configure_threads(intra_op=None, inter_op=None, warn=True):
+    """Set TensorFlow's intra-/inter-op thread pools (before TensorFlow runs anything).
+
+    Args:
+        intra_op: threads inside one op (convolutions); ``None`` or 0 keeps
+            TensorFlow's default (all cores).
+        inter_op: ops run concurrently; ``None`` or 0 keeps the default.
+
+    Returns ``True`` if applied, ``False`` (with a warning if ``warn``) if
+    TensorFlow had already started and the settings could not change.
+    """
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    try:
+        if intra_op:
+            tf.config.threading.set_intra_op_parallelism_threads(int(intra_op))
+        if inter_op:
+            tf.config.threading.set_inter_op_parallelism_threads(int(inter_op))
+    except RuntimeError as e:
+        if warn:
+            warnings.warn(f"thread settings not applied, TensorFlow is already running: {e}")
+        return False
+    return True
+
+
+def build_inference_model(name="clci_net", weights=None, precision="fp32", crop=None, optimize=True):
+    """Build a registered model for inference, load its weights and optimise it.
+
+    Args:
+        name: a name of :func:`clci_keras.models.list_models`.
+        weights: path of weights in any format of
+            :func:`clci_keras.models.load_weights`, or ``None`` (random weights).
+        precision: ``"fp32"``, or ``"bf16"`` to build the model under Keras'
+            ``mixed_bfloat16`` policy (bfloat16 compute, float32 variables; the
+            same weight files load). Faster on CPUs with AVX-512 BF16 / AMX.
+        crop: input window name (``"clci"``: 224 x 176, ``"xnet"``: 224 x 192);
+            defaults to ``"clci"``.
+        optimize: apply :func:`clci_keras.inference.optimize.optimize_for_inference`:
+            the exact zero-state ConvLSTM rewrite (same outputs, 19 % fewer
+            FLOPs for CLCI-Net) and, for ``"bf16"`` only, batch-norm folding.
+
+    Raises:
+        ValueError: unknown ``name``, ``precision`` or ``crop``.
+        WeightsError: ``weights`` is missing, unreadable or of another
+            architecture; the message names the file.
+    """
+    import keras
+
+    from clci_keras.models import build_model, load_weights
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"`precision` must be one of {sorted(PRECISIONS)}, got precision={precision!r}")
+    crop = DEFAULT_CROP if crop is None else crop
+    if crop not in CROPS:
+        raise ValueError(f"`crop` must be one of {sorted(CROPS)}, got crop={crop!r}")
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(PRECISIONS[precision])
+    try:
+        model = build_model(name, input_shape=(*crop_shape(crop), 1))
+    finally:
+        keras.config.set_dtype_policy(previous)
+    if weights is not None:
+        path = os.fspath(weights)
+        try:
+            load_weights(model, path)
+        except Exception as e:  # FileNotFoundError, WeightsMismatchError, OSError, h5py/zip errors
+            msg = str(e)
+            if msg.startswith(path + ": "):
+                msg = msg[len(path) + 2 :]
+            raise WeightsError(
+                f"{path}: cannot load these weights into model {name!r} ({type(e).__name__}: {msg})"
+            ) from e
+    if optimize:
+        from clci_keras.inference.optimize import optimize_for_inference
+
+        model = optimize_for_inference(model, fold_batch_norm=precision == "bf16")
+    return model
+
+
+@functools.lru_cache(maxsize=1)
+def brain_slice_indices():
+    """Axial slice indices (z) of the ATLAS grid that contain brain (155 of 189).
+
+    From the MNI152 1 mm brain mask shipped with nilearn (no download). Not
+    from the image: ATLAS T1 images keep the skull, so their non-zero voxels
+    cover almost every slice.
+    """
+    from nilearn.datasets import load_mni152_brain_mask
+
+    mask_img = load_mni152_brain_mask(resolution=1)
+    mask = np.asanyarray(mask_img.dataobj) > 0
+    if mask.shape != ATLAS_SHAPE or not np.allclose(mask_img.affine, ATLAS_AFFINE, atol=GRID_ATOL):
+        mask = _resample(mask.astype(np.float32), mask_img.affine, ATLAS_AFFINE, ATLAS_SHAPE, order=0) > 0
+    return tuple(int(i) for i in np.flatnonzero(mask.any(axis=(0, 1))))
+
+
+# --------------------------------------------------------------------------
+# Grid mapping
+# --------------------------------------------------------------------------
+def _resample(data, src_affine, dst_affine, dst_shape, order):
+    """Resample ``data`` (on ``src_affine``) onto the ``dst_affine``/``dst_shape`` grid; 0 outside."""
+    from scipy import ndimage
+
+    # dst voxel -> world -> src voxel
+    m = np.linalg.solve(src_affine, dst_affine)
+    return ndimage.affine_transform(
+        np.asarray(data, dtype=np.float32),
+        m[:3, :3],
+        offset=m[:3, 3],
+        output_shape=tuple(dst_shape),
+        order=order,
+        mode="constant",
+        cval=0.0,
+        prefilter=False,
+    )
+
+
+class _GridMap:
+    """Maps a volume to the ATLAS grid and arrays on the ATLAS grid back."""
+
+    def __init__(self, shape, affine, name):
+        import nibabel as nib
+        from nibabel import orientations as no
+
+        self.shape = tuple(shape)
+        self.affine = np.asarray(affine, dtype=np.float64)
+        self.notes = []
+        ornt = no.io_orientation(self.affine)
+        to_ras = no.ornt_transform(ornt, no.axcodes2ornt("RAS"))
+        ras_affine = self.affine @ no.inv_ornt_aff(to_ras, self.shape)
+        ras_shape = tuple(int(self.shape[int(a)]) for a in np.argsort(to_ras[:, 0]))
+        if ras_shape == ATLAS_SHAPE and np.allclose(ras_affine, ATLAS_AFFINE, atol=GRID_ATOL):
+            identity = np.array_equal(to_ras, no.axcodes2ornt("RAS"))
+            self.kind = "atlas" if identity else "reoriented"
+            self._to_ras = to_ras
+            self._from_ras = no.ornt_transform(no.axcodes2ornt("RAS"), ornt)
+            if not identity:
+                self.notes.append(
+                    f"{name}: ATLAS grid stored as {''.join(nib.aff2axcodes(self.affine))}; "
+                    "reoriented to RAS and back (lossless)"
+                )
+        else:
+            self.kind = "resampled"
+            zooms = np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))
+            self.notes.append(
+                f"{name}: not on the ATLAS MNI152 1 mm grid (shape {self.shape}, voxel axes "
+                f"{''.join(nib.aff2axcodes(self.affine))}, voxel size "
+                f"{'x'.join(f'{z:.3g}' for z in zooms)} mm); resampled to it (trilinear) and the "
+                "mask resampled back (nearest neighbour). The model expects T1 images registered "
+                "to MNI152 like ATLAS; register the scan first (e.g. FSL FLIRT, ANTs) or the mask "
+                "is unreliable"
+            )
+
+    def to_atlas(self, data):
+        from nibabel.orientations import apply_orientation
+
+        if self.kind == "atlas":
+            return data
+        if self.kind == "reoriented":
+            return apply_orientation(data, self._to_ras)
+        return _resample(data, self.affine, ATLAS_AFFINE, ATLAS_SHAPE, order=1)
+
+    def from_atlas(self, arr, order):
+        """``order`` 0 (nearest, masks) or 1 (trilinear, probabilities) when resampling."""
+        from nibabel.orientations import apply_orientation
+
+        if self.kind == "atlas":
+            return arr
+        if self.kind == "reoriented":
+            return apply_orientation(arr, self._from_ras)
+        return _resample(arr, ATLAS_AFFINE, self.affine, self.shape, order=order)
+
+
+# --------------------------------------------------------------------------
+# Model on slices
+# --------------------------------------------------------------------------
+def model_crop(model):
+    """Crop name whose window matches ``model``'s input (224 x 176 -> ``"clci"``)."""
+    shape = model.input_shape
+    if isinstance(shape, list) or len(shape) != 4:
+        raise ValueError(f"expected a model with one (batch, H, W, 1) input, got input_shape={shape!r}")
+    h, w, c = shape[1:]
+    if c not in (1, None):
+        raise ValueError(f"expected a model with one input channel (T1), got input_shape={shape!r}")
+    if h is None and w is None:
+        return DEFAULT_CROP
+    for name in CROPS:
+        if crop_shape(name) == (h, w):
+            return name
+    raise ValueError(
+        f"model input {h}x{w} matches no crop window "
+        f"({', '.join(f'{k}: {crop_shape(k)[0]}x{crop_shape(k)[1]}' for k in CROPS)})"
+    )
+
+
+def _lesion_channel(y):
+    """Lesion probability from a model output (B, H, W, C): sigmoid channel or softmax class 1."""
+    y = np.asarray(y)
+    if y.ndim == 4 and y.shape[-1] == 1:
+        return y[..., 0]
+    if y.ndim == 4 and y.shape[-1] == 2:
+        return y[..., 1]
+    raise ValueError(f"expected model outputs (batch, H, W, 1) or (batch, H, W, 2), got shape {y.shape}")
+
+
+def predict_slices(model, slices, batch_size=DEFAULT_BATCH_SIZE, progress=False):
+    """Run ``model`` on cropped slices ``(N, H, W)``; returns float32 ``(N, H, W)`` probabilities.
+
+    Every call has exactly ``batch_size`` slices (the last batch is padded
+    with zeros), so a slice's result does not depend on how many slices are
+    computed.
+    """
+    batch_size = int(batch_size)
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive integer, got batch_size={batch_size!r}")
+    slices = np.asarray(slices, dtype=np.float32)
+    n = len(slices)
+    out = np.zeros(slices.shape[:3], dtype=np.float32)
+    buf = np.zeros((batch_size, *slices.shape[1:3], 1), dtype=np.float32)
+    starts = range(0, n, batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, total=-(-n // batch_size), unit="batch", leave=False)
+    for s in starts:
+        k = min(batch_size, n - s)
+        buf[:k, ..., 0] = slices[s : s + k]
+        buf[k:] = 0.0
+        out[s : s + k] = _lesion_channel(model.predict_on_batch(buf))[:k]
+    return out
+
+
+def predict_atlas_volume(
+    model,
+    volume,
+    intensity="r1.1",
+    batch_size=DEFAULT_BATCH_SIZE,
+    skip_empty_slices=True,
+    progress=False,
+):
+    """Lesion probabilities of one T1 volume on the ATLAS grid (the training data path).
+
+    Args:
+        model: Keras model mapping (B, H, W, 1) slices to (B, H, W, 1) probabilities,
+            H x W a crop window of :data:`clci_keras.data.constants.CROPS`.
+        volume: (197, 233, 189) array as stored (unscaled).
+        intensity: training intensity scheme (:func:`clci_keras.data.intensity.normalize_intensity`).
+        batch_size: slices per model call.
+        skip_empty_slices: compute only :func:`brain_slice_indices`; others are 0.
+
+    Returns:
+        ``(probabilities, n_computed)``: float32 (197, 233, 189) and the number of slices computed.
+    """
+    if intensity not in SCHEMES:
+        raise ValueError(f"`intensity` must be one of {SCHEMES}, got intensity={intensity!r}")
+    crop = model_crop(model)
+    x = crop_slices(volume_to_slices(normalize_intensity(volume, intensity)), crop)
+    idx = np.asarray(brain_slice_indices()) if skip_empty_slices else np.arange(len(x))
+    prob = np.zeros(x.shape, dtype=np.float32)
+    prob[idx] = predict_slices(model, x[idx], batch_size=batch_size, progress=progress)
+    return np.ascontiguousarray(slices_to_volume(uncrop_slices(prob, crop, fill=0.0))), len(idx)
+
+
+# --------------------------------------------------------------------------
+# NIfTI in, NIfTI out
+# --------------------------------------------------------------------------
+def _image_like(ref, data, dtype, description):
+    """A NIfTI image of ``data`` with ``ref``'s class, shape, affine and header (sform/qform codes kept)."""
+    header = ref.header.copy()
+    header.set_data_dtype(dtype)
+    header.set_intent("none")
+    header["descrip"] = description.encode("ascii")[:79]
+    header["cal_min"], header["cal_max"] = 0, 1
+    # The copied header already holds ref's sform/qform (with their codes) and matches
+    # ref.affine, so nibabel leaves them as they are; out.affine is ref.affine exactly.
+    out = type(ref)(np.asarray(data, dtype=dtype).reshape(ref.shape), ref.affine, header)
+    out.header.set_slope_inter(1.0, 0.0)
+    for code in ("sform_code", "qform_code"):
+        out.header[code] = ref.header[code]
+    return out
+
+
+def segment_image(
+    model,
+    image,
+    *,
+    threshold=0.5,
+    intensity="r1.1",
+    batch_size=DEFAULT_BATCH_SIZE,
+    skip_empty_slices=True,
+    return_probabilities=False,
+    progress=False,
+    data=None,
+):
+    """Segment one NIfTI T1 image; returns a :class:`Segmentation` (mask, probabilities, details).
+
+    Arguments as :func:`predict_volume`; ``data`` optionally passes the already
+    loaded voxel array of ``image``. Grid notes are also issued as :class:`GridWarning`.
+    """
+    import nibabel as nib
+
+    start = time.perf_counter()
+    if not isinstance(image, nib.Nifti1Image):
+        raise TypeError(f"`image` must be a nibabel Nifti1Image or Nifti2Image, got {type(image).__name__}")
+    if not 0.0 <= float(threshold) < 1.0:
+        raise ValueError(f"`threshold` must lie in [0, 1), got threshold={threshold!r}")
+    name = describe(image)
+    if data is None:
+        try:
+            data = np.asanyarray(image.dataobj)
+        except Exception as e:
+            raise InputError(f"{name}: cannot read the voxel data ({type(e).__name__}: {e})") from e
+    data = validate_volume(data, name)
+    grid = _GridMap(data.shape, image.affine, name)
+    for note in grid.notes:
+        if grid.kind == "resampled":
+            warnings.warn(note, GridWarning, stacklevel=2)
+    prob, n = predict_atlas_volume(
+        model,
+        grid.to_atlas(data),
+        intensity=intensity,
+        batch_size=batch_size,
+        skip_empty_slices=skip_empty_slices,
+        progress=progress,
+    )
+    mask = grid.from_atlas((prob > threshold).astype(np.float32), order=0) > 0.5
+    mask_img = _image_like(image, mask, np.uint8, f"clci-keras lesion mask (p > {threshold:g})")
+    prob_img = None
+    if return_probabilities:
+        prob_native = np.clip(grid.from_atlas(prob, order=1), 0.0, 1.0)
+        prob_img = _image_like(image, prob_native, np.float32, "clci-keras lesion probability")
+    return Segmentation(mask_img, prob_img, grid.kind, n, time.perf_counter() - start, list(grid.notes))
+
+
+def predict_volume(
+    model,
+    image,
+    *,
+    threshold=0.5,
+    intensity="r1.1",
+    batch_size=DEFAULT_BATCH_SIZE,
+    skip_empty_slices=True,
+    return_probabilities=False,
+    progress=False,
+):
+    """Segment the stroke lesion of a T1 NIfTI image with a trained 2D model.
+
+    The volume follows the training data path of CLCI-Net (Yang et al.,
+    MICCAI 2019; arXiv:1907.07008) on ATLAS (Liew et al., Sci. Data 2018):
+    intensity scaling, 189 axial slices, 224 x 176 crop; the crop border and
+    the slices outside the MNI152 brain are background.
+
+    Args:
+        model: a Keras model with one (batch, H, W, 1) input, H x W a crop
+            window (224 x 176 for CLCI-Net, 224 x 192 for X-Net), and a
+            sigmoid output (batch, H, W, 1) (or a 2-class softmax).
+        image: a ``nibabel.Nifti1Image`` (or ``Nifti2Image``) T1 volume. On the
+            ATLAS grid (MNI152 1 mm, 197 x 233 x 189) in any axis order it is
+            used as is; other grids are resampled (with a :class:`GridWarning`).
+        threshold: mask = probability > ``threshold``.
+        intensity: the intensity scheme the weights were trained with:
+            ``"r1.1"`` (divide by 100, the original's ATLAS R1.1 scaling) or
+            ``"v2"`` (ATLAS 2.0: divide by the 99.5th percentile).
+        batch_size: slices per model call.
+        skip_empty_slices: compute only the 155 axial slices that contain
+            brain in the MNI152 brain mask; the others are background.
+            ``False`` computes all 189. Computed slices are identical either way.
+        return_probabilities: also return the float32 probability map.
+        progress: show a progress bar over batches.
+
+    Returns:
+        A uint8 (0/1) mask image with the input's shape, affine and header
+        (sform/qform codes kept), or ``(mask, probabilities)``.
+
+    For speed pass a model from :func:`build_inference_model` (or
+    :func:`clci_keras.inference.optimize.optimize_for_inference`), which
+    gives the same results with less work.
+
+    Raises:
+        InputError: (a ``ValueError``) 2D/4D data, NaN/inf voxels, an empty volume.
+    """
+    seg = segment_image(
+        model,
+        image,
+        threshold=threshold,
+        intensity=intensity,
+        batch_size=batch_size,
+        skip_empty_slices=skip_empty_slices,
+        return_probabilities=return_probabilities,
+        progress=progress,
+    )
+    return (seg.mask, seg.probabilities) if return_probabilities else seg.mask
