@@ -1,0 +1,104 @@
+"""`clci-keras train`: train a model on an HDF5 file and a split (resumable)."""
+from __future__ import annotations
+
+import sys
+
+HELP = "train a model on an HDF5 file and a split"
+
+
+def add_arguments(parser):
+    from clci_keras.training.config import PRECISIONS, STRATEGIES, TrainConfig
+
+    d = TrainConfig()
+    p = parser
+    p.add_argument("--model", default=d.model, help=f"registered model name (default: {d.model})")
+    p.add_argument("--h5", required=True, metavar="DATA.h5", help="HDF5 slice file (clci-keras prep)")
+    p.add_argument("--split", required=True, metavar="SPLIT.json", help="split file (clci-keras split)")
+    p.add_argument("--fold", type=int, default=None, help="fold number, recorded (k-fold split files)")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder; rerun the same command to resume")
+    p.add_argument("--config", metavar="CONFIG.json", help="start from a config.json of another run")
+    g = p.add_argument_group("protocol (defaults: CLCI-Net / X-Net)")
+    g.add_argument("--epochs", type=int, help=f"maximum epochs (default: {d.epochs})")
+    g.add_argument("--batch-size", type=int, help=f"global batch size (default: {d.batch_size})")
+    g.add_argument("--val-batch-size", type=int, help=f"validation batch (default: {d.val_batch_size})")
+    g.add_argument("--lr", "--learning-rate", dest="learning_rate", type=float,
+                   help=f"Adam learning rate (default: {d.learning_rate})")
+    g.add_argument("--loss", choices=("dice", "bce_dice"), help=f"loss (default: {d.loss})")
+    g.add_argument("--steps-per-epoch", type=int, help="batches per epoch (default: training slices // batch)")
+    g.add_argument("--monitor", help=f"checkpoint/LR/early-stopping quantity (default: {d.monitor})")
+    g.add_argument("--reduce-lr-factor", type=float, help=f"(default: {d.reduce_lr_factor})")
+    g.add_argument("--reduce-lr-patience", type=int, help=f"(default: {d.reduce_lr_patience})")
+    g.add_argument("--reduce-lr-min-delta", type=float, help=f"(default: {d.reduce_lr_min_delta})")
+    g.add_argument("--early-stopping-patience", type=int, help=f"(default: {d.early_stopping_patience})")
+    g.add_argument("--train-slices", help="all | brain | lesion | lesion+N (default: all)")
+    g.add_argument("--val-slices", help="all | brain | lesion | lesion+N (default: all)")
+    g.add_argument("--crop", help="crop window: clci (224x176), xnet (224x192) or 'r0:r1,c0:c1'")
+    g.add_argument("--export", choices=("best", "last"), help="weights exported at the end (default: best)")
+    g.add_argument("--bn-momentum", type=float, help="override BatchNorm momentum (default: keep 0.99)")
+    g.add_argument("--init-weights", metavar="W", help="start from these weights (any supported format)")
+    h = p.add_argument_group("hardware and reproducibility")
+    h.add_argument("--strategy", choices=STRATEGIES, help="tf.distribute strategy (default: default)")
+    h.add_argument("--mixed-precision", nargs="?", const="bf16", choices=PRECISIONS[1:] + ("off",),
+                   help="mixed precision: bf16 (default when given) or fp16")
+    h.add_argument("--jit", action="store_true", default=None, help="XLA-compile the train step")
+    h.add_argument("--seed", type=int, help=f"random seed (default: {d.seed})")
+    h.add_argument("--no-deterministic", dest="deterministic", action="store_false", default=None,
+                   help="do not enable TensorFlow op determinism")
+    o = p.add_argument_group("outputs")
+    o.add_argument("--manifest", default="weights/manifest.json",
+                   help="weights manifest to register the result in (default: weights/manifest.json)")
+    o.add_argument("--no-register", action="store_true", help="do not register the weights")
+    o.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", default=None)
+    o.add_argument("--quiet", action="store_true", help="one line per epoch instead of progress bars")
+    o.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other TrainConfig field (JSON value), e.g. --set reduce_lr_min_lr=1e-7")
+    o.add_argument("--overwrite", action="store_true", help="delete RUN_DIR's run and start afresh")
+
+
+OPTION_FIELDS = (
+    "epochs", "batch_size", "val_batch_size", "learning_rate", "loss", "steps_per_epoch", "monitor",
+    "reduce_lr_factor", "reduce_lr_patience", "reduce_lr_min_delta", "early_stopping_patience",
+    "train_slices", "val_slices", "crop", "export", "bn_momentum", "init_weights", "strategy",
+    "mixed_precision", "jit", "seed", "deterministic", "tensorboard",
+)
+
+
+def overrides_from_args(args):
+    """TrainConfig overrides given on the command line (None = not given)."""
+    import json
+
+    out = {k: getattr(args, k) for k in OPTION_FIELDS if getattr(args, k, None) is not None}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def run(args) -> int:
+    import json
+
+    try:
+        from clci_keras.training import TrainConfig, train
+
+        config = None
+        if args.config:
+            with open(args.config) as f:
+                config = TrainConfig.from_dict(json.load(f))
+        overrides = overrides_from_args(args)
+        overrides["manifest"] = None if args.no_register else args.manifest
+        if args.quiet:
+            overrides["verbose"] = 2
+        result = train(args.model, args.h5, args.split, args.out, fold=args.fold, config=config,
+                       overwrite=args.overwrite, **overrides)
+    except (OSError, ValueError) as e:
+        print(f"clci-keras train: error: {e}", file=sys.stderr)
+        return 2
+    print(f"done: {result['epochs_run']} epochs, best {result['monitor']} = {result['best_value']} "
+          f"(epoch {None if result['best_epoch'] is None else result['best_epoch'] + 1}); "
+          f"weights: {result['run_dir']}/{result['weights']}")
+    return 0

@@ -1,0 +1,211 @@
+"""Whole-patient prediction and per-patient 3D evaluation.
+
+As X-Net's evaluation (which CLCI-Net's authors used): every one of a
+patient's 189 axial slices is predicted in the crop window, the probabilities
+are thresholded at 0.5 and the scores of :mod:`clci_keras.evaluation.metrics`
+are computed on the stacked 3D volume (189 x 224 x 176 for the "clci" crop),
+one row per patient. Lesion voxels outside the crop window (rare: the window
+keeps 224 of 233 rows and 176 of 197 columns) are not scored, as in the original.
+
+Option ``slices="brain"`` predicts only the axial slices inside the MNI152
+brain mask's z-range (155 of 189) and sets the others to "no lesion"; it is a
+speed option for CPUs (the demo uses it) and changes scores only if a model
+predicts lesions outside the brain.
+
+Outputs of :func:`evaluate_run` in ``out_dir``:
+
+``scores_<part>.csv``    one row per patient: subject index/id/site, every score and count
+``summary_<part>.json``  mean ± std of every score, plus the model, weights and data provenance
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+
+import numpy as np
+
+from clci_keras.evaluation.metrics import COUNT_NAMES, SCORE_NAMES, segmentation_scores, summarize
+
+EVAL_SLICES = ("all", "brain")
+
+
+def _subject_meta(h5_path):
+    from clci_keras.data import read_subjects
+
+    return {int(s["index"]): s for s in read_subjects(h5_path)}
+
+
+def predict_subject(model, h5_path, index, crop="clci", batch_size=8, slices="all", reader=None,
+                    progress=None):
+    """Predict one patient; returns ``(prob, gt)`` of shape ``(count, H, W)``.
+
+    ``prob`` is float32 in [0, 1] (0 for slices skipped by ``slices="brain"``),
+    ``gt`` uint8 {0, 1}, both in the crop window.
+    """
+    from clci_keras.training.sampling import SliceReader, brain_z_range, subject_table
+
+    if slices not in EVAL_SLICES:
+        raise ValueError(f"unknown evaluation slices {slices!r}; choose 'all' or 'brain'")
+    table = subject_table(h5_path)
+    if int(index) not in table:
+        raise ValueError(f"{h5_path}: no subject with index {index!r}")
+    off, count = table[int(index)]
+    own = reader is None
+    reader = reader or SliceReader(h5_path, crop)
+    local = np.arange(count)
+    if slices == "brain":
+        z0, z1 = brain_z_range()
+        local = local[(local >= z0) & (local < z1)]
+    x_all, gt = reader.read(off + np.arange(count))
+    prob = np.zeros(gt.shape[:3], np.float32)
+    for i in range(0, local.size, batch_size):
+        sel = local[i : i + batch_size]
+        out = np.asarray(model.predict_on_batch(x_all[sel]), dtype=np.float32)
+        prob[sel] = out[..., 0]
+        if progress is not None:
+            progress.update(sel.size)
+    if own:
+        reader.close()
+    return prob, gt[..., 0].astype(np.uint8)
+
+
+def evaluate_model(model, h5_path, subjects, crop="clci", batch_size=8, threshold=0.5,
+                   slices="all", progress=True, keep_predictions=False):
+    """Per-patient score rows of ``model`` on ``subjects`` (subject indices).
+
+    With ``keep_predictions`` each row also carries ``_prob`` and ``_gt`` arrays
+    (used for figures); they are not written to CSV.
+    """
+    from clci_keras.training.sampling import SliceReader, brain_z_range, subject_table
+
+    meta = _subject_meta(h5_path)
+    table = subject_table(h5_path)
+    per = [table[int(s)][1] if slices == "all" else
+           min(table[int(s)][1], brain_z_range()[1]) - brain_z_range()[0] for s in subjects]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=int(sum(per)), unit="slice", desc="predicting", leave=True)
+    reader = SliceReader(h5_path, crop)
+    rows = []
+    try:
+        for s in subjects:
+            prob, gt = predict_subject(model, h5_path, s, crop, batch_size, slices, reader, bar)
+            scores = segmentation_scores(gt, prob, threshold=threshold)
+            m = meta.get(int(s), {})
+            row = {"subject_index": int(s), "subject_id": m.get("subject_id", ""),
+                   "site": m.get("site", ""), **scores}
+            if keep_predictions:
+                row["_prob"], row["_gt"] = prob, gt
+            rows.append(row)
+    finally:
+        reader.close()
+        if bar is not None:
+            bar.close()
+    return rows
+
+
+def write_scores(rows, csv_path):
+    """Write per-patient rows (without private ``_`` keys) to CSV, atomically."""
+    cols = ["subject_index", "subject_id", "site", *SCORE_NAMES, *COUNT_NAMES]
+    tmp = f"{csv_path}.tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if isinstance(r.get(k), float) and math.isnan(r[k]) else r.get(k))
+                        for k in cols})
+    os.replace(tmp, csv_path)
+
+
+def _write_json(obj, path):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, default=str)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def format_summary(summary, names=("dsc", "precision", "recall", "voe", "rvd", "lesion_f1")):
+    """One line ``DSC 0.581 ± 0.21 | ...`` of a :func:`summarize` dict."""
+    parts = []
+    for n in names:
+        s = summary[n]
+        if s["mean"] is None:
+            parts.append(f"{n} n/a")
+        else:
+            std = f" ± {s['std']:.3f}" if s["std"] is not None else ""
+            parts.append(f"{n} {s['mean']:.3f}{std}")
+    return " | ".join(parts)
+
+
+def evaluate_run(weights, model_name, h5_path, split_path, part="test", out_dir=None, fold=None,
+                 crop="clci", batch_size=8, threshold=0.5, slices="all", progress=True,
+                 manifest=None, manifest_name=None, model=None, tag=None):
+    """Evaluate weights on a split part; write ``scores_<part>.csv`` and ``summary_<part>.json``.
+
+    Args:
+        weights: weights file in any format :func:`clci_keras.models.load_weights`
+            reads (``None`` with ``model=`` given: use that model as is).
+        model_name: registered model name (architecture of ``weights``).
+        h5_path, split_path, fold: the data and the split (``part`` = ``test``,
+            ``val`` or ``train``).
+        out_dir: output folder (default: the folder of ``weights``).
+        slices: ``all`` (original protocol) or ``brain`` (faster, see module doc).
+        manifest, manifest_name: if given, the summary is stored in that
+            manifest entry's ``metrics[part]``.
+        tag: suffix of the output names (``scores_<part>_<tag>.csv``).
+
+    Returns:
+        The summary dict (also written to JSON).
+    """
+    from clci_keras.training.sampling import _crop
+    from clci_keras.training.trainer import dataset_info, load_split
+
+    split = load_split(split_path, fold)
+    if part not in ("train", "val", "test"):
+        raise ValueError(f"`part` must be train, val or test, got {part!r}")
+    subjects = list(split.get(part) or [])
+    if not subjects:
+        raise ValueError(f"{split_path}: split has no {part!r} subjects")
+    if model is None:
+        from clci_keras.models import build_model, load_weights
+
+        rows_, cols_ = _crop(crop)
+        model = build_model(model_name, input_shape=(rows_.stop - rows_.start, cols_.stop - cols_.start, 1))
+        if weights is None:
+            raise ValueError("`weights` is required unless a built `model` is given")
+        load_weights(model, weights)
+    if out_dir is None:
+        out_dir = os.path.dirname(os.path.abspath(weights)) if weights else "."
+    os.makedirs(out_dir, exist_ok=True)
+    rows = evaluate_model(model, h5_path, subjects, crop, batch_size, threshold, slices, progress)
+    suffix = f"{part}_{tag}" if tag else part
+    write_scores(rows, os.path.join(out_dir, f"scores_{suffix}.csv"))
+    summary = {
+        "model": model_name,
+        "weights": os.path.abspath(weights) if weights else None,
+        "part": part,
+        "fold": fold,
+        "subjects": [int(s) for s in subjects],
+        "threshold": threshold,
+        "slices": slices,
+        "crop": crop,
+        "data": dataset_info(h5_path),
+        "scores": summarize(rows),
+    }
+    if weights:
+        from clci_keras.training.manifest import sha256
+
+        summary["weights_sha256"] = sha256(weights)
+    _write_json(summary, os.path.join(out_dir, f"summary_{suffix}.json"))
+    if manifest and manifest_name:
+        from clci_keras.training.manifest import update_entry
+
+        update_entry(manifest, manifest_name, metrics={
+            part: {k: v["mean"] for k, v in summary["scores"].items()} | {"subjects": len(subjects)}
+        })
+    return summary

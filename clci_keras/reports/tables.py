@@ -1,0 +1,247 @@
+"""The paper's Tables 1 and 2 from run folders, beside the published values.
+
+A *run folder* is a training output folder (``config.json`` from
+:func:`clci_keras.training.train`) holding an evaluation summary
+``summary_test.json`` (:func:`clci_keras.evaluation.evaluate.evaluate_run`).
+:func:`collect_runs` finds them below a root folder; all runs of the same
+model (e.g. the five folds) are pooled: their per-patient rows
+(``scores_test.csv``) are concatenated and averaged, so every patient counts
+once. (X-Net's script averages the five fold means instead; with folds of
+45-46 patients the two differ in the third decimal at most.)
+
+Each table is written as CSV, Markdown and LaTeX. Every measured row names
+the data it was measured on (file, number of test patients, folds) and rows
+measured on synthetic data are marked ``[SYNTHETIC]`` (CSV column
+``synthetic``), because their values say nothing about ATLAS.
+"""
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import math
+import os
+
+#: Paper metrics in table order: (key in our summaries, column title, decimals).
+COLUMNS = (("dsc", "DSC", 3), ("precision", "Precision", 3), ("recall", "Recall", 3),
+           ("voe", "VOE", 1), ("rvd", "RVD", 1))
+
+#: Table 1 of Yang et al. (MICCAI 2019): method, model name here, published values.
+TABLE1 = (
+    ("FCN-8s", "fcn8s", (0.337, 0.485, 0.334, 76.5, 19.6)),
+    ("PSPNet", "pspnet", (0.375, 0.502, 0.361, 73.5, 13.6)),
+    ("DeepLabv3+", "deeplabv3plus", (0.507, 0.586, 0.527, 62.1, 32.5)),
+    ("DenseUnet", "denseunet", (0.543, 0.614, 0.553, 58.8, 25.6)),
+    ("Baseline", "baseline", (0.540, 0.632, 0.544, 58.7, 31.7)),
+    ("CLCI-Net", "clci_net", (0.581, 0.649, 0.581, 54.6, 25.4)),
+)
+
+#: Table 2 (ablation): label, model name, (ASPP, CLF, inference), published values.
+#: The first and last rows equal Table 1's Baseline and CLCI-Net rows; the
+#: intermediate rows' published values are not transcribed here (None).
+TABLE2 = (
+    ("Baseline", "baseline", (False, False, False), (0.540, 0.632, 0.544, 58.7, 31.7)),
+    ("+ ASPP", "clci_aspp", (True, False, False), None),
+    ("+ ASPP + CLF", "clci_aspp_clf", (True, True, False), None),
+    ("+ ASPP + CLF + Inference (CLCI-Net)", "clci_net", (True, True, True),
+     (0.581, 0.649, 0.581, 54.6, 25.4)),
+)
+
+PAPER = "Yang et al., MICCAI 2019, ATLAS R1.1 (229 subjects), 5-fold CV"
+
+
+def _read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def collect_runs(root, part="test"):
+    """``{model name: run info}`` for every run folder below ``root``.
+
+    Run info: ``runs`` (folders), ``rows`` (per-patient score dicts),
+    ``data`` (provenance of the first run), ``synthetic``, ``folds``.
+    """
+    found = {}
+    pattern = os.path.join(os.fspath(root), "**", f"summary_{part}.json")
+    for summary_path in sorted(glob.glob(pattern, recursive=True)):
+        run = os.path.dirname(summary_path)
+        summary = _read_json(summary_path)
+        model = summary.get("model")
+        cfg_path = os.path.join(run, "config.json")
+        cfg = _read_json(cfg_path) if os.path.exists(cfg_path) else {}
+        model = model or cfg.get("model")
+        if not model:
+            continue
+        csv_path = os.path.join(run, f"scores_{part}.csv")
+        rows = _read_rows(csv_path) if os.path.exists(csv_path) else []
+        info = found.setdefault(model, {"runs": [], "rows": [], "data": summary.get("data", {}),
+                                        "synthetic": False, "folds": [], "summaries": []})
+        info["runs"].append(run)
+        info["rows"].extend(rows)
+        info["summaries"].append(summary)
+        info["synthetic"] |= bool(summary.get("data", {}).get("synthetic"))
+        if summary.get("fold", cfg.get("fold")) is not None:
+            info["folds"].append(summary.get("fold", cfg.get("fold")))
+    return found
+
+
+def _read_rows(path):
+    with open(path) as f:
+        return [{k: (float(v) if v not in ("", None) and _isnum(v) else (math.nan if v == "" else v))
+                 for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def _isnum(v):
+    try:
+        float(v)
+        return True
+    except ValueError:
+        return False
+
+
+def _measured(info):
+    """Means of the paper's columns over the pooled patients (or the summaries)."""
+    from clci_keras.evaluation.metrics import summarize
+
+    if info["rows"]:
+        s = summarize(info["rows"], names=[c[0] for c in COLUMNS])
+        return [s[k]["mean"] for k, _, _ in COLUMNS], len(info["rows"])
+    s = info["summaries"][0]["scores"]
+    return [s[k]["mean"] for k, _, _ in COLUMNS], s["dsc"]["n"]
+
+
+def _data_label(info, n):
+    d = info["data"]
+    name = os.path.basename(str(d.get("h5", "?")))
+    folds = f", folds {sorted(set(info['folds']))}" if info["folds"] else ""
+    layout = d.get("layout", "")
+    tag = "SYNTHETIC " if info["synthetic"] else ""
+    return f"{tag}{name} ({layout}{', ' if layout else ''}{n} test patients{folds})"
+
+
+def build_table(which, runs):
+    """Rows (dicts) of Table ``1`` or ``2``: published and measured values side by side."""
+    spec = TABLE1 if int(which) == 1 else TABLE2
+    out = []
+    for entry in spec:
+        if int(which) == 1:
+            label, model, published = entry
+            switches = None
+        else:
+            label, model, switches, published = entry
+        row = {"method": label, "model": model}
+        if switches is not None:
+            row.update({"aspp": switches[0], "clf": switches[1], "inference": switches[2]})
+        for i, (key, title, _) in enumerate(COLUMNS):
+            row[f"paper_{key}"] = published[i] if published else None
+        info = runs.get(model)
+        if info:
+            vals, n = _measured(info)
+            for (key, _, _), v in zip(COLUMNS, vals):
+                row[f"measured_{key}"] = v
+            row["measured_on"] = _data_label(info, n)
+            row["synthetic"] = info["synthetic"]
+            row["runs"] = len(info["runs"])
+        else:
+            for key, _, _ in COLUMNS:
+                row[f"measured_{key}"] = None
+            row["measured_on"] = "not run"
+            row["synthetic"] = None
+            row["runs"] = 0
+        out.append(row)
+    return out
+
+
+def _fmt(v, dec):
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{dec}f}"
+
+
+def to_markdown(rows, which):
+    title = ("Table 1: comparison with five methods" if int(which) == 1 else
+             "Table 2: ablation (ASPP, CLF, context inference)")
+    head = ["Method"]
+    if int(which) == 2:
+        head += ["ASPP", "CLF", "Inference"]
+    for _, t, _ in COLUMNS:
+        head += [f"{t} (paper)", f"{t} (ours)"]
+    head.append("measured on")
+    lines = [f"**{title}.** Paper: {PAPER}. Ours: per-patient 3D scores, mean over test patients; "
+             "VOE and RVD in %, RVD signed. Rows marked [SYNTHETIC] were measured on synthetic "
+             "data and are not comparable with the paper.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [("[SYNTHETIC] " if r["synthetic"] else "") + r["method"]]
+        if int(which) == 2:
+            cells += ["✓" if r[k] else "" for k in ("aspp", "clf", "inference")]
+        for key, _, dec in COLUMNS:
+            cells += [_fmt(r[f"paper_{key}"], dec), _fmt(r[f"measured_{key}"], dec)]
+        cells.append(r["measured_on"])
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#",
+        "$": r"\$", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}"}
+
+
+def _tex(s):
+    """Escape LaTeX special characters."""
+    return "".join(_TEX.get(c, c) for c in str(s))
+
+
+def to_latex(rows, which):
+    n_sw = 3 if int(which) == 2 else 0
+    cols = "l" + "c" * n_sw + "cc" * len(COLUMNS) + "l"
+    head1 = ["Method"] + (["ASPP", "CLF", "Inf."] if n_sw else [])
+    head1 += [rf"\multicolumn{{2}}{{c}}{{{t}}}" for _, t, _ in COLUMNS] + ["measured on"]
+    head2 = [""] * (1 + n_sw) + ["paper", "ours"] * len(COLUMNS) + [""]
+    caption = ("Comparison with five methods" if int(which) == 1 else "Ablation study") + (
+        f". Paper: {PAPER}. Ours: per-patient 3D scores; VOE, RVD in \\%. "
+        r"$^\dagger$ measured on synthetic data, not comparable with the paper.")
+    lines = [r"\begin{table}[t]", r"\centering", r"\scriptsize",
+             rf"\caption{{{caption}}}", rf"\begin{{tabular}}{{{cols}}}", r"\hline",
+             " & ".join(head1) + r" \\", " & ".join(head2) + r" \\", r"\hline"]
+    for r in rows:
+        cells = [_tex(r["method"]) + (r"$^\dagger$" if r["synthetic"] else "")]
+        if n_sw:
+            cells += [r"\checkmark" if r[k] else "" for k in ("aspp", "clf", "inference")]
+        for key, _, dec in COLUMNS:
+            cells += [_fmt(r[f"paper_{key}"], dec).replace("–", "--"),
+                      _fmt(r[f"measured_{key}"], dec).replace("–", "--")]
+        cells.append(_tex(r["measured_on"]))
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\hline", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def _atomic_write(path, text):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", newline="") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def to_csv_text(rows):
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if v is None else v) for k, v in r.items()})
+    return buf.getvalue()
+
+
+def write_tables(runs_dir, out_dir, part="test", tables=(1, 2)):
+    """Write ``table{1,2}.{csv,md,tex}`` to ``out_dir``; returns ``{name: path}``."""
+    runs = collect_runs(runs_dir, part)
+    os.makedirs(out_dir, exist_ok=True)
+    written = {}
+    for which in tables:
+        rows = build_table(which, runs)
+        for ext, text in (("csv", to_csv_text(rows)), ("md", to_markdown(rows, which)),
+                          ("tex", to_latex(rows, which))):
+            path = os.path.join(out_dir, f"table{which}.{ext}")
+            _atomic_write(path, text)
+            written[f"table{which}.{ext}"] = path
+    return written

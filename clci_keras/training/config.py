@@ -1,0 +1,125 @@
+"""Training configuration: the original protocol's values, every one overridable.
+
+Sources of the defaults:
+
+* CLCI-Net (repository YH0517/CLCI_Net, ``CLCI_Net.py``): ``Adam(lr=1e-4)`` and
+  the Dice loss ``1 - (2Σtp + 1)/(Σt² + Σp² + 1)``.
+* X-Net training script (Andrewsher/X-Net ``main.py``), the protocol CLCI-Net's
+  authors share: batch 8, up to 100 epochs, ``steps_per_epoch = slices // 8``,
+  validation batches of 9 whole-patient slices, best-on-``val_loss`` weight
+  checkpoint, ``ReduceLROnPlateau(factor=0.2, patience=3, min_delta=1e-3)``,
+  ``EarlyStopping(patience=5, min_delta=0)``, CSV log and TensorBoard, 5-fold
+  cross-validation over 229 subjects in file order.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+PRECISIONS = ("off", "bf16", "fp16")
+STRATEGIES = ("default", "mirrored", "multiworker")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything that defines a training run (written to ``RUN_DIR/config.json``)."""
+
+    model: str = "clci_net"
+    h5: str = ""
+    split: str = ""
+    out_dir: str = ""
+    fold: int | None = None
+    crop: str = "clci"
+    # optimisation (CLCI-Net)
+    loss: str = "dice"
+    learning_rate: float = 1e-4
+    # protocol (X-Net main.py)
+    batch_size: int = 8
+    val_batch_size: int = 9
+    epochs: int = 100
+    steps_per_epoch: int | None = None  # None: training slices // batch_size
+    monitor: str = "val_loss"
+    reduce_lr_factor: float = 0.2
+    reduce_lr_patience: int = 3
+    reduce_lr_min_delta: float = 1e-3
+    reduce_lr_min_lr: float = 0.0
+    early_stopping_patience: int = 5
+    early_stopping_min_delta: float = 0.0
+    # data selection (see clci_keras.training.sampling)
+    train_slices: str = "all"
+    val_slices: str = "all"
+    # which weights are exported at the end: best on `monitor` or the last epoch
+    export: str = "best"
+    # BatchNorm momentum override (None keeps the architecture's 0.99)
+    bn_momentum: float | None = None
+    init_weights: str | None = None
+    # reproducibility / hardware
+    seed: int = 0
+    deterministic: bool = True
+    strategy: str = "default"
+    devices: list | None = None  # mirrored only; None = all local GPUs (or the CPU)
+    mixed_precision: str = "off"
+    jit: bool = False
+    # logging / outputs
+    tensorboard: bool = True
+    verbose: str | int = "auto"
+    manifest: str | None = None
+    weights_name: str | None = None
+
+    #: fields that may differ when a run is resumed
+    RESUMABLE_CHANGES = ("epochs", "verbose", "tensorboard", "manifest", "out_dir", "devices")
+
+    def validate(self):
+        """Raise ``ValueError`` naming the first bad value."""
+        from clci_keras.training.sampling import parse_slice_spec
+
+        if not self.h5:
+            raise ValueError("`h5` (the HDF5 data file) is required")
+        if not self.out_dir:
+            raise ValueError("`out_dir` (the run folder) is required")
+        for name in ("batch_size", "val_batch_size", "epochs"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {name}={v!r}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise ValueError(f"`steps_per_epoch` must be >= 1 or None, got {self.steps_per_epoch!r}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"`learning_rate` must be > 0, got {self.learning_rate!r}")
+        if self.loss not in ("dice", "bce_dice"):
+            raise ValueError(f"unknown loss {self.loss!r}; choose 'dice' or 'bce_dice'")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {self.strategy!r}; choose one of {STRATEGIES}")
+        if self.mixed_precision not in PRECISIONS:
+            raise ValueError(
+                f"unknown mixed_precision {self.mixed_precision!r}; choose one of {PRECISIONS}"
+            )
+        if self.export not in ("best", "last"):
+            raise ValueError(f"`export` must be 'best' or 'last', got {self.export!r}")
+        if self.bn_momentum is not None and not 0.0 <= self.bn_momentum < 1.0:
+            raise ValueError(f"`bn_momentum` must be in [0, 1), got {self.bn_momentum!r}")
+        parse_slice_spec(self.train_slices)
+        parse_slice_spec(self.val_slices)
+        return self
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown training option(s) {unknown}; known: {sorted(names)}")
+        return cls(**d)
+
+    def save(self, path):
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+        os.replace(tmp, path)
+
+    def differences(self, other):
+        """Names of fields that differ from ``other``, except the resumable ones."""
+        a, b = self.to_dict(), other.to_dict()
+        return [k for k in a if k not in self.RESUMABLE_CHANGES and a[k] != b.get(k)]

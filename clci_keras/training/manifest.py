@@ -1,0 +1,100 @@
+"""``weights/manifest.json``: a registry of trained weight files and their provenance.
+
+Layout::
+
+    {"format": 1,
+     "weights": [{"name": ..., "file": ..., "sha256": ..., "bytes": ...,
+                  "format": "keras2_legacy_h5", "architecture": "clci_net",
+                  "builder_options": {...}, "input_shape": [224, 176, 1],
+                  "num_class": 1, "training": {...}, "metrics": {...},
+                  "created": "...", "clci_keras_version": "..."}, ...]}
+
+``file`` is relative to the manifest's folder when the weights lie inside it
+(or below), absolute otherwise. Entries are keyed by ``name``; registering an
+existing name replaces it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+MANIFEST_FORMAT = 1
+
+
+def sha256(path, chunk=1 << 20):
+    """Hex SHA-256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_manifest(path):
+    """The manifest at ``path`` (an empty one if the file does not exist)."""
+    if not os.path.exists(path):
+        return {"format": MANIFEST_FORMAT, "weights": []}
+    with open(path) as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not a valid weights manifest ({e})") from e
+    if not isinstance(data, dict) or not isinstance(data.get("weights"), list):
+        raise ValueError(f"{path}: not a weights manifest (no 'weights' list)")
+    return data
+
+
+def _write_json(path, data):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=False, default=_jsonable)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _jsonable(o):
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, bytes):
+        return o.decode("utf8", "replace")
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def register_weights(manifest_path, weights_path, name, **fields):
+    """Add (or replace) the entry ``name`` for ``weights_path``; returns the entry."""
+    manifest_path = os.fspath(manifest_path)
+    base = os.path.dirname(os.path.abspath(manifest_path))
+    absw = os.path.abspath(weights_path)
+    rel = os.path.relpath(absw, base)
+    entry = {
+        "name": name,
+        "file": rel if not rel.startswith("..") else absw,
+        "sha256": sha256(absw),
+        "bytes": os.path.getsize(absw),
+        **fields,
+    }
+    data = read_manifest(manifest_path)
+    data["weights"] = [e for e in data["weights"] if e.get("name") != name] + [entry]
+    _write_json(manifest_path, data)
+    return entry
+
+
+def update_entry(manifest_path, name, **fields):
+    """Merge ``fields`` into the entry ``name`` (dict values are merged one level deep)."""
+    data = read_manifest(manifest_path)
+    for e in data["weights"]:
+        if e.get("name") == name:
+            for k, v in fields.items():
+                if isinstance(v, dict) and isinstance(e.get(k), dict):
+                    e[k] = {**e[k], **v}
+                else:
+                    e[k] = v
+            _write_json(manifest_path, data)
+            return e
+    raise ValueError(f"{manifest_path}: no weights entry named {name!r}")

@@ -1,0 +1,232 @@
+"""Training loop: config, slice selection, resume after interruption, mixed
+precision, the weights manifest, and a mirrored step on two logical CPUs.
+
+Models are trained on a tiny window ('r0:r1,c0:c1' crop) of a small
+hand-made HDF5 file so that each fit takes seconds.
+"""
+import csv
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import h5py
+import numpy as np
+import pytest
+
+from clci_keras.training import TrainConfig, parse_slice_spec, select_slices
+from clci_keras.training.manifest import read_manifest, sha256
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CROP = "96:128,80:112"  # 32 x 32 window around the lesions below
+MODEL = "baseline"  # CLCI-Net with its three modules off: the quickest to build
+
+
+def write_tiny_h5(path, n_subjects=4, seed=0):
+    """ATLAS-layout HDF5 (n*189 slices of 233x197): a noisy 'brain' with a dark disc lesion."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:233, :197]
+    with h5py.File(path, "w") as f:
+        d = f.create_dataset("data", (n_subjects * 189, 233, 197), "f4", chunks=(1, 233, 197),
+                             compression="gzip", compression_opts=1)
+        lab = f.create_dataset("label", (n_subjects * 189, 233, 197), "u1", chunks=(1, 233, 197),
+                               compression="gzip", compression_opts=1)
+        for s in range(n_subjects):
+            cy, cx = 112 + rng.integers(-3, 4), 96 + rng.integers(-3, 4)
+            for z in range(80, 100):  # lesion on 20 slices
+                m = (yy - cy) ** 2 + (xx - cx) ** 2 <= 36
+                img = 0.8 + 0.05 * rng.standard_normal((233, 197)).astype("f4")
+                img[m] = 0.2
+                d[s * 189 + z] = img
+                lab[s * 189 + z] = m
+            for z in list(range(40, 80)) + list(range(100, 140)):
+                d[s * 189 + z] = 0.8 + 0.05 * rng.standard_normal((233, 197)).astype("f4")
+        g = f.create_group("subjects")
+        g.create_dataset("subject_id", data=[f"s{i}" for i in range(n_subjects)], dtype=h5py.string_dtype())
+        g.create_dataset("site", data=["t"] * n_subjects, dtype=h5py.string_dtype())
+        g.create_dataset("session", data=[""] * n_subjects, dtype=h5py.string_dtype())
+        g.create_dataset("offset", data=np.arange(n_subjects) * 189)
+        g.create_dataset("count", data=np.full(n_subjects, 189))
+        f.attrs["layout"] = "r1.1"
+        f.attrs["synthetic"] = True
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from clci_keras.data.splits import save_split
+
+    d = tmp_path_factory.mktemp("tiny")
+    h5 = write_tiny_h5(str(d / "tiny.h5"))
+    split = str(d / "split.json")
+    save_split({"train": [0, 1], "val": [2], "test": [3], "subject_ids": ["s0", "s1", "s2", "s3"],
+                "mode": "holdout"}, split)
+    return h5, split
+
+
+def fast(**kw):
+    """Options of a seconds-long run."""
+    opts = dict(crop=CROP, batch_size=2, val_batch_size=8, steps_per_epoch=2, train_slices="lesion+2",
+                val_slices="lesion", tensorboard=False, verbose=0, learning_rate=1e-3)
+    opts.update(kw)
+    return opts
+
+
+def _log(run):
+    with open(os.path.join(run, "log.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+def test_config_defaults_follow_the_original_protocol():
+    c = TrainConfig()
+    assert (c.learning_rate, c.loss, c.batch_size, c.epochs) == (1e-4, "dice", 8, 100)
+    assert (c.reduce_lr_factor, c.reduce_lr_patience, c.reduce_lr_min_delta) == (0.2, 3, 1e-3)
+    assert c.early_stopping_patience == 5 and c.monitor == "val_loss" and c.val_batch_size == 9
+    with pytest.raises(ValueError, match="batch_size=0"):
+        TrainConfig(h5="x", out_dir="y", batch_size=0).validate()
+    with pytest.raises(ValueError, match="'lesion\\+x'"):
+        parse_slice_spec("lesion+x")
+    with pytest.raises(ValueError, match="unknown training option"):
+        TrainConfig.from_dict({"epochz": 3})
+    assert parse_slice_spec("lesion+12") == ("lesion", 12)
+
+
+def test_select_slices(tiny):
+    h5, _ = tiny
+    lesion = select_slices(h5, [1], "lesion", crop=CROP)
+    assert lesion.tolist() == list(range(189 + 80, 189 + 100))
+    more = select_slices(h5, [1], "lesion+5", crop=CROP, seed=3)
+    assert more.size == 25 and set(lesion) <= set(more)
+    assert select_slices(h5, [1], "lesion+5", crop=CROP, seed=3).tolist() == more.tolist()
+    brain = select_slices(h5, [0, 1], "brain")
+    assert brain.size == 2 * 155 and select_slices(h5, [0], "all").size == 189
+    with pytest.raises(ValueError, match="no subject with index 9"):
+        select_slices(h5, [9], "all")
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_continues_exactly_where_it_stopped(tiny, tmp_path):
+    """A run killed after epoch 2 of 3 and restarted equals an uninterrupted run."""
+    import keras
+
+    from clci_keras.training import train
+
+    h5, split = tiny
+    # min_delta 10: val_loss never "improves" after epoch 1 -> LR x0.2 after epochs 2 and 3.
+    opts = fast(epochs=3, reduce_lr_patience=1, reduce_lr_min_delta=10.0, early_stopping_patience=50)
+
+    ref = train(MODEL, h5, split, str(tmp_path / "ref"), **opts)
+
+    class KillAfterSecondEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise Interrupt()
+
+    run = str(tmp_path / "run")
+    with pytest.raises(Interrupt):
+        train(MODEL, h5, split, run, callbacks=[KillAfterSecondEpoch()], **opts)
+    assert len(_log(run)) == 2 and not os.path.exists(os.path.join(run, "result.json"))
+    assert json.load(open(os.path.join(run, "backup", "training_metadata.json")))["epoch"] == 2
+
+    res = train(MODEL, h5, split, run, **opts)  # the same command again
+    log, ref_log = _log(run), _log(str(tmp_path / "ref"))
+    assert [r["epoch"] for r in log] == ["0", "1", "2"]
+    lrs = [float(r["learning_rate"]) for r in log]
+    assert lrs == pytest.approx([1e-3, 1e-3, 2e-4])  # logged LR = LR during the epoch
+    assert lrs == pytest.approx([float(r["learning_rate"]) for r in ref_log])
+    assert res["optimizer_iterations"] == ref["optimizer_iterations"] == 6
+    for a, b in zip(log, ref_log):
+        assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-4, abs=1e-5)
+        assert float(a["val_loss"]) == pytest.approx(float(b["val_loss"]), rel=1e-4, abs=1e-5)
+    with h5py.File(os.path.join(run, f"{MODEL}_weights.h5")) as f1, \
+            h5py.File(os.path.join(str(tmp_path / "ref"), f"{MODEL}_weights.h5")) as f2:
+        name = [n.decode() for n in f1.attrs["layer_names"]][1]
+        w1 = np.asarray(f1[name][f1[name].attrs["weight_names"][0]])
+        w2 = np.asarray(f2[name][f2[name].attrs["weight_names"][0]])
+        np.testing.assert_allclose(w1, w2, rtol=1e-4, atol=1e-6)
+    assert not os.path.exists(os.path.join(run, "backup"))  # removed once complete
+    # A finished run is not retrained; other settings in the same folder are refused.
+    assert train(MODEL, h5, split, run, **opts)["optimizer_iterations"] == 6
+    with pytest.raises(ValueError, match="learning_rate: 0.001 -> 0.01"):
+        train(MODEL, h5, split, run, **{**opts, "learning_rate": 1e-2})
+
+
+def test_cli_train_evaluate_manifest_and_legacy_weights(tiny, tmp_path):
+    """`clci-keras train` (bf16) then `clci-keras evaluate`: outputs, manifest, legacy .h5."""
+    import keras
+
+    from clci_keras.cli import main
+    from clci_keras.models import build_model, load_weights
+
+    h5, split = tiny
+    manifest = str(tmp_path / "weights" / "manifest.json")
+    run = str(tmp_path / "run")
+    common = ["--h5", h5, "--split", split, "--crop", CROP]
+    assert main(["train", "--model", MODEL, *common, "--out", run, "--manifest", manifest,
+                 "--mixed-precision", "--batch-size", "2", "--val-batch-size", "8", "--epochs", "1",
+                 "--steps-per-epoch", "1", "--train-slices", "lesion+2", "--val-slices", "lesion",
+                 "--lr", "1e-3", "--no-tensorboard", "--quiet", "--set", "reduce_lr_min_lr=1e-7"]) == 0
+    assert keras.mixed_precision.dtype_policy().name == "float32"  # policy restored
+    cfg = json.load(open(os.path.join(run, "config.json")))
+    assert cfg["mixed_precision"] == "bf16" and cfg["batch_size"] == 2 and cfg["model"] == MODEL
+    assert cfg["reduce_lr_min_lr"] == 1e-7 and cfg["learning_rate"] == 1e-3 and cfg["epochs"] == 1
+    res = json.load(open(os.path.join(run, "result.json")))
+    assert np.isfinite(res["final"]["loss"]) and res["data"]["synthetic"] is True
+    for name in ("log.csv", "best.weights.h5", f"{MODEL}_weights.h5"):
+        assert os.path.exists(os.path.join(run, name)), name
+    entry = read_manifest(manifest)["weights"][0]
+    path = os.path.join(os.path.dirname(manifest), entry["file"])
+    assert entry["sha256"] == sha256(path) and entry["architecture"] == MODEL
+    assert entry["input_shape"] == [32, 32, 1] and entry["training"]["synthetic"] is True
+    assert entry["format"] == "keras2_legacy_h5"
+    with h5py.File(path) as f:
+        assert "layer_names" in f.attrs  # Keras 2 legacy layout
+    model = build_model(MODEL, input_shape=(32, 32, 1))
+    assert load_weights(model, path) == "legacy_weights"
+
+    assert main(["evaluate", "--model", MODEL, "--weights", path, *common, "--out", run,
+                 "--manifest", manifest, "--name", entry["name"], "--quiet"]) == 0
+    rows = list(csv.DictReader(open(os.path.join(run, "scores_test.csv"))))
+    assert [r["subject_id"] for r in rows] == ["s3"] and int(rows[0]["gt_voxels"]) > 0
+    summary = json.load(open(os.path.join(run, "summary_test.json")))
+    assert summary["scores"]["dsc"]["mean"] == pytest.approx(float(rows[0]["dsc"]))
+    assert summary["weights_sha256"] == entry["sha256"] and summary["slices"] == "all"
+    assert read_manifest(manifest)["weights"][0]["metrics"]["test"]["dsc"] == pytest.approx(
+        float(rows[0]["dsc"]))
+    assert main(["train", "--model", MODEL, *common, "--out", run, "--batch-size", "0"]) == 2
+
+
+MIRRORED = textwrap.dedent(
+    """
+    import json, sys
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+    sys.path.insert(0, {root!r})
+    sys.path.insert(0, {tests!r})
+    from test_training import fast, MODEL
+    from clci_keras.training import train, make_strategy
+    devices = ["/cpu:0", "/cpu:1"]
+    assert make_strategy("mirrored", devices).num_replicas_in_sync == 2
+    res = train(MODEL, {h5!r}, {split!r}, {out!r}, strategy="mirrored", devices=devices,
+                **fast(epochs=1, steps_per_epoch=1, batch_size=4))
+    print("RESULT", json.dumps(res["replicas"]), res["optimizer_iterations"], res["final"]["loss"])
+    """
+)
+
+
+def test_mirrored_step_on_two_logical_cpus(tiny, tmp_path):
+    h5, split = tiny
+    code = MIRRORED.format(root=ROOT, tests=os.path.join(ROOT, "tests"), h5=h5, split=split,
+                           out=str(tmp_path / "mirrored"))
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    line = [l for l in res.stdout.splitlines() if l.startswith("RESULT")]
+    assert res.returncode == 0 and line, res.stderr[-3000:]
+    _, replicas, iters, loss = line[0].split()
+    assert int(replicas) == 2 and int(iters) == 1 and np.isfinite(float(loss))
