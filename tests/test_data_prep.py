@@ -334,3 +334,18 @@ def test_data_prep_script_writes_h5_and_fold(synthetic_r11_dir, tmp_path):
     assert rc == 0 and out.is_file()
     split = json.loads(split_path.read_text())
     assert split["mode"] == "kfold" and split["test"] == [1] and split["train"] == [0, 2, 3]
+
+
+def test_synthetic_marker_sets_the_synthetic_attribute(synthetic_r11_dir, synthetic_h5, tmp_path):
+    from clci_keras.data.constants import SYNTHETIC_MARKER
+
+    assert os.path.isfile(os.path.join(synthetic_r11_dir, SYNTHETIC_MARKER))
+    with h5py.File(synthetic_h5, "r") as f:
+        assert bool(f.attrs["synthetic"]) is True
+    # The same tree without the generator's marker reads as real data.
+    real = tmp_path / "real"
+    shutil.copytree(synthetic_r11_dir, real)
+    os.remove(real / SYNTHETIC_MARKER)
+    prepare_h5(real, tmp_path / "real.h5", max_subjects=1)
+    with h5py.File(tmp_path / "real.h5", "r") as f:
+        assert bool(f.attrs["synthetic"]) is False

@@ -36,6 +36,9 @@ V2_PERCENTILE = 99.5
 
 #: Name of the R1.1 metadata table at the root of the release.
 R11_CSV_NAME = "ATLAS_Meta-Data_Release_1.1_standard_mni.csv"
+#: Marker file the synthetic generator writes at the root of its release;
+#: ``prepare_h5`` turns it into the HDF5 attribute ``synthetic = True``.
+SYNTHETIC_MARKER = "clci_keras_synthetic.json"
 
 #: BIDS space entity of ATLAS 2.0 images.
 V2_SPACE = "MNI152NLin2009aSym"

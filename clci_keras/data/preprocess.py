@@ -35,6 +35,7 @@ from clci_keras.data.constants import (
     H5_FORMAT_VERSION,
     LAYOUT_INTENSITY,
     R11_SCALE,
+    SYNTHETIC_MARKER,
     SLICE_SHAPE,
     SLICES_PER_SUBJECT,
 )
@@ -227,6 +228,7 @@ def prepare_h5(
                     "crops": json.dumps({k: [[r.start, r.stop], [c.start, c.stop]] for k, (r, c) in CROPS.items()}),
                     "default_crop": DEFAULT_CROP,
                     "source": os.path.abspath(os.fspath(src)),
+                    "synthetic": os.path.isfile(os.path.join(os.fspath(src), SYNTHETIC_MARKER)),
                     "clci_keras_version": __version__,
                     "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 }

@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import csv
 import functools
+import json
 import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from clci_keras.data.constants import ATLAS_SHAPE, R11_CSV_NAME, V2_SPACE
+from clci_keras.data.constants import ATLAS_SHAPE, R11_CSV_NAME, SYNTHETIC_MARKER, V2_SPACE
+from clci_keras.version import __version__
 
 #: Sites of the synthetic R1.1 release (real R1.1 has 9 sites).
 N_SITES = 3
@@ -358,6 +360,11 @@ def generate_dataset(out_dir, layout="r1.1", n_subjects=4, seed=0, t1_dtype="int
             for r in sorted(records, key=lambda r: r["subject_id"]):
                 f.write(f"{r['subject_id']}\t{r['site']}\n")
         os.replace(tsv + ".tmp", tsv)
+    marker = os.path.join(out_dir, SYNTHETIC_MARKER)
+    with open(marker + ".tmp", "w") as f:
+        json.dump({"generator": "clci_keras.data.synthetic", "version": __version__,
+                   "layout": layout, "n_subjects": n_subjects, "seed": int(seed)}, f, indent=2)
+    os.replace(marker + ".tmp", marker)
     return records
 
 
