@@ -24,6 +24,8 @@ INSTALL_REQUIRES = [
     "matplotlib>=3.7",
     "pandas>=2.0",
     "tqdm>=4.65",
+    # TensorFlow 2.21 no longer pulls TensorBoard in; training logs to it by default.
+    "tensorboard>=2.16",
 ]
 
 EXTRAS = {
