@@ -230,3 +230,22 @@ def test_mirrored_step_on_two_logical_cpus(tiny, tmp_path):
     assert res.returncode == 0 and line, res.stderr[-3000:]
     _, replicas, iters, loss = line[0].split()
     assert int(replicas) == 2 and int(iters) == 1 and np.isfinite(float(loss))
+
+
+def test_training_without_validation_subjects(tiny, tmp_path):
+    """A split with an empty 'val' part (k-fold default) trains, monitoring the training loss,
+    instead of failing on the logger's 'NA' cells."""
+    from clci_keras.data.splits import save_split
+    from clci_keras.reports.figures import training_curves
+    from clci_keras.training import train
+
+    h5, _ = tiny
+    split = str(tmp_path / "noval.json")
+    save_split({"train": [0, 1], "val": [], "test": [3], "subject_ids": ["s0", "s1", "s2", "s3"],
+                "mode": "holdout"}, split)
+    run = str(tmp_path / "run")
+    result = train(MODEL, h5, split, run, **fast(epochs=1, steps_per_epoch=1))
+    assert result["monitor"] == "loss" and result["best_epoch"] == 0 and result["val_subjects"] == 0
+    assert os.path.exists(os.path.join(run, f"{MODEL}_weights.h5"))
+    training_curves(os.path.join(run, "log.csv"), str(tmp_path / "curves.png"))
+    assert os.path.getsize(tmp_path / "curves.png") > 0

@@ -8,9 +8,8 @@ import numpy as np
 
 
 def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
+    # No matplotlib.use(): pyplot falls back to Agg on headless machines by itself,
+    # and forcing a backend here would switch off Jupyter's inline figures.
     import matplotlib.pyplot as plt
 
     return plt
@@ -99,7 +98,13 @@ def training_curves(log_csv, out_png, title=None, dpi=110):
     ep = [int(float(r["epoch"])) + 1 for r in rows]
 
     def col(name):
-        return [float(r[name]) if r.get(name) not in (None, "") else np.nan for r in rows]
+        out = []
+        for r in rows:
+            try:
+                out.append(float(r.get(name)))
+            except (TypeError, ValueError):  # empty or "NA" (no validation data)
+                out.append(np.nan)
+        return out
 
     panels = [("loss", ["loss", "val_loss"]), ("Dice (soft, batch)", ["dice_coef", "val_dice_coef"]),
               ("learning rate", ["learning_rate", "lr"])]

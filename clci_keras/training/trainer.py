@@ -427,8 +427,8 @@ def _fit(cfg, run_dir, extra_callbacks):
     log = _read_log(os.path.join(run_dir, "log.csv"))
     epochs_run = len(log)
     best_epoch, best_value = None, None
-    if log and monitor in log[0]:
-        vals = [float(r[monitor]) for r in log]
+    vals = [np.nan if r.get(monitor) is None else r[monitor] for r in log]
+    if vals and not np.all(np.isnan(vals)):  # no validation data: no best epoch
         best_epoch = int(np.nanargmin(vals)) if "loss" in monitor else int(np.nanargmax(vals))
         best_value = vals[best_epoch]
     stopped_early = epochs_run < cfg.epochs
@@ -469,8 +469,15 @@ def _read_log(path):
     if not os.path.exists(path):
         return []
     with open(path) as f:
-        return [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()}
-                for row in csv.DictReader(f)]
+        return [{k: _log_number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _log_number(v):
+    """A CSVLogger cell as float; None for empty cells and ``NA`` (no validation data)."""
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
 
 
 def _register(cfg, model, weights_path, result):
