@@ -62,8 +62,11 @@ def predict_subject(model, h5_path, index, crop="clci", batch_size=8, slices="al
     prob = np.zeros(gt.shape[:3], np.float32)
     for i in range(0, local.size, batch_size):
         sel = local[i : i + batch_size]
-        out = np.asarray(model.predict_on_batch(x_all[sel]), dtype=np.float32)
-        prob[sel] = out[..., 0]
+        batch = x_all[sel]
+        if sel.size < batch_size:  # pad the last batch: one traced shape for every call
+            batch = np.concatenate([batch, np.zeros((batch_size - sel.size,) + batch.shape[1:], batch.dtype)])
+        out = np.asarray(model.predict_on_batch(batch), dtype=np.float32)
+        prob[sel] = out[: sel.size, ..., 0]
         if progress is not None:
             progress.update(sel.size)
     if own:
