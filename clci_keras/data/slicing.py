@@ -6,6 +6,8 @@ becomes ``v.transpose(2, 1, 0)``, i.e. 189 slices where slice ``i`` is
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from clci_keras.data.constants import ATLAS_SHAPE, CROPS, SLICE_SHAPE
@@ -15,15 +17,22 @@ def get_crop(crop):
     """Return the ``(row_slice, col_slice)`` window for ``crop``.
 
     Args:
-        crop: a name in :data:`CROPS` (``"clci"`` or ``"xnet"``), an explicit
-            pair of ``slice`` objects, or ``None`` for the full 233 x 197 slice.
+        crop: a name in :data:`CROPS` (``"clci"`` or ``"xnet"``), a window
+            string ``"r0:r1,c0:c1"``, an explicit pair of ``slice`` objects, or
+            ``None`` for the full 233 x 197 slice.
     """
     if crop is None:
         return (slice(0, SLICE_SHAPE[0]), slice(0, SLICE_SHAPE[1]))
     if isinstance(crop, str):
-        if crop not in CROPS:
-            raise ValueError(f"Unknown crop {crop!r}; expected one of {sorted(CROPS)} or None.")
-        return CROPS[crop]
+        if crop in CROPS:
+            return CROPS[crop]
+        m = re.match(r"^\s*(\d+):(\d+)\s*,\s*(\d+):(\d+)\s*$", crop)
+        if not m:
+            raise ValueError(
+                f"Unknown crop {crop!r}; expected one of {sorted(CROPS)}, a window 'r0:r1,c0:c1' or None."
+            )
+        r0, r1, c0, c1 = map(int, m.groups())
+        crop = (slice(r0, r1), slice(c0, c1))
     if (
         isinstance(crop, (tuple, list))
         and len(crop) == 2

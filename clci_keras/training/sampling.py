@@ -57,19 +57,9 @@ def subject_table(h5_path):
 
 def _crop(crop):
     """``(row slice, col slice)`` of a named crop or of an explicit ``'r0:r1,c0:c1'`` window."""
-    from clci_keras.data.constants import CROPS
+    from clci_keras.data.slicing import get_crop
 
-    if isinstance(crop, str) and crop in CROPS:
-        return CROPS[crop]
-    m = re.match(r"^\s*(\d+):(\d+)\s*,\s*(\d+):(\d+)\s*$", str(crop))
-    if not m:
-        raise ValueError(
-            f"unknown crop {crop!r}; use one of {sorted(CROPS)} or a window 'r0:r1,c0:c1'"
-        )
-    r0, r1, c0, c1 = map(int, m.groups())
-    if not (0 <= r0 < r1 and 0 <= c0 < c1):
-        raise ValueError(f"empty crop window {crop!r}")
-    return slice(r0, r1), slice(c0, c1)
+    return get_crop(crop)
 
 
 def select_slices(h5_path, subjects, spec="all", crop="clci", seed=0):
