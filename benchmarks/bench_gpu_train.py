@@ -22,15 +22,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
+
+import _harness  # noqa: E402  (puts the checkout on sys.path)
 
 PEAK_TFLOPS = {"bf16": 989.4, "fp32": 494.7}  # dense datasheet peaks (fp32 as TF32)
 DEFAULT_CONFIGS = (
@@ -43,20 +43,25 @@ DEFAULT_CONFIGS = (
 
 
 def machine():
-    info = {"python": sys.version.split()[0]}
-    try:
-        info["gpu"] = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=30).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        info["gpu"] = "unknown"
+    """The machine (CPU, GPUs, memory, load: see benchmarks/_harness.py) and the JAX/Keras set-up."""
     import jax
     import keras
 
-    info.update(jax=jax.__version__, keras=keras.__version__, backend=keras.backend.backend(),
-                devices=[str(d) for d in jax.devices()],
-                matmul_precision=str(jax.config.jax_default_matmul_precision))
-    return info
+    summary = _harness.machine_summary()  # after importing jax and keras: records their versions
+    return {
+        "date": _harness.today(),
+        "description": _harness.machine_line(summary),
+        "python": summary["python"],
+        "gpu": "; ".join(summary["gpus"]) or "none found by nvidia-smi",
+        "cpu": summary["cpu"],
+        "memory_total_bytes": summary["memory_total_bytes"],
+        "load_avg_1min": summary["load_avg_1min"],
+        "jax": summary["jax"],
+        "keras": summary["keras"],
+        "backend": keras.backend.backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "matmul_precision": str(jax.config.jax_default_matmul_precision),
+    }
 
 
 def matmul_tflops(n=8192, reps=10):

@@ -21,14 +21,13 @@ slices/s (inference mode, float32).
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import platform
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-MACHINE = "2-core x86-64 CPU (AVX-512 BF16), 24 GiB, no GPU"
+import _harness  # noqa: E402  (puts the checkout on sys.path)
 
 
 def _prod(values):
@@ -126,18 +125,16 @@ def run(names, shape, slices, batch, repeats, profiler):
 
 
 def markdown(rows, shape, slices, batch, repeats, profiler):
-    import keras
-    import tensorflow as tf
-
-    today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    machine = _harness.machine_summary()  # after run(): records the TensorFlow/Keras versions used
     lines = [
         "## Models: parameters, GFLOP and CPU inference (bench_models.py)",
         "",
-        f"- date: {today}; machine: {MACHINE}; {platform.python_implementation()} "
-        f"{platform.python_version()}, TensorFlow {tf.__version__}, Keras {keras.__version__}",
+        f"- date: {_harness.today()}; machine: {_harness.machine_line(machine)}; "
+        f"{platform.python_implementation()} {platform.python_version()}, "
+        f"TensorFlow {machine['tensorflow']}, Keras {machine['keras']}",
         f"- input {shape[0]}x{shape[1]}x{shape[2]}, float32, inference mode; speed = best of "
         f"{repeats} `model.predict` runs over {slices} slices in batches of {batch}",
-        f"- 1-min load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs "
+        f"- 1-min load average at the end: {machine['load_avg_1min']:.1f} on {_harness.cores(machine)} CPUs "
         "(other jobs share the CPUs; speed scales down with load)",
         "- GFLOP: analytic conv/transposed-conv/dense/ConvLSTM MACs per slice, 1 MAC = 2 FLOP"
         + ("; `tf profiler` = tf.compat.v1.profiler float_ops of the traced forward pass" if profiler else ""),
@@ -154,19 +151,6 @@ def markdown(rows, shape, slices, batch, repeats, profiler):
             + f" {r['slices_per_s']:.2f} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def append_atomic(path, text):
-    old = ""
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            old = f.read()
-    if old and not old.endswith("\n\n"):
-        old = old.rstrip("\n") + "\n\n"
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(old + text)
-    os.replace(tmp, path)
 
 
 def main(argv=None):
@@ -192,7 +176,7 @@ def main(argv=None):
     print()
     print(text)
     if args.append:
-        append_atomic(args.append, text)
+        _harness.append_atomic(args.append, text)
     return 0
 
 

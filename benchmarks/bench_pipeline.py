@@ -1,11 +1,12 @@
-"""Input-pipeline benchmark: slices/s of ``make_dataset`` (crop + shuffle + batch).
+"""Input-pipeline benchmark: slices/s of the HDF5 reader's tf.data batches (clci_keras.data.reader).
 
 Builds (or reuses) a synthetic R1.1 HDF5 file of --subjects subjects, then
 times, after one untimed warm-up pass:
 
-* train mode, in memory (the default): shuffled 224 x 176 batches of 8;
-* train mode, ``in_memory=False`` (per-slice HDF5 reads, like X-Net);
-* eval mode (whole patients in order, streamed subject by subject);
+* training batches from a ``SliceReader(in_memory=True)``: shuffled 224 x 176
+  batches of 8, ``--epochs`` epochs after one warm-up epoch;
+* training batches from a streamed ``SliceReader`` (one h5py read per batch);
+* evaluation batches (slices in order) from the streamed reader;
 
 plus the one-off cost of reading the subjects into memory.  Pin to two cores
 with ``taskset -c 0,1`` where the machine has more.
@@ -17,16 +18,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-RESULTS = os.path.join(HERE, "RESULTS.md")
-MACHINE = "2-core x86-64 CPU (AVX-512 BF16), 24 GiB, no GPU"
+import _harness
+from _harness import RESULTS
 
 
 def _rate(ds, max_slices=None):
@@ -38,6 +35,11 @@ def _rate(ds, max_slices=None):
     return n / (time.perf_counter() - t), n
 
 
+def _take(it, n):
+    for _ in range(n):
+        yield next(it)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--subjects", type=int, default=8)
@@ -46,10 +48,11 @@ def main(argv=None):
     p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "clci_bench_pipeline"))
     p.add_argument("--append", action="store_true")
     args = p.parse_args(argv)
-    load0 = os.getloadavg()[0]
+    machine = _harness.machine_summary()  # before the run: its load average is reported
+    print(f"machine: {_harness.machine_line(machine)}", flush=True)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from clci_keras.data import generate_dataset, make_dataset, prepare_h5
-    from clci_keras.data.pipeline import load_slices
+    from clci_keras.data import generate_dataset, prepare_h5
+    from clci_keras.data import reader as R
 
     os.makedirs(args.work, exist_ok=True)
     src = os.path.join(args.work, f"r11_{args.subjects}")
@@ -59,25 +62,30 @@ def main(argv=None):
         prepare_h5(src, h5, progress=False, overwrite=True)
     import tensorflow as tf
 
+    subjects = list(range(args.subjects))
+    idx = R.select_slices(h5, subjects, "all")
     rows = []
     t = time.perf_counter()
-    load_slices(h5, None, "clci")
+    memory = R.SliceReader(h5, "clci", in_memory=True)
     load_s = (time.perf_counter() - t) / args.subjects
     rows.append(("read subjects into memory (clci crop)", f"{load_s:.3f} s/subject", ""))
 
-    ds = make_dataset(h5, mode="train", batch_size=args.batch_size, seed=0, repeat=True)
-    _rate(ds, 2000)  # warm-up
-    rate, n = _rate(ds, args.epochs * args.subjects * 189)
-    rows.append((f"train, in memory, crop+shuffle+batch {args.batch_size}", f"{rate:,.0f} slices/s", f"{n} slices"))
+    ds = R.train_dataset(memory, idx, args.batch_size, seed=0, first_epoch=0, last_epoch=args.epochs + 1)
+    it = iter(ds)
+    _rate(_take(it, R.steps_for(idx.size, args.batch_size)))  # warm-up: the first epoch
+    rate, n = _rate(it)
+    rows.append((f"train, SliceReader(in_memory=True), shuffled epochs, batch {args.batch_size}",
+                 f"{rate:,.0f} slices/s", f"{n} slices"))
 
-    ds = make_dataset(h5, mode="train", batch_size=args.batch_size, seed=0, in_memory=False)
+    streamed = R.SliceReader(h5, "clci")
+    ds = R.train_dataset(streamed, idx, args.batch_size, seed=0)
     rate, n = _rate(ds, 1500)
-    label = f"train, in_memory=False (per-slice h5py reads), batch {args.batch_size}"
-    rows.append((label, f"{rate:,.0f} slices/s", f"{n} slices"))
+    rows.append((f"train, SliceReader streamed (h5py reads per batch), batch {args.batch_size}",
+                 f"{rate:,.0f} slices/s", f"{n} slices"))
 
-    ds = make_dataset(h5, mode="eval", batch_size=args.batch_size, in_memory=False)
-    rate, n = _rate(ds)
-    rows.append((f"eval, streamed per subject, batch {args.batch_size}", f"{rate:,.0f} slices/s", f"{n} slices"))
+    rate, n = _rate(R.eval_dataset(streamed, idx, args.batch_size))
+    rows.append((f"eval, SliceReader streamed, in order, batch {args.batch_size}",
+                 f"{rate:,.0f} slices/s", f"{n} slices"))
 
     table = "| configuration | throughput | measured over |\n|---|---|---|\n" + "\n".join(
         f"| {a} | {b} | {c} |" for a, b, c in rows
@@ -85,14 +93,14 @@ def main(argv=None):
     print(f"TensorFlow {tf.__version__}, {args.subjects} subjects, cores available: {len(os.sched_getaffinity(0))}")
     print(table)
     if args.append:
-        with open(RESULTS, "a") as f:
-            f.write(
-                f"\n### Data: input pipeline (`benchmarks/bench_pipeline.py`)\n\n"
-                f"Machine: {MACHINE}. Date: {datetime.datetime.now(datetime.timezone.utc).date().isoformat()} (UTC). "
-                f"Load average before the run: {load0:.1f} (the 2 cores were shared with other jobs). "
-                f"TensorFlow {tf.__version__}; synthetic R1.1 file of {args.subjects} subjects "
-                f"({args.subjects * 189} slices); {len(os.sched_getaffinity(0))} cores.\n\n" + table + "\n"
-            )
+        _harness.append_atomic(
+            RESULTS,
+            f"\n### Data: input pipeline (`benchmarks/bench_pipeline.py`)\n\n"
+            f"Machine: {_harness.machine_line(machine)}. Date: {_harness.today()} (UTC). "
+            f"Load average before the run: {machine['load_avg_1min']:.1f}. "
+            f"TensorFlow {tf.__version__}; synthetic R1.1 file of {args.subjects} subjects "
+            f"({args.subjects * 189} slices); {_harness.cores(machine)} cores.\n\n" + table + "\n",
+        )
 
 
 if __name__ == "__main__":

@@ -18,18 +18,14 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import subprocess
 import sys
 import tempfile
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)
-RESULTS = os.path.join(HERE, "RESULTS.md")
-MACHINE = "2-core x86-64 CPU (AVX-512 BF16), 24 GiB, no GPU"
+import _harness
+from _harness import RESULTS, ROOT
 
 _RUN = r"""
 import json, os, resource, sys, time
@@ -99,7 +95,8 @@ def main(argv=None):
     p.add_argument("--original", action="store_true", help="also time the original-style conversion")
     p.add_argument("--append", action="store_true", help="append the table to benchmarks/RESULTS.md")
     args = p.parse_args(argv)
-    load0 = os.getloadavg()[0]
+    machine = _harness.machine_summary()  # before the run: its load average is reported
+    print(f"machine: {_harness.machine_line(machine)}", flush=True)
     os.makedirs(args.work, exist_ok=True)
     rows = []
     for n in args.sizes:
@@ -130,14 +127,15 @@ def main(argv=None):
     table = "\n".join(lines)
     print(table)
     if args.append:
-        with open(RESULTS, "a") as f:
-            f.write(
-                f"\n### Data: preprocessing (`benchmarks/bench_prep.py`)\n\n"
-                f"Machine: {MACHINE}. Date: {datetime.datetime.now(datetime.timezone.utc).date().isoformat()} (UTC). "
-                f"Load average before the run: {load0:.1f} (the 2 cores were shared with other jobs). "
-                "Synthetic R1.1 subjects (int16 T1 on disk), deflate level 1 + shuffle, one chunk per slice.\n\n"
-                + table + "\n"
-            )
+        _harness.append_atomic(
+            RESULTS,
+            f"### Data: preprocessing (`benchmarks/bench_prep.py`)\n\n"
+            f"Machine: {_harness.machine_line(machine)}. Date: {_harness.today()} (UTC). "
+            f"Load average before the run: {machine['load_avg_1min']:.1f} "
+            f"(the {_harness.cores(machine)} cores were shared with other jobs). "
+            "Synthetic R1.1 subjects (int16 T1 on disk), deflate level 1 + shuffle, one chunk per slice.\n\n"
+            + table + "\n",
+        )
 
 
 if __name__ == "__main__":

@@ -17,17 +17,14 @@ CLCI-Net at 224x176) times slices/s.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))  # run from a checkout without installing
-RESULTS = os.path.join(HERE, "RESULTS.md")
-MACHINE = "2-core x86-64 CPU (AVX-512 BF16), 24 GiB, no GPU"
+import _harness  # puts the checkout on sys.path: runs without installing
+from _harness import RESULTS, ROOT
 FORWARD_GFLOP = {("clci_net", 224, 176): 76.7}
 
 
@@ -102,6 +99,8 @@ def main(argv=None):
     if args._child:
         _one(args)
         return 0
+    machine_line = _harness.machine_line()
+    print(f"machine: {machine_line}", flush=True)
     precisions = ["fp32", "bf16"] if args.precision == "both" else [args.precision]
     rows = []
     for prec in precisions:
@@ -111,7 +110,7 @@ def main(argv=None):
         if args.jit:
             cmd.append("--jit")
         res = subprocess.run(cmd, capture_output=True, text=True,
-                             cwd=os.path.dirname(HERE), env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                             cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
         line = [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")]
         if res.returncode or not line:
             print(res.stdout[-3000:], res.stderr[-3000:], file=sys.stderr)
@@ -120,17 +119,18 @@ def main(argv=None):
         rows.append(row)
         print(json.dumps(row))
     if args.append:
-        _append(rows)
+        _append(rows, machine_line)
     return 0
 
 
-def _append(rows):
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+def _append(rows, machine_line):
+    """Add ``rows`` to the training-throughput table of RESULTS.md (created after the last section if absent)."""
+    date = _harness.today()
     lines = []
     for r in rows:
         fwd = r.get("forward_slices_per_s")
         lines.append(
-            f"| {date} | {MACHINE} | {r['model']} {r['shape'][0]}x{r['shape'][1]} | {r['batch']} | "
+            f"| {date} | {machine_line} | {r['model']} {r['shape'][0]}x{r['shape'][1]} | {r['batch']} | "
             f"{r['precision']}{' + XLA' if r['jit'] else ''} | {r['train_slices_per_s']:.2f} | "
             f"{(1 / r['train_slices_per_s']):.2f} | {('%.2f' % fwd) if fwd else '-'} | "
             f"{('%.2f' % r['train_tflops']) if 'train_tflops' in r else '-'} | "
@@ -146,20 +146,18 @@ def _append(rows):
         "| train TFLOP/s | train CPU s/slice | load avg |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
-    text = open(RESULTS).read() if os.path.exists(RESULTS) else "# Benchmarks\n"
+    text = _harness.read_text(RESULTS, default="# Benchmarks\n")
     marker = "## Training throughput (benchmarks/bench_train.py)"
     if marker not in text:
         text = text.rstrip("\n") + "\n" + header
     # insert after the last row of this section's table
     head, _, tail = text.partition(marker)
     sec_lines = (marker + tail).splitlines()
-    last_row = max(i for i, l in enumerate(sec_lines) if l.startswith("|"))
+    end = next((i for i, l in enumerate(sec_lines) if i and l.startswith("#")), len(sec_lines))  # next heading
+    last_row = max(i for i, l in enumerate(sec_lines[:end]) if l.startswith("|"))
     rest = sec_lines[last_row + 1:]
     sec_lines = sec_lines[: last_row + 1] + lines + rest
-    tmp = RESULTS + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(head + "\n".join(sec_lines) + "\n")
-    os.replace(tmp, RESULTS)
+    _harness.write_atomic(RESULTS, head + "\n".join(sec_lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ _LAZY = {
     "dice_coef_loss": "clci_keras.models",
     "bce_dice_loss": "clci_keras.models",
     "predict_volume": "clci_keras.inference",
+    "list_weights": "clci_keras.models.catalog",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -1,5 +1,6 @@
 """CLCI-Net: architecture fidelity, Keras-2 weight parity, serialization, ablations."""
 import collections
+import re
 
 import keras
 import numpy as np
@@ -228,6 +229,26 @@ def test_baseline_is_smaller_and_registered():
 def test_bad_input_shapes_raise(shape):
     with pytest.raises(ValueError, match="input_shape"):
         CLCI_Net(input_shape=shape)
+
+
+def test_input_tensor_sets_the_shape():
+    # input_shape stays at its default (224, 176, 1): the tensor's shape must win.
+    from_tensor = CLCI_Net(input_tensor=keras.Input((48, 32, 1)))
+    from_shape = CLCI_Net(input_shape=(48, 32, 1))
+    assert from_tensor.input_shape == (None, 48, 32, 1)
+    assert from_tensor.output_shape == (None, 48, 32, 1)
+    assert from_tensor.get_layer("clf_aspp_pool").pool_size == (3, 2)
+    assert from_tensor.count_params() == from_shape.count_params()
+    assert weight_signature(from_tensor) == weight_signature(from_shape)
+    assert [l.name for l in from_tensor.layers][1:] == [l.name for l in from_shape.layers][1:]
+    y = keras.ops.convert_to_numpy(from_tensor(np.ones((1, 48, 32, 1), "float32")))
+    assert y.shape == (1, 48, 32, 1) and np.isfinite(y).all()
+
+
+@pytest.mark.parametrize("shape", [(48, 30, 1), (40, 32, 1)])
+def test_bad_input_tensor_raises(shape):
+    with pytest.raises(ValueError, match=re.escape(f"`input_tensor.shape[1:]`={shape!r}")):
+        CLCI_Net(input_tensor=keras.Input(shape))
 
 
 @pytest.mark.parametrize("num_class", [0, -1, 1.5, True])

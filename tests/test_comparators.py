@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from clci_keras.models import build_model, get_model_spec, list_models
-from clci_keras.models.common import (
+from clci_keras.models.layers import (
     AdaptiveAveragePooling2D,
     BilinearKernel,
     ResizeTo,
@@ -130,6 +130,27 @@ def test_deterministic_layer_names_and_input_tensor():
     b = build_model("fcn8s", input_tensor=tensor)
     assert b.input_shape == (None, *SMALL)
     assert [l.name for l in a.layers][1:] == [l.name for l in b.layers][1:]
+
+
+@pytest.mark.parametrize("name", COMPARATORS)
+def test_input_tensor_shape_replaces_input_shape(name, shape=(50, 37, 2)):
+    model = build_model(name, input_tensor=keras.Input(shape=shape), num_class=2)
+    assert model.input_shape == (None, *shape) and model.output_shape == (None, *shape[:2], 2)
+
+
+@pytest.mark.parametrize(
+    "tensor, match",
+    [
+        (lambda: keras.Input(shape=(7, 176, 1)), r"input_tensor.*\(7, 176, 1\).*at least 32"),
+        (lambda: keras.Input(shape=(None, None, 1)), r"input_tensor.*static.*\(None, None, None, 1\)"),
+        (lambda: keras.Input(shape=(64, 48)), r"input_tensor.*static.*\(None, 64, 48\)"),
+        (lambda: np.zeros((1, 64, 48, 1), "float32"), "input_tensor.*Keras tensor"),
+    ],
+    ids=["too-small", "dynamic", "rank-3", "not-keras"],
+)
+def test_bad_input_tensor_raises(tensor, match):
+    with pytest.raises(ValueError, match=match):
+        build_model("fcn8s", input_tensor=tensor())
 
 
 def test_pspnet_aux_head_and_odd_bins():

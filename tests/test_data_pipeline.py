@@ -1,4 +1,4 @@
-"""Slicing helpers, intensity schemes and the tf.data pipeline."""
+"""Slicing helpers, intensity schemes and the one HDF5 reader (clci_keras.data.reader)."""
 import subprocess
 import sys
 
@@ -9,15 +9,22 @@ import pytest
 from clci_keras.data import (
     ATLAS_SHAPE,
     CROPS,
+    SliceReader,
+    brain_slice_indices,
+    brain_z_range,
     crop_slices,
+    dataset_info,
+    eval_dataset,
     load_subject_slices,
-    make_dataset,
     normalize_intensity,
-    num_batches,
+    select_slices,
     slices_to_volume,
+    subject_table,
+    train_dataset,
     uncrop_slices,
     volume_to_slices,
 )
+from clci_keras.data.reader import steps_for
 
 
 def test_import_does_not_load_tensorflow():
@@ -71,26 +78,48 @@ def batches(ds, n=None):
     return out
 
 
+def _train(h5, subjects, batch_size, seed, epochs=1, in_memory=False, first_epoch=0):
+    reader = SliceReader(h5, "clci", in_memory=in_memory, subjects=subjects if in_memory else None)
+    idx = select_slices(h5, subjects, "all")
+    return train_dataset(reader, idx, batch_size, seed, first_epoch, first_epoch + epochs)
+
+
 def test_train_dataset_shapes_and_determinism(synthetic_h5):
-    ds = make_dataset(synthetic_h5, subjects=[0, 2], batch_size=8, seed=3)
-    b1 = batches(ds, 4)
+    b1 = batches(_train(synthetic_h5, [0, 2], 8, seed=3, epochs=2))
+    steps = steps_for(2 * 189, 8)
+    assert len(b1) == 2 * steps
     x, y = b1[0]
     assert x.shape == (8, 224, 176, 1) and x.dtype == np.float32
     assert y.shape == (8, 224, 176, 1) and y.dtype == np.float32
     assert set(np.unique(y)) <= {0.0, 1.0}
-    again = batches(make_dataset(synthetic_h5, subjects=[0, 2], batch_size=8, seed=3), 4)
+    again = batches(_train(synthetic_h5, [0, 2], 8, seed=3, epochs=2))
     assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(b1, again))
-    other = batches(make_dataset(synthetic_h5, subjects=[0, 2], batch_size=8, seed=4), 1)
+    other = batches(_train(synthetic_h5, [0, 2], 8, seed=4), 1)
     assert not np.array_equal(other[0][0], x)
-    # next epoch reshuffles
-    second_epoch = batches(ds, 1)
-    assert not np.array_equal(second_epoch[0][0], x)
+    # the next epoch reshuffles, and a run resumed at epoch 1 replays it exactly
+    assert not np.array_equal(b1[steps][0], x)
+    resumed = batches(_train(synthetic_h5, [0, 2], 8, seed=3, first_epoch=1))
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(b1[steps:], resumed))
+
+
+def test_in_memory_and_streamed_readers_give_the_same_batches(synthetic_h5):
+    streamed = batches(_train(synthetic_h5, [1, 3], 16, seed=0))
+    memory = batches(_train(synthetic_h5, [1, 3], 16, seed=0, in_memory=True))
+    assert len(streamed) == len(memory) == steps_for(2 * 189, 16) == 23
+    for a, b in zip(streamed, memory):
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+    reader = SliceReader(synthetic_h5, in_memory=True, subjects=[1])
+    assert reader.in_memory
+    with pytest.raises(ValueError, match="not among the subjects"):
+        reader.read([0])
+    with pytest.raises(ValueError, match="in_memory"):
+        SliceReader(synthetic_h5, in_memory="yes")
 
 
 def test_train_epoch_covers_selected_subjects_exactly(synthetic_h5):
-    ds = make_dataset(synthetic_h5, subjects=[1, 3], batch_size=16, seed=0)
-    got = batches(ds)
-    assert len(got) == num_batches(2, 16) == 24
+    got = batches(_train(synthetic_h5, [1, 3], 18, seed=0))  # 378 = 21 x 18: no remainder
+    assert len(got) == 21
     x = np.concatenate([b[0] for b in got])
     y = np.concatenate([b[1] for b in got])
     assert x.shape[0] == 2 * 189
@@ -111,9 +140,10 @@ def test_train_epoch_covers_selected_subjects_exactly(synthetic_h5):
     assert checked > 200
 
 
-def test_eval_mode_keeps_whole_patients_in_order(synthetic_h5):
-    ds = make_dataset(synthetic_h5, subjects=[2, 0], mode="eval", batch_size=9, in_memory=False)
-    got = batches(ds)
+def test_eval_dataset_keeps_whole_patients_in_order(synthetic_h5):
+    reader = SliceReader(synthetic_h5)
+    idx = select_slices(synthetic_h5, [2, 0], "all")
+    got = batches(eval_dataset(reader, idx, 9))
     x = np.concatenate([b[0] for b in got])
     y = np.concatenate([b[1] for b in got])
     assert x.shape == (378, 224, 176, 1)
@@ -122,8 +152,8 @@ def test_eval_mode_keeps_whole_patients_in_order(synthetic_h5):
     np.testing.assert_array_equal(x[:189], x2)
     np.testing.assert_array_equal(x[189:], x0)
     np.testing.assert_array_equal(y[:189], y2)
-    # shuffle is ignored in eval mode; in-memory eval gives the same stream
-    same = batches(make_dataset(synthetic_h5, subjects=[2, 0], mode="eval", batch_size=9, shuffle=True, in_memory=True))
+    memory = SliceReader(synthetic_h5, in_memory=True)
+    same = batches(eval_dataset(memory, idx, 9))
     np.testing.assert_array_equal(np.concatenate([b[0] for b in same]), x)
 
 
@@ -134,31 +164,40 @@ def test_load_subject_slices_and_crops(synthetic_h5):
         np.testing.assert_array_equal(x, f["data"][:189])
     xx, _ = load_subject_slices(synthetic_h5, 0, crop="xnet")
     assert xx.shape == (189, 224, 192, 1)
-    ds = make_dataset(synthetic_h5, subjects=[0], crop="xnet", batch_size=4, mode="eval")
-    assert next(iter(ds))[0].shape == (4, 224, 192, 1)
-    with pytest.raises(ValueError, match="out of range"):
+    reader = SliceReader(synthetic_h5, "xnet")
+    assert next(iter(eval_dataset(reader, np.arange(189), 4)))[0].shape == (4, 224, 192, 1)
+    with pytest.raises(ValueError, match="no subject with index 4"):
         load_subject_slices(synthetic_h5, 4)
 
 
-def test_streaming_train_mode_matches_content(synthetic_h5):
-    ds = make_dataset(synthetic_h5, subjects=[1], batch_size=32, in_memory=False, seed=0)
-    x = np.concatenate([b[0] for b in batches(ds)])
-    ref, _ = load_subject_slices(synthetic_h5, 1)
-    np.testing.assert_allclose(np.sort(x.sum(axis=(1, 2, 3))), np.sort(ref.sum(axis=(1, 2, 3))), rtol=1e-5)
-    again = batches(make_dataset(synthetic_h5, subjects=[1], batch_size=32, in_memory=False, seed=0))
-    again = np.concatenate([b[0] for b in again])
-    np.testing.assert_array_equal(x, again)
+def test_reader_returns_slices_in_the_asked_order(synthetic_h5):
+    reader = SliceReader(synthetic_h5)
+    x, _ = reader.read([200, 3, 200, 7])
+    ref, _ = reader.read([3, 7, 200])
+    np.testing.assert_array_equal(x[0], ref[2])
+    np.testing.assert_array_equal(x[1], ref[0])
+    np.testing.assert_array_equal(x[2], ref[2])
+    np.testing.assert_array_equal(x[3], ref[1])
 
 
-def test_repeat_and_bad_arguments(synthetic_h5):
-    ds = make_dataset(synthetic_h5, subjects=[0], batch_size=100, repeat=True, drop_remainder=True)
-    assert len(batches(ds, 3)) == 3  # 189 slices -> 1 full batch per pass, repeats
-    with pytest.raises(ValueError, match="'test'"):
-        make_dataset(synthetic_h5, mode="test")
+def test_bad_arguments(synthetic_h5):
+    reader = SliceReader(synthetic_h5)
+    with pytest.raises(ValueError, match="batch_size"):
+        train_dataset(reader, np.arange(10), 0)
     with pytest.raises(ValueError, match="'a'"):
-        make_dataset(synthetic_h5, subjects=["a"])
-    with pytest.raises(ValueError, match="out of range"):
-        make_dataset(synthetic_h5, subjects=[9])
+        select_slices(synthetic_h5, ["a"], "all")
+    with pytest.raises(ValueError, match="no subject with index 9"):
+        select_slices(synthetic_h5, [9], "all")
+    with pytest.raises(ValueError, match="slice selection"):
+        select_slices(synthetic_h5, [0], "most")
+
+
+def test_brain_slices_and_dataset_info(synthetic_h5):
+    idx = brain_slice_indices()
+    assert len(idx) == 155 and brain_z_range() == (idx[0], idx[-1] + 1)
+    assert brain_slice_indices(100) == tuple(i for i in idx if i < 100)
+    info = dataset_info(synthetic_h5)
+    assert info["synthetic"] is True and info["slices"] == 4 * 189
 
 
 def test_original_generator_file_is_readable(tmp_path):
@@ -169,5 +208,5 @@ def test_original_generator_file_is_readable(tmp_path):
         f["label"] = np.zeros((378, 233, 197), np.int64)
     x, y = load_subject_slices(path, 1)
     assert x.shape == (189, 224, 176, 1) and x.dtype == np.float32
-    ds = make_dataset(path, mode="eval", batch_size=189)
-    assert len(batches(ds)) == 2
+    assert subject_table(path) == {0: (0, 189), 1: (189, 189)}
+    assert len(batches(eval_dataset(SliceReader(path), np.arange(378), 189))) == 2

@@ -104,3 +104,75 @@ def test_summarize_mean_std_and_nan_exclusion():
     assert s["rvd"] == {"mean": pytest.approx(20.0), "std": pytest.approx(np.std([10, 30], ddof=1)),
                         "n": 2, "n_nan": 1}
     assert summarize([{"dsc": 0.5}], names=("dsc",))["dsc"]["std"] is None
+
+
+# --------------------------------------------------------------------------
+# ATLAS 2.0 challenge scores, against a transcription of the organisers' definitions
+# (npnl/atlas2_grand_challenge, isles/scoring.py: components by scipy.ndimage.label's
+# default structure; a GT component overlapping the prediction is a TP; a predicted
+# component overlapping no GT is an FP; F1 = TP / (TP + (FP + FN) / 2)).
+# --------------------------------------------------------------------------
+def _organisers(gt, pred):
+    from scipy import ndimage
+
+    gt, pred = gt.astype(bool), pred.astype(bool)
+    gl, ng = ndimage.label(gt)
+    pl, npred = ndimage.label(pred)
+    tp = sum(bool((pred & (gl == i)).any()) for i in range(1, ng + 1))
+    fn = ng - tp
+    fp = sum(not (gt & (pl == i)).any() for i in range(1, npred + 1))
+    denom = gt.sum() + pred.sum()
+    return {
+        "dice": 1.0 if denom == 0 else 2 * (gt & pred).sum() / denom,
+        "volume_difference": abs(int(pred.sum()) - int(gt.sum())),
+        "simple_lesion_count": abs(npred - ng),
+        "lesion_f1": 1.0 if tp + fp + fn == 0 else tp / (tp + (fp + fn) / 2),
+    }
+
+
+def test_atlas2_scores_match_the_organisers_definitions_on_random_masks():
+    from clci_keras.evaluation.metrics import atlas2_scores
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        gt = rng.random((8, 9, 10)) > 0.85
+        pred = rng.random((8, 9, 10)) > 0.85
+        got, ref = atlas2_scores(gt, pred), _organisers(gt, pred)
+        assert got.keys() == ref.keys()
+        for k in ref:
+            assert got[k] == pytest.approx(ref[k]), k
+
+
+def test_atlas2_components_touching_only_diagonally_are_separate():
+    from clci_keras.evaluation.metrics import atlas2_scores
+
+    gt = np.zeros((3, 3, 3), bool)
+    gt[0, 0, 0] = gt[1, 1, 1] = True  # share only a corner: 2 lesions with 6-connectivity
+    pred = np.zeros_like(gt)
+    pred[0, 0, 0] = True
+    s = atlas2_scores(gt, pred)
+    assert s["simple_lesion_count"] == 1 and s["volume_difference"] == 1
+    assert s["lesion_f1"] == pytest.approx(1 / (1 + 0.5))  # TP 1, FN 1
+    assert s["dice"] == pytest.approx(2 / 3)
+    assert s == pytest.approx(_organisers(gt, pred))
+    full = atlas2_scores(gt, pred, connectivity=3)  # 26-connectivity: one lesion, found
+    assert full["simple_lesion_count"] == 0 and full["lesion_f1"] == 1.0
+    # the project's own lesion_f1 uses 26-connectivity
+    assert segmentation_scores(gt, pred)["lesion_f1"] == 1.0
+
+
+def test_atlas2_empty_cases_and_errors():
+    from clci_keras.evaluation.metrics import atlas2_scores
+
+    empty = np.zeros((4, 4, 4), bool)
+    assert atlas2_scores(empty, empty) == {"dice": 1.0, "volume_difference": 0,
+                                           "simple_lesion_count": 0, "lesion_f1": 1.0}
+    one = empty.copy()
+    one[1, 1, 1] = True
+    assert atlas2_scores(one, empty)["lesion_f1"] == 0.0  # FN only
+    assert atlas2_scores(empty, one)["lesion_f1"] == 0.0  # FP only
+    assert atlas2_scores(empty, one)["dice"] == 0.0
+    with pytest.raises(ValueError, match="connectivity=4"):
+        atlas2_scores(one, one, connectivity=4)
+    with pytest.raises(ValueError, match="shape"):
+        atlas2_scores(one, one[:2])

@@ -15,8 +15,9 @@ import h5py
 import numpy as np
 import pytest
 
-from clci_keras.training import TrainConfig, parse_slice_spec, select_slices
-from clci_keras.training.manifest import read_manifest, sha256
+from clci_keras.data import parse_slice_spec, select_slices
+from clci_keras.training import TrainConfig
+from clci_keras.models.manifest import read_manifest, sha256
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CROP = "96:128,80:112"  # 32 x 32 window around the lesions below
@@ -130,7 +131,7 @@ def test_resume_continues_exactly_where_it_stopped(tiny, tmp_path):
     with pytest.raises(Interrupt):
         train(MODEL, h5, split, run, callbacks=[KillAfterSecondEpoch()], **opts)
     assert len(_log(run)) == 2 and not os.path.exists(os.path.join(run, "result.json"))
-    assert json.load(open(os.path.join(run, "backup", "training_metadata.json")))["epoch"] == 2
+    assert json.load(open(os.path.join(run, "backup", "latest.json")))["epoch"] == 2
 
     res = train(MODEL, h5, split, run, **opts)  # the same command again
     log, ref_log = _log(run), _log(str(tmp_path / "ref"))
@@ -167,7 +168,7 @@ def test_cli_train_evaluate_manifest_and_legacy_weights(tiny, tmp_path):
     run = str(tmp_path / "run")
     common = ["--h5", h5, "--split", split, "--crop", CROP]
     assert main(["train", "--model", MODEL, *common, "--out", run, "--manifest", manifest,
-                 "--mixed-precision", "--batch-size", "2", "--val-batch-size", "8", "--epochs", "1",
+                 "--mixed-precision", "--force-bf16", "--batch-size", "2", "--val-batch-size", "8", "--epochs", "1",
                  "--steps-per-epoch", "1", "--train-slices", "lesion+2", "--val-slices", "lesion",
                  "--lr", "1e-3", "--no-tensorboard", "--quiet", "--set", "reduce_lr_min_lr=1e-7"]) == 0
     assert keras.mixed_precision.dtype_policy().name == "float32"  # policy restored
@@ -249,3 +250,112 @@ def test_training_without_validation_subjects(tiny, tmp_path):
     assert os.path.exists(os.path.join(run, f"{MODEL}_weights.h5"))
     training_curves(os.path.join(run, "log.csv"), str(tmp_path / "curves.png"))
     assert os.path.getsize(tmp_path / "curves.png") > 0
+
+
+@pytest.mark.parametrize("point", ["best_checkpoint", "resume_weights", "before_commit", "after_commit"])
+def test_a_kill_anywhere_in_the_epoch_end_sequence_loses_nothing(tiny, tmp_path, monkeypatch, point):
+    """Killed at each step of epoch 2's end (a half-written file left behind where the kill
+    hits a write), the same command resumes or restarts and completes; nothing is deleted."""
+    import keras
+
+    from clci_keras.training import trainer, train
+
+    h5, split = tiny
+    opts = fast(epochs=2, early_stopping_patience=50)
+    run = str(tmp_path / "run")
+    real_save, real_commit = keras.Model.save_weights, trainer._write_json_atomic
+
+    def save_weights(self, path, *a, **k):
+        target = {"best_checkpoint": "best.partial.weights.h5", "resume_weights": "epoch_0002.tmp"}
+        if point in target and target[point] in str(path) and os.path.exists(
+                os.path.join(run, "backup", "latest.json")):
+            with open(path, "wb") as f:
+                f.write(b"\x89HDF half written")
+            raise Interrupt()
+        return real_save(self, path, *a, **k)
+
+    def commit(path, obj):
+        if obj.get("epoch") == 2 and point == "before_commit":
+            raise Interrupt()
+        real_commit(path, obj)
+        if obj.get("epoch") == 2 and point == "after_commit":
+            raise Interrupt()
+
+    with monkeypatch.context() as m:
+        m.setattr(keras.Model, "save_weights", save_weights)
+        m.setattr(trainer, "_write_json_atomic", commit)
+        if point == "best_checkpoint":  # make epoch 2 an improvement, so that it is written
+            m.setattr(keras.callbacks.ModelCheckpoint, "_should_save_model", lambda *a: True)
+        with pytest.raises(Interrupt):
+            train(MODEL, h5, split, run, **opts)
+    best = os.path.join(run, "best.weights.h5")
+    assert os.path.exists(best)  # epoch 1's, intact
+    with h5py.File(best):
+        pass
+    res = train(MODEL, h5, split, run, **opts)  # the same command again
+    assert res["epochs_run"] == 2 and [r["epoch"] for r in _log(run)] == ["0", "1"]
+    assert res["optimizer_iterations"] == 4 and not os.path.exists(os.path.join(run, "backup"))
+    with h5py.File(best):
+        pass
+
+
+def test_an_unreadable_resume_point_is_an_error_naming_the_file(tiny, tmp_path):
+    from clci_keras.training import train
+    from clci_keras.training.trainer import ResumeError
+
+    h5, split = tiny
+    run = tmp_path / "run"
+    (run / "backup").mkdir(parents=True)
+    (run / "backup" / "latest.json").write_text("{not json")
+    with pytest.raises(ResumeError, match="latest.json"):
+        train(MODEL, h5, split, str(run), **fast(epochs=1))
+    (run / "backup" / "latest.json").write_text('{"epoch": 1, "dir": "epoch_0001"}')
+    with pytest.raises(ResumeError, match="epoch_0001"):
+        train(MODEL, h5, split, str(run), **fast(epochs=1))
+
+
+def test_train_refuses_a_split_made_for_another_file(tiny, tmp_path):
+    from clci_keras.data.splits import save_split
+    from clci_keras.training import train
+
+    h5, _ = tiny
+    other = str(tmp_path / "other.json")
+    save_split({"train": [0, 1], "val": [2], "test": [3], "subject_ids": ["a0", "s1", "s2", "s3"],
+                "h5": "/elsewhere/other.h5", "mode": "holdout"}, other)
+    with pytest.raises(ValueError, match=r"another file \(/elsewhere/other.h5\).*index 0: split 'a0' / file 's0'"):
+        train(MODEL, h5, other, str(tmp_path / "run"), **fast(epochs=1))
+    beyond = str(tmp_path / "beyond.json")
+    save_split({"train": [0, 7], "val": [], "test": [3], "mode": "holdout"}, beyond)
+    with pytest.raises(ValueError, match=r"subject indices \[7\] are not in"):
+        train(MODEL, h5, beyond, str(tmp_path / "run"), **fast(epochs=1))
+    assert not os.path.exists(tmp_path / "run" / "log.csv")  # refused before training
+
+
+def test_cli_bf16_falls_back_to_fp32_on_cpus_that_emulate_it(monkeypatch):
+    """`--mixed-precision bf16` on a CPU without AVX-512 BF16 / AMX (mocked) trains fp32, with a warning."""
+    import argparse
+
+    from clci_keras import hardware
+    from clci_keras.cli import train as cli_train
+
+    calls = {}
+
+    def fake_train(*args, **overrides):
+        calls.update(overrides)
+        return {"epochs_run": 0, "monitor": "val_loss", "best_value": None, "best_epoch": None,
+                "run_dir": "r", "weights": "w"}
+
+    monkeypatch.setattr(hardware, "has_native_bf16", lambda flags=None: False)
+    monkeypatch.setattr(hardware, "gpu_info", lambda: [])
+    monkeypatch.setattr("clci_keras.training.train", fake_train)
+    parser = argparse.ArgumentParser()
+    cli_train.add_arguments(parser)
+    base = ["--h5", "d.h5", "--split", "s.json", "--out", "r", "--mixed-precision", "bf16"]
+    with pytest.warns(UserWarning, match="emulated"):
+        assert cli_train.run(parser.parse_args(base)) == 0
+    assert calls["mixed_precision"] == "off"
+    assert cli_train.run(parser.parse_args(base + ["--force-bf16"])) == 0
+    assert calls["mixed_precision"] == "bf16"
+    monkeypatch.setattr(hardware, "has_native_bf16", lambda flags=None: True)
+    assert cli_train.run(parser.parse_args(base)) == 0
+    assert calls["mixed_precision"] == "bf16"

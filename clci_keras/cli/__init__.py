@@ -17,11 +17,12 @@ from clci_keras.version import __version__
 # name -> (module, one-line help). Order is the order shown in --help.
 SUBCOMMANDS = {
     "summary": ("clci_keras.cli.summary", "build a model and print its summary and parameter count"),
-    "synth": ("clci_keras.cli.synth", "write a synthetic ATLAS-like dataset (R1.1 or 2.0 layout)"),
-    "prep": ("clci_keras.cli.prep", "convert an ATLAS tree (R1.1 or 2.0) into the HDF5 slice file"),
-    "split": ("clci_keras.cli.split", "write a subject-level split file (hold-out or 5-fold)"),
+    "synth": ("clci_keras.cli.synth", "write a synthetic ATLAS-like dataset (R1.1, R1.2 or 2.0 layout)"),
+    "prep": ("clci_keras.cli.prep", "convert an ATLAS tree (R1.1, R1.2 or 2.0) into the HDF5 slice file"),
+    "split": ("clci_keras.cli.split", "write a subject-level split file (hold-out, 5-fold, preset or id lists)"),
     "train": ("clci_keras.cli.train", "train a model on an HDF5 file and a split"),
-    "evaluate": ("clci_keras.cli.evaluate", "per-patient 3D scores of trained weights"),
+    "evaluate": ("clci_keras.cli.evaluate", "per-patient 3D scores of trained or published weights"),
+    "weights": ("clci_keras.cli.weights", "list published weights (catalogue) and trained ones (manifest)"),
     "tables": ("clci_keras.cli.tables", "regenerate the paper's Tables 1 and 2 from run folders"),
     "demo": ("clci_keras.cli.demo", "synthetic end-to-end demo: data, training, evaluation, figure"),
     "predict": ("clci_keras.cli.predict", "segment NIfTI T1 scans into NIfTI lesion masks"),

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 HELP = "segment NIfTI T1 scans into NIfTI lesion masks"
 
@@ -55,6 +54,11 @@ def add_arguments(parser):
         "faster on CPUs with AVX-512 BF16/AMX; masks may differ from fp32 at a few boundary voxels",
     )
     parser.add_argument(
+        "--force-bf16", action="store_true",
+        help="use bf16 even on a CPU without native BF16 (by default such CPUs fall back to fp32, "
+        "since emulated bf16 is slower)",
+    )
+    parser.add_argument(
         "--all-slices",
         action="store_true",
         help="compute all 189 axial slices (default: only the 155 that contain brain in the "
@@ -79,41 +83,17 @@ def _error(msg):
     return 2
 
 
-def _plan(args):
-    """``(jobs, failures)``: jobs are ``(input, mask_path, prob_path)``."""
-    from clci_keras.inference.io import find_inputs, is_nifti_name, output_paths, strip_nifti_suffix
-
-    out = args.output
-    single_file = len(args.inputs) == 1 and os.path.isfile(args.inputs[0]) and is_nifti_name(out)
-    if single_file:
-        prob = strip_nifti_suffix(out) + "_prob.nii.gz" if args.prob else None
-        return [(args.inputs[0], out, prob)], []
-    found, failures = find_inputs(args.inputs, exclude=[out])
-    jobs, used = [], {}
-    for path, rel in found:
-        mask, prob = output_paths(path, out, rel, prob=args.prob)
-        if mask in used:
-            failures.append((path, f"{path}: same output name as {used[mask]} ({mask}); give the files separately"))
-            continue
-        used[mask] = path
-        jobs.append((path, mask, prob))
-    return jobs, failures
-
-
 def run(args) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import warnings
-
     import numpy as np
 
-    from clci_keras.inference.io import InputError, load_image, save_atomic
-    from clci_keras.inference.predict import (
+    from clci_keras.inference import (
         DEFAULT_BATCH_SIZE,
-        GridWarning,
         WeightsError,
         build_inference_model,
         configure_threads,
-        segment_image,
+        plan_outputs,
+        segment_files,
     )
 
     if not 0.0 <= args.threshold < 1.0:
@@ -128,13 +108,16 @@ def run(args) -> int:
     ):
         return _error(f"output {args.output} exists and is not a folder")
 
-    jobs, failures = _plan(args)
+    jobs, failures = plan_outputs(args.inputs, args.output, prob=args.prob)
     if not jobs:
         for _, msg in failures:
             print(f"FAILED {msg}", file=sys.stderr)
         return _error("no input to segment")
 
     configure_threads(intra_op=args.threads, inter_op=1, warn=args.threads is not None)
+    from clci_keras.hardware import resolve_precision
+
+    args.precision = resolve_precision(args.precision, force=args.force_bf16)
     try:
         model = build_inference_model(args.model, args.weights, precision=args.precision)
     except (WeightsError, ValueError) as e:
@@ -145,46 +128,27 @@ def run(args) -> int:
         f"model {args.model} ({args.precision}) with weights {args.weights}; {len(jobs)} input(s); "
         f"{'all slices' if args.all_slices else 'brain slices only'}, batch size {batch_size}"
     )
-    done = 0
-    start = time.perf_counter()
-    for n, (path, mask_path, prob_path) in enumerate(jobs, start=1):
-        try:
-            targets = [p for p in (mask_path, prob_path) if p]
-            existing = [p for p in targets if os.path.exists(p)]
-            if existing and not args.overwrite:
-                raise InputError(f"{path}: output {existing[0]} exists (pass --overwrite to replace it)")
-            image, data = load_image(path)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", GridWarning)  # printed below from seg.notes
-                seg = segment_image(
-                    model,
-                    image,
-                    data=data,
-                    threshold=args.threshold,
-                    intensity=args.intensity,
-                    batch_size=batch_size,
-                    skip_empty_slices=not args.all_slices,
-                    return_probabilities=bool(prob_path),
-                    progress=not args.quiet and sys.stderr.isatty(),
-                )
-            for note in seg.notes:
-                print(f"warning: {note}", file=sys.stderr)
-            outputs = [(seg.mask, mask_path)] + ([(seg.probabilities, prob_path)] if prob_path else [])
-            save_atomic(outputs)
-            done += 1
-            say(
-                f"[{n}/{len(jobs)}] {path} -> {mask_path} (grid: {seg.grid}, "
-                f"{seg.slices_computed} slices, {int(np.asarray(seg.mask.dataobj).sum())} lesion voxels, "
-                f"{seg.seconds:.1f} s)"
-            )
-        except KeyboardInterrupt:
-            raise
-        except Exception as e:  # one bad input must not stop the batch
-            msg = str(e) if path in str(e) else f"{path}: {type(e).__name__}: {e}"
-            failures.append((path, msg))
-            print(f"[{n}/{len(jobs)}] FAILED {msg}", file=sys.stderr)
-    total = done + len(failures)
-    say(f"segmented {done} of {total} input(s) in {time.perf_counter() - start:.1f} s")
+
+    def done(n, job, seg):
+        for note in seg.notes:
+            print(f"warning: {note}", file=sys.stderr)
+        say(
+            f"[{n}/{len(jobs)}] {job.input} -> {job.mask} (grid: {seg.grid}, "
+            f"{seg.slices_computed} slices, {int(np.asarray(seg.mask.dataobj).sum())} lesion voxels, "
+            f"{seg.seconds:.1f} s)"
+        )
+
+    def failed(n, path, msg):
+        print(f"[{n}/{len(jobs)}] FAILED {msg}", file=sys.stderr)
+
+    result = segment_files(
+        model, jobs, overwrite=args.overwrite, on_done=done, on_failure=failed,
+        threshold=args.threshold, intensity=args.intensity, batch_size=batch_size,
+        skip_empty_slices=not args.all_slices, progress=not args.quiet and sys.stderr.isatty(),
+    )
+    failures += result.failures
+    total = len(result.done) + len(failures)
+    say(f"segmented {len(result.done)} of {total} input(s) in {result.seconds:.1f} s")
     if failures:
         print(f"{len(failures)} of {total} input(s) failed:", file=sys.stderr)
         for _, msg in failures:

@@ -1,13 +1,15 @@
-"""`clci-keras split`: write a subject-level split file (hold-out or k-fold)."""
+"""`clci-keras split`: write a subject-level split file (hold-out, k-fold, published preset or id lists)."""
 from __future__ import annotations
 
 import sys
 
-HELP = "write a subject-level split file (hold-out or 5-fold)"
+HELP = "write a subject-level split file (hold-out, 5-fold, a published preset or id lists)"
 
 
 def add_arguments(parser):
-    parser.add_argument("h5", metavar="DATA.h5", help="HDF5 slice file from `clci-keras prep`")
+    parser.add_argument("h5", metavar="DATA.h5", nargs="?", default=None,
+                        help="HDF5 slice file from `clci-keras prep` (optional with --preset / --from-lists: "
+                             "without it the file lists subject ids, resolved when it is used)")
     parser.add_argument("-o", "--output", required=True, metavar="SPLIT.json", help="output split file")
     parser.add_argument("--mode", choices=("holdout", "kfold"), default="holdout", help="split kind (default: holdout)")
     parser.add_argument("--val", type=float, default=None,
@@ -17,35 +19,92 @@ def add_arguments(parser):
     parser.add_argument("--fold", default="0",
                         help="kfold: fold index K, or 'all' for every fold in one file (default: 0)")
     parser.add_argument("--seed", type=int, default=0, help="holdout seed (default: 0)")
+    g = parser.add_argument_group("published splits and id lists (subjects matched by id, not position)")
+    x = g.add_mutually_exclusive_group()
+    x.add_argument("--preset", metavar="NAME",
+                   help="a published split by name: spin_traintest (Wong et al. 2021, ATLAS R1.2, 212 train / 27 test)")
+    x.add_argument("--from-lists", nargs=2, metavar=("TRAIN.txt", "TEST.txt"),
+                   help="plain subject lists, one per line: an id (c0008s0028t01) or a path through the "
+                        "subject's folder (c0008/c0008s0028t01/c0008s0028t01_t1w_stx.npy)")
+    g.add_argument("--val-list", metavar="VAL.txt", help="with --from-lists: a validation list")
+    g.add_argument("--allow-missing", action="store_true",
+                   help="with DATA.h5: keep the ids the file holds and record the missing ones "
+                        "(default: fail and list them)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing split file")
+
+
+def _id_split(args):
+    from clci_keras.data.splits import preset_split, split_from_lists
+
+    if args.preset:
+        return preset_split(args.preset)
+    return split_from_lists(args.from_lists[0], args.from_lists[1], val=args.val_list)
 
 
 def run(args) -> int:
     import os
 
     from clci_keras.data.preprocess import read_subjects
-    from clci_keras.data.splits import make_holdout_split, make_kfold_split, make_kfold_splits, save_split
+    from clci_keras.data.splits import (
+        make_holdout_split,
+        make_kfold_split,
+        make_kfold_splits,
+        missing_summary,
+        resolve_split,
+        save_split,
+    )
 
+    for name in ("preset", "from_lists", "val_list"):  # callers may pass a bare Namespace (data_prep)
+        if not hasattr(args, name):
+            setattr(args, name, None)
+    if not hasattr(args, "allow_missing"):
+        args.allow_missing = False
     if os.path.exists(args.output) and not args.overwrite:
         print(f"clci-keras split: error: {args.output} exists (use --overwrite)", file=sys.stderr)
         return 2
+    by_id = bool(args.preset or args.from_lists)
     try:
-        ids = [s["subject_id"] for s in read_subjects(args.h5)]
-        if args.mode == "holdout":
-            split = make_holdout_split(ids, val=0.1 if args.val is None else args.val, test=args.test, seed=args.seed)
-        elif str(args.fold).lower() == "all":
-            split = make_kfold_splits(ids, k=args.folds, val=args.val or 0.0)
+        if args.val_list and not args.from_lists:
+            raise ValueError("--val-list needs --from-lists")
+        if by_id:
+            split = _id_split(args)
+            if args.h5 is not None:
+                ids = [s["subject_id"] for s in read_subjects(args.h5)]
+                split = resolve_split(split, ids, allow_missing=args.allow_missing,
+                                      source=args.preset or " + ".join(args.from_lists), h5=args.h5)
+            save_split(split, args.output)
         else:
-            try:
-                fold = int(args.fold)
-            except ValueError:
-                raise ValueError(f"--fold must be an integer or 'all', got {args.fold!r}") from None
-            split = make_kfold_split(ids, k=args.folds, fold=fold, val=args.val or 0.0)
-        split["h5"] = os.path.abspath(args.h5)
-        save_split(split, args.output)
+            if args.h5 is None:
+                raise ValueError("DATA.h5 is required for --mode holdout / kfold")
+            ids = [s["subject_id"] for s in read_subjects(args.h5)]
+            if args.mode == "holdout":
+                split = make_holdout_split(ids, val=0.1 if args.val is None else args.val, test=args.test,
+                                           seed=args.seed)
+            elif str(args.fold).lower() == "all":
+                split = make_kfold_splits(ids, k=args.folds, val=args.val or 0.0)
+            else:
+                try:
+                    fold = int(args.fold)
+                except ValueError:
+                    raise ValueError(f"--fold must be an integer or 'all', got {args.fold!r}") from None
+                split = make_kfold_split(ids, k=args.folds, fold=fold, val=args.val or 0.0)
+            split["h5"] = os.path.abspath(args.h5)
+            save_split(split, args.output)
     except (OSError, ValueError) as e:
         print(f"clci-keras split: error: {e}", file=sys.stderr)
         return 2
+    if by_id:
+        kind = f"preset {args.preset}" if args.preset else "id lists"
+        counts = ", ".join(f"{p} {len(split['ids'][p])}" for p in ("train", "val", "test"))
+        if args.h5 is None:
+            print(f"wrote {args.output}: {kind}, {counts} subject ids (resolved by id against the HDF5 file "
+                  "when used)")
+        else:
+            present = ", ".join(f"{p} {len(split[p])}" for p in ("train", "val", "test"))
+            print(f"wrote {args.output}: {kind} resolved against {args.h5}: {present} subjects")
+            for line in missing_summary(split):
+                print(f"warning: {line} from {args.h5} (--allow-missing)", file=sys.stderr)
+        return 0
     folds = f" ({len(split['folds'])} folds; fold 0 shown)" if "folds" in split else ""
     print(f"wrote {args.output}: {args.mode}{folds}, train {len(split['train'])}, val {len(split['val'])}, "
           f"test {len(split['test'])} subjects")

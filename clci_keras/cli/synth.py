@@ -1,15 +1,19 @@
-"""`clci-keras synth`: write a synthetic ATLAS-like dataset (R1.1 or 2.0 layout)."""
+"""`clci-keras synth`: write a synthetic ATLAS-like dataset (R1.1, R1.2 or 2.0 layout)."""
 from __future__ import annotations
 
 import sys
 
-HELP = "write a synthetic ATLAS-like dataset (R1.1 or 2.0 layout)"
+HELP = "write a synthetic ATLAS-like dataset (R1.1, R1.2 or 2.0 layout)"
 
 
 def add_arguments(parser):
     parser.add_argument("out", metavar="OUT_DIR", help="output folder (created; must be empty)")
-    parser.add_argument("--layout", choices=("r1.1", "v2"), default="r1.1", help="release layout (default: r1.1)")
-    parser.add_argument("--subjects", type=int, default=8, help="number of subjects (default: 8)")
+    parser.add_argument("--layout", choices=("r1.1", "r1.2", "v2"), default="r1.1", help="release layout (default: r1.1)")
+    parser.add_argument("--subjects", type=int, default=8,
+                        help="number of subjects (default: 8; r1.2: the first N published SPiN test ids, "
+                             "then their training ids)")
+    parser.add_argument("--ids", nargs="+", metavar="ID", default=None,
+                        help="r1.2 only: scan ids to write (cSSSSsNNNNtNN), instead of --subjects")
     parser.add_argument("--seed", type=int, default=0, help="dataset seed (default: 0)")
     parser.add_argument("--overwrite", action="store_true", help="allow a non-empty output folder")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -21,7 +25,7 @@ def run(args) -> int:
     try:
         recs = generate_dataset(
             args.out, layout=args.layout, n_subjects=args.subjects, seed=args.seed,
-            overwrite=args.overwrite, progress=not args.quiet,
+            overwrite=args.overwrite, progress=not args.quiet, subject_ids=args.ids,
         )
     except (ValueError, FileExistsError) as e:
         print(f"clci-keras synth: error: {e}", file=sys.stderr)

@@ -39,7 +39,10 @@ def add_arguments(parser):
     h = p.add_argument_group("hardware and reproducibility")
     h.add_argument("--strategy", choices=STRATEGIES, help="tf.distribute strategy (default: default)")
     h.add_argument("--mixed-precision", nargs="?", const="bf16", choices=PRECISIONS[1:] + ("off",),
-                   help="mixed precision: bf16 (default when given) or fp16")
+                   help="mixed precision: bf16 (default when given) or fp16; bf16 falls back to "
+                   "fp32 with a warning on CPUs that only emulate it (no AVX-512 BF16 / AMX)")
+    h.add_argument("--force-bf16", action="store_true",
+                   help="run bf16 even on a CPU without native BF16 (emulated, slower)")
     h.add_argument("--jit", action="store_true", default=None, help="XLA-compile the train step")
     h.add_argument("--seed", type=int, help=f"random seed (default: {d.seed})")
     h.add_argument("--no-deterministic", dest="deterministic", action="store_false", default=None,
@@ -91,8 +94,13 @@ def run(args) -> int:
                 config = TrainConfig.from_dict(json.load(f))
         overrides = overrides_from_args(args)
         overrides["manifest"] = None if args.no_register else args.manifest
-        if args.quiet:
+        if args.quiet or not sys.stdout.isatty():  # no progress-bar escapes in log files
             overrides["verbose"] = 2
+        if overrides.get("mixed_precision") == "bf16":
+            from clci_keras.hardware import resolve_precision
+
+            if resolve_precision("bf16", force=args.force_bf16) == "fp32":
+                overrides["mixed_precision"] = "off"
         result = train(args.model, args.h5, args.split, args.out, fold=args.fold, config=config,
                        overwrite=args.overwrite, **overrides)
     except (OSError, ValueError) as e:

@@ -1,4 +1,4 @@
-"""Discovery and validated reading of ATLAS R1.1 and 2.0 source trees.
+"""Discovery and validated reading of ATLAS R1.1, R1.2 and 2.0 source trees.
 
 R1.1 (as the original generator reads it): the table
 ``ATLAS_Meta-Data_Release_1.1_standard_mni.csv`` at the release root lists
@@ -9,6 +9,19 @@ file whose ``_``-separated name has ``deface`` second to last
 (``031768_t1w_deface_stx.nii.gz``), the lesion masks are the files whose
 second ``_`` field is ``LesionSmooth`` (``031768_LesionSmooth_stx.nii.gz``,
 ``031768_LesionSmooth_1_stx.nii.gz``, ...).
+
+R1.2 (the unpacked ``standard_MNI`` release, as the SPiN authors' generator
+reads it: ``external_src/generate_h5/generate_h5.py`` of
+alexklwong/subpixel-embedding-segmentation, which takes ``glob(root/*/*)``):
+``<root>/cSSSS/cSSSSsNNNNtNN/`` holds ``cSSSSsNNNNtNN_t1w_stx.nii.gz`` (the
+file whose ``_``-separated name has ``t1w`` second to last) and the masks
+``cSSSSsNNNNtNN_LesionSmooth_stx.nii.gz``, ``..._LesionSmooth_1_stx.nii.gz``,
+... (second ``_`` field ``LesionSmooth``).  The subject id is the scan folder
+name (``c0008s0028t01``), the site the ``cSSSS`` folder, the session the
+``tNN`` suffix.  Their generator took the folders in unsorted glob order
+(file-system dependent); we take them sorted by (site, scan folder), and
+everything downstream (splits, presets) resolves subjects by id, never by
+position.
 
 2.0 (BIDS): ``Training/Rxxx/sub-rxxxsyyy/ses-N/anat/`` with
 ``sub-..._ses-N_space-MNI152NLin2009aSym_T1w.nii.gz`` and
@@ -34,6 +47,8 @@ from clci_keras.data.constants import ATLAS_SHAPE, R11_CSV_NAME
 _NII = (".nii.gz", ".nii")
 _V2_T1 = re.compile(r"^(sub-[A-Za-z0-9]+)_(ses-[A-Za-z0-9]+)_(?:.*_)?T1w\.nii(\.gz)?$")
 _V2_MASK_SUFFIX = "_label-L_desc-T1lesion_mask"
+_R12_SITE = re.compile(r"^c\d{4}$")
+_R12_SCAN = re.compile(r"^(c\d{4})s\d{4}(t\d{2})$")
 
 
 class AtlasDataError(ValueError):
@@ -83,19 +98,39 @@ def is_r11_mask(name):
     return _is_nii(name) and len(parts) >= 2 and parts[1] == "LesionSmooth"
 
 
+def is_r12_t1(name):
+    """R1.2 T1 rule of the SPiN authors' generator: 2nd-to-last '_' field is 't1w'."""
+    parts = name.split("_")
+    return _is_nii(name) and len(parts) >= 2 and parts[-2] == "t1w"
+
+
+def _r12_sites(src):
+    """Sorted site folders ``cSSSS`` directly under ``src`` that hold a ``cSSSSsNNNNtNN`` folder."""
+    sites = []
+    for name in sorted(os.listdir(src)):
+        path = os.path.join(src, name)
+        if _R12_SITE.match(name) and os.path.isdir(path):
+            if any(_R12_SCAN.match(d) and os.path.isdir(os.path.join(path, d)) for d in os.listdir(path)):
+                sites.append(name)
+    return sites
+
+
 def detect_layout(src):
-    """Return "r1.1" or "v2" for the tree at ``src``; raise AtlasDataError otherwise."""
+    """Return "r1.1", "r1.2" or "v2" for the tree at ``src``; raise AtlasDataError otherwise."""
     src = os.fspath(src)
     if not os.path.isdir(src):
         raise AtlasDataError(f"{src}: source folder does not exist or is not a folder.")
     if os.path.isfile(os.path.join(src, R11_CSV_NAME)):
         return "r1.1"
+    if _r12_sites(src):
+        return "r1.2"
     for root, dirs, files in os.walk(src):
         dirs.sort()
         if any(_V2_T1.match(f) for f in files):
             return "v2"
     raise AtlasDataError(
-        f"{src}: unknown layout: found neither the R1.1 table {R11_CSV_NAME!r} at its root "
+        f"{src}: unknown layout: found neither the R1.1 table {R11_CSV_NAME!r} at its root, "
+        "nor R1.2 scan folders 'cSSSS/cSSSSsNNNNtNN/' (the unpacked standard_MNI release), "
         "nor any ATLAS 2.0 BIDS image 'sub-*_ses-*_*T1w.nii.gz' below it."
     )
 
@@ -160,6 +195,60 @@ def discover_r11(src):
     return records
 
 
+def discover_r12(src):
+    """Scans of an ATLAS R1.2 standard-MNI tree, sorted by (site, scan folder).
+
+    Every ``cSSSS`` folder directly under ``src`` is a site; every folder in
+    it must be a scan folder ``cSSSSsNNNNtNN`` of that site holding exactly
+    one T1 (``*_t1w_stx.nii.gz``) and at least one ``*_LesionSmooth*``
+    mask, directly inside it.  Other entries at the root (the release's
+    spreadsheets, archives) are ignored; anything else raises
+    :class:`AtlasDataError` naming the folder.
+    """
+    src = os.fspath(src)
+    sites = [n for n in sorted(os.listdir(src)) if _R12_SITE.match(n) and os.path.isdir(os.path.join(src, n))]
+    if not sites:
+        raise AtlasDataError(
+            f"{src}: no R1.2 site folders 'cSSSS/' (e.g. c0001/) found; point prep at the folder "
+            "where the standard_MNI archives were unpacked (it holds c0001/, c0002/, ...)."
+        )
+    records = []
+    for site in sites:
+        site_dir = os.path.join(src, site)
+        for scan in sorted(os.listdir(site_dir)):
+            folder = os.path.join(site_dir, scan)
+            if scan.startswith(".") or not os.path.isdir(folder):
+                continue
+            m = _R12_SCAN.match(scan)
+            if not m:
+                raise AtlasDataError(
+                    f"{folder}: not an R1.2 scan folder: expected a name like {site}s0001t01 "
+                    "(site, subject and time point, as cSSSSsNNNNtNN)."
+                )
+            if m.group(1) != site:
+                raise AtlasDataError(f"{folder}: scan folder {scan!r} lies in site folder {site!r}, not {m.group(1)!r}.")
+            files = sorted(
+                os.path.join(folder, f) for f in os.listdir(folder) if os.path.isfile(os.path.join(folder, f))
+            )
+            t1s = [p for p in files if is_r12_t1(os.path.basename(p))]
+            masks = [p for p in files if is_r11_mask(os.path.basename(p))]
+            if not t1s:
+                raise AtlasDataError(
+                    f"{folder}: missing T1: no '{scan}_t1w_stx.nii.gz' file (R1.2 standard-MNI naming; "
+                    "native-space images are not supported)."
+                )
+            if len(t1s) > 1:
+                raise AtlasDataError(f"{folder}: several T1 files {[os.path.basename(p) for p in t1s]}.")
+            if not masks:
+                raise AtlasDataError(
+                    f"{folder}: missing lesion mask: no '{scan}_LesionSmooth*_stx.nii.gz' file."
+                )
+            records.append(SubjectRecord(len(records), scan, site, m.group(2), t1s[0], masks))
+    if not records:
+        raise AtlasDataError(f"{src}: the R1.2 site folders {sites} hold no scan folders.")
+    return records
+
+
 def discover_v2(src):
     """Subjects of an ATLAS 2.0 BIDS tree, sorted by (cohort, subject, session).
 
@@ -208,14 +297,14 @@ def discover_v2(src):
 
 def discover_subjects(src, layout="auto"):
     """Return ``(layout, records)`` for the tree at ``src``."""
-    if layout not in ("auto", "r1.1", "v2"):
-        raise AtlasDataError(f"Unknown layout {layout!r}; expected 'auto', 'r1.1' or 'v2'.")
+    if layout not in ("auto", "r1.1", "r1.2", "v2"):
+        raise AtlasDataError(f"Unknown layout {layout!r}; expected 'auto', 'r1.1', 'r1.2' or 'v2'.")
     if layout == "auto":
         layout = detect_layout(src)
     elif not os.path.isdir(os.fspath(src)):
         raise AtlasDataError(f"{src}: source folder does not exist or is not a folder.")
-    records = discover_r11(src) if layout == "r1.1" else discover_v2(src)
-    return layout, records
+    discover = {"r1.1": discover_r11, "r1.2": discover_r12, "v2": discover_v2}[layout]
+    return layout, discover(src)
 
 
 def load_nifti(path, what="image"):

@@ -1,11 +1,13 @@
 """Constants of the ATLAS data path (grid, slicing, crop windows, scaling).
 
-ATLAS R1.1 and 2.0 are both distributed on the MNI152 2009 1 mm grid of
-197 x 233 x 189 voxels (x, y, z).  The original HDF5 generator
-(Andrewsher/ATLAS-dataset-generate-h5file) stores each volume as 189 axial
-slices of 233 x 197 (rows = y, columns = x); CLCI-Net (Yang et al., MICCAI
-2019) then crops every slice to 224 x 176 and X-Net (Qi et al., MICCAI 2019)
-to 224 x 192.
+ATLAS R1.1, R1.2 (standard MNI release) and 2.0 are distributed on the MNI152
+2009 1 mm grid of 197 x 233 x 189 voxels (x, y, z).  The original HDF5
+generator (Andrewsher/ATLAS-dataset-generate-h5file) stores each volume as
+189 axial slices of 233 x 197 (rows = y, columns = x); CLCI-Net (Yang et al.,
+MICCAI 2019) then crops every slice to 224 x 176 and X-Net (Qi et al., MICCAI
+2019) to 224 x 192.  The SPiN authors (Wong et al., 2021; repository
+alexklwong/subpixel-embedding-segmentation) retrained CLCI-Net on R1.2 with
+the window rows 5:229, columns 11:187 (``external_src/CLCI-Net/data.py``).
 """
 
 #: Volume shape (x, y, z) of ATLAS R1.1 / 2.0 images (MNI152 2009, 1 mm).
@@ -19,10 +21,14 @@ SLICE_SHAPE = (233, 197)
 
 #: Crop windows (row slice, column slice) applied to stored slices.
 #: "clci": 224 x 176, the CLCI-Net input; "xnet": 224 x 192, the window of
-#: X-Net's data generator (rows 5:229, cols 2:194).
+#: X-Net's data generator (rows 5:229, cols 2:194); "spin": 224 x 176, the
+#: window of the SPiN authors' CLCI-Net data generator and evaluation
+#: (rows 5:229, cols 11:187; subpixel-embedding-segmentation,
+#: external_src/CLCI-Net/data.py and run_val_prediction_CLCI.py).
 CROPS = {
     "clci": (slice(5, 229), slice(10, 186)),
     "xnet": (slice(5, 229), slice(2, 194)),
+    "spin": (slice(5, 229), slice(11, 187)),
 }
 
 #: Crop used when none is given.
@@ -44,10 +50,11 @@ SYNTHETIC_MARKER = "clci_keras_synthetic.json"
 V2_SPACE = "MNI152NLin2009aSym"
 
 #: Known layouts of a source tree.
-LAYOUTS = ("r1.1", "v2")
+LAYOUTS = ("r1.1", "r1.2", "v2")
 
-#: Intensity scheme used for each layout.
-LAYOUT_INTENSITY = {"r1.1": "r1.1", "v2": "v2"}
+#: Intensity scheme used for each layout (R1.2: the SPiN authors' generator
+#: divides by 100 as the R1.1 one, external_src/generate_h5/generate_h5.py).
+LAYOUT_INTENSITY = {"r1.1": "r1.1", "r1.2": "r1.1", "v2": "v2"}
 
 #: Format version of the HDF5 files written by :func:`prepare_h5`.
 H5_FORMAT_VERSION = 1

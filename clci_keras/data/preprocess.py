@@ -7,6 +7,13 @@ float32 (the original keeps the dtype of ``get_data() / 100``: float64 for
 integer images); dataset ``label`` holds the subject's lesion masks merged
 into one uint8 0/1 mask (``int(value) > 0`` for each mask, then OR).
 
+R1.2 (the SPiN authors' generator, ``external_src/generate_h5/generate_h5.py``
+of alexklwong/subpixel-embedding-segmentation) stores the same content per
+scan: ``transpose(2, 1, 0) / 100`` and the masks' ``int64 > 0`` summed and
+clipped to 1; only the subject order differs (theirs: unsorted ``glob``
+order, recorded in their ``data_order.txt``; ours: sorted by site and scan
+folder, with the scan folder name as subject id).
+
 Beyond the original: one subject in memory at a time per process; one HDF5
 chunk per slice, byte-shuffled and deflated (level 1, RLE strategy, by
 default) by the workers themselves and written with ``write_direct_chunk``, so K workers
@@ -127,16 +134,18 @@ def prepare_h5(
     max_subjects=None,
     affine_atol=1e-3,
 ):
-    """Convert an ATLAS R1.1 or 2.0 tree into the HDF5 slice file.
+    """Convert an ATLAS R1.1, R1.2 or 2.0 tree into the HDF5 slice file.
 
     Args:
-        src: release root (R1.1: folder with the metadata table; 2.0: the
-            folder containing ``Training/`` or the ``Training`` folder).
+        src: release root (R1.1: folder with the metadata table; R1.2: the
+            folder holding the site folders ``c0001/``, ... of the unpacked
+            standard_MNI release; 2.0: the folder containing ``Training/`` or
+            the ``Training`` folder).
         out_h5: output path; refused if it exists unless ``overwrite``.
-        layout: "auto", "r1.1" or "v2".
+        layout: "auto", "r1.1", "r1.2" or "v2".
         workers: processes that read and compress subjects (1 = in-process).
         overwrite: replace an existing output file.
-        intensity: intensity scheme; default "r1.1" for R1.1, "v2" for 2.0.
+        intensity: intensity scheme; default "r1.1" (/100) for R1.1 and R1.2, "v2" for 2.0.
         compression_level: deflate level 0-9 of the chunks.
         progress: show a tqdm bar.
         max_subjects: only convert the first N subjects (for quick tries).

@@ -12,6 +12,22 @@
 A split is a dict with keys ``"train"``, ``"val"``, ``"test"`` (sorted lists
 of subject indices in file order), ``"subject_ids"`` (the ids of all
 subjects, by index), ``"mode"``, and the parameters that made it.
+
+**Id splits** (``"mode": "ids"``) name subjects by id instead of position, so
+they hold for any HDF5 file whatever its subject order:
+
+* :func:`preset_split` — a published split by name (``"spin_traintest"``,
+  :mod:`clci_keras.data.published_splits`);
+* :func:`split_from_lists` — plain id lists, one line per subject, as the SPiN
+  authors' ``data_split/atlas/traintest/*/*_scans.txt``
+  (``c0008/c0008s0028t01/c0008s0028t01_t1w_stx.npy``; :func:`read_id_list`).
+
+Their parts live under ``"ids"`` (``{"train": [...], "val": [...], "test":
+[...]}``).  :func:`resolve_split` turns them into indices of one HDF5 file by
+subject id; :func:`load_split` does so when given ``h5=`` and accepts a
+preset name wherever a split file path is accepted.  Ids that the file lacks
+are an error listing them, unless ``allow_missing=True``: then the ids present
+are used and the missing ones are recorded under ``"missing"``.
 """
 from __future__ import annotations
 
@@ -118,8 +134,14 @@ def make_kfold_splits(subject_ids, k=5, val=0.0):
 def validate_split(split, n_subjects=None, source="split"):
     """Check parts are disjoint index lists inside range; raise ValueError naming ``source``.
 
-    A split with ``"folds"`` (from :func:`make_kfold_splits`) has every fold checked.
+    A split with ``"folds"`` (from :func:`make_kfold_splits`) has every fold checked;
+    an id split (``"ids"``) has its id lists checked, and its index lists too
+    once resolved.
     """
+    if "ids" in split:
+        _validate_ids(split, source)
+        if not all(p in split for p in PARTS):  # not resolved against a file yet
+            return split
     for i, fold in enumerate(split.get("folds", ())):
         sub = {**fold, "subject_ids": split.get("subject_ids", [])}
         sub.setdefault("val", [])
@@ -143,6 +165,196 @@ def validate_split(split, n_subjects=None, source="split"):
     return split
 
 
+# ---------------------------------------------------------------------------
+# Id splits: published presets and plain id lists
+# ---------------------------------------------------------------------------
+def _validate_ids(split, source):
+    ids = split["ids"]
+    if not isinstance(ids, dict):
+        raise ValueError(f"{source}: 'ids' must map parts to lists of subject ids, got {type(ids).__name__}.")
+    unknown = sorted(set(ids) - set(PARTS))
+    if unknown:
+        raise ValueError(f"{source}: unknown parts {unknown} under 'ids'; expected {list(PARTS)}.")
+    seen = {}
+    for p in PARTS:
+        lst = ids.get(p, [])
+        if not isinstance(lst, (list, tuple)) or not all(isinstance(s, str) and s for s in lst):
+            raise ValueError(f"{source}: ids[{p!r}] must be a list of non-empty subject-id strings.")
+        for s in lst:
+            if s in seen:
+                where = "twice in" if seen[s] == p else f"in both {seen[s]!r} and"
+                raise ValueError(f"{source}: subject id {s!r} is {where} {p!r}.")
+            seen[s] = p
+
+
+def list_split_presets():
+    """Names of the published splits :func:`preset_split` knows."""
+    from clci_keras.data.published_splits import PUBLISHED_SPLITS
+
+    return sorted(PUBLISHED_SPLITS)
+
+
+def is_split_preset(name):
+    """True if ``name`` is a published split name (and not an existing file of that name)."""
+    from clci_keras.data.published_splits import PUBLISHED_SPLITS
+
+    return isinstance(name, str) and name in PUBLISHED_SPLITS and not os.path.exists(name)
+
+
+def preset_split(name):
+    """The published split ``name`` as an id split (``"mode": "ids"``).
+
+    ``"spin_traintest"``: Wong et al. 2021's ATLAS R1.2 split, 212 training
+    and 27 test scans (:mod:`clci_keras.data.published_splits`).
+    """
+    from clci_keras.data.published_splits import PUBLISHED_SPLITS
+
+    if name not in PUBLISHED_SPLITS:
+        raise ValueError(f"Unknown split preset {name!r}; known presets: {list_split_presets()}.")
+    p = PUBLISHED_SPLITS[name]
+    return {
+        "format_version": SPLIT_FORMAT_VERSION, "mode": "ids", "preset": name,
+        "description": p["description"], "dataset": p["dataset"], "source": dict(p["source"]),
+        "ids": {part: list(p[part]) for part in PARTS},
+    }
+
+
+def _id_from_line(line):
+    """Subject id of one list line: a bare id, a folder path, or a file path.
+
+    For a file (last component with a ``.``), the id is the deepest folder
+    whose name prefixes the file name followed by ``_`` (R1.2
+    ``c0008/c0008s0028t01/c0008s0028t01_t1w_stx.npy`` -> ``c0008s0028t01``;
+    R1.1 ``Site1/031768/t01/031768_t1w_deface_stx.nii.gz`` -> ``031768``), else
+    the folder holding the file.  Returns None when a bare file name gives no
+    folder to take the id from.
+    """
+    parts = [q for q in line.replace("\\", "/").split("/") if q not in ("", ".")]
+    last = parts[-1]
+    if "." not in last:
+        return last
+    folders = parts[:-1]
+    for folder in reversed(folders):
+        if last.startswith(folder + "_"):
+            return folder
+    return folders[-1] if folders else None
+
+
+def read_id_list(path):
+    """Subject ids listed in a plain text file, in line order.
+
+    One subject per line; blank lines and lines starting with ``#`` are
+    skipped; each line is a bare id (``c0008s0028t01``), a folder path or a
+    file path shaped like the SPiN authors' lists (see :func:`_id_from_line`).
+    Raises ValueError naming the file and line for an unreadable line, a
+    repeated id or an empty list.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: cannot read subject-id list ({e}).") from e
+    ids, first = [], {}
+    for no, raw in enumerate(lines, start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        sid = _id_from_line(line)
+        if not sid:
+            raise ValueError(
+                f"{path}, line {no}: cannot tell the subject id from {line!r}: give the id itself "
+                "or a path through the subject's folder (e.g. c0008/c0008s0028t01/c0008s0028t01_t1w_stx.npy)."
+            )
+        if sid in first:
+            raise ValueError(f"{path}, line {no}: subject id {sid!r} repeats line {first[sid]}.")
+        first[sid] = no
+        ids.append(sid)
+    if not ids:
+        raise ValueError(f"{path}: the subject-id list is empty.")
+    return ids
+
+
+def split_from_lists(train, test, val=None):
+    """An id split from plain list files (:func:`read_id_list`); ``val`` optional."""
+    files = {"train": train, "val": val, "test": test}
+    ids = {p: (read_id_list(f) if f is not None else []) for p, f in files.items()}
+    split = {
+        "format_version": SPLIT_FORMAT_VERSION, "mode": "ids",
+        "source": {p: os.path.abspath(os.fspath(f)) for p, f in files.items() if f is not None},
+        "ids": ids,
+    }
+    _validate_ids(split, source=" + ".join(os.fspath(f) for f in files.values() if f is not None))
+    return split
+
+
+def resolve_split(split, subject_ids, *, parts=None, allow_missing=False, source="split", h5=None):
+    """Indices of an id split's subjects in a file whose subjects are ``subject_ids`` (file order).
+
+    Args:
+        split: an id split (:func:`preset_split`, :func:`split_from_lists`).
+        subject_ids: the file's subject ids by index (``read_subjects``).
+        parts: the parts that must be complete (default: all); ids of other
+            parts that the file lacks are dropped and recorded.
+        allow_missing: use the ids present in every part, and record the
+            others, instead of raising.
+        source: name used in error messages; h5: path recorded in the result.
+
+    Returns:
+        The split with ``train``/``val``/``test`` index lists (in the id
+        lists' order), ``subject_ids``, ``missing`` (``{part: [ids]}`` of the
+        ids the file lacks) and ``h5``.
+
+    Raises:
+        ValueError listing, per part, the ids the file lacks.
+    """
+    _validate_ids(split, source)
+    file_ids = [str(s) for s in subject_ids]
+    where = os.fspath(h5) if h5 is not None else "the HDF5 file"
+    index = {}
+    dup = set()
+    for i, s in enumerate(file_ids):
+        if s in index:
+            dup.add(s)
+        index.setdefault(s, i)
+    strict = PARTS if parts is None else tuple(parts)
+    unknown = [p for p in strict if p not in PARTS]
+    if unknown:
+        raise ValueError(f"unknown split parts {unknown}; expected some of {list(PARTS)}.")
+    out = {k: v for k, v in split.items() if k not in (*PARTS, "subject_ids", "missing", "h5", "folds")}
+    out["missing"] = {}
+    problems = []
+    for p in PARTS:
+        wanted = list(split["ids"].get(p, []))
+        clash = [s for s in wanted if s in dup]
+        if clash:
+            raise ValueError(f"{where}: subject ids {clash} occur more than once in the file; cannot resolve {source}.")
+        out[p] = [index[s] for s in wanted if s in index]
+        missing = [s for s in wanted if s not in index]
+        if missing:
+            out["missing"][p] = missing
+            if p in strict:
+                problems.append(f"{len(missing)} of the {len(wanted)} {p!r} ids ({', '.join(missing)})")
+    if problems and not allow_missing:
+        raise ValueError(
+            f"{source}: {where} lacks " + "; ".join(problems)
+            + ". Prepare the data that holds them, or pass allow_missing=True (--allow-missing) to use "
+            "the ids present."
+        )
+    out["subject_ids"] = file_ids
+    if h5 is not None:
+        out["h5"] = os.path.abspath(os.fspath(h5))
+    validate_split(out, len(file_ids), source=source)
+    return out
+
+
+def missing_summary(split):
+    """One line per part with missing ids of a resolved split, e.g. ``test: 24 of 27 ids missing``."""
+    missing = split.get("missing") or {}
+    ids = split.get("ids") or {}
+    return [f"{p}: {len(missing[p])} of {len(ids.get(p, []))} ids missing" for p in PARTS if missing.get(p)]
+
+
 def save_split(split, path):
     """Write ``split`` as JSON (atomically)."""
     validate_split(split)
@@ -155,15 +367,97 @@ def save_split(split, path):
     return path
 
 
-def load_split(path, n_subjects=None):
-    """Read and validate a split file written by :func:`save_split`."""
-    path = os.fspath(path)
-    try:
-        with open(path) as f:
-            split = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: cannot read split file ({e}).") from e
-    if not isinstance(split, dict):
-        raise ValueError(f"{path}: a split file must hold a JSON object, got {type(split).__name__}.")
+def load_split(path, n_subjects=None, *, fold=None, h5=None, parts=None, allow_missing=False):
+    """Read and validate a split file written by :func:`save_split`, or a preset name.
+
+    ``fold`` selects one fold of a k-fold file (its ``train``/``val``/``test``
+    lists replace the top-level ones); for a single-fold file it must match
+    the fold the file records, if any.
+
+    ``path`` may also be a published split name (``"spin_traintest"``,
+    :func:`list_split_presets`).  Such a split, and any id split file, names
+    subjects by id: with ``h5`` (the HDF5 slice file) the ids are resolved to
+    that file's indices (:func:`resolve_split`, with ``parts`` and
+    ``allow_missing``); without it, a file already resolved by ``clci-keras
+    split DATA.h5 --preset ...`` is used as written, and anything else is an
+    error saying how to resolve it.  Index splits ignore ``h5``.
+    """
+    if is_split_preset(path):
+        split = preset_split(path)
+        source = f"split preset {path!r}"
+    else:
+        path = os.fspath(path)
+        source = path
+        try:
+            with open(path) as f:
+                split = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            hint = ""
+            if isinstance(e, FileNotFoundError):
+                hint = f" (not a split preset either; presets: {list_split_presets()})"
+            raise ValueError(f"{path}: cannot read split file ({e}){hint}.") from e
+        if not isinstance(split, dict):
+            raise ValueError(f"{path}: a split file must hold a JSON object, got {type(split).__name__}.")
+    if "ids" in split:
+        _validate_ids(split, source)
+        if h5 is not None:
+            from clci_keras.data.preprocess import read_subjects
+
+            ids = [s["subject_id"] for s in read_subjects(h5)]
+            split = resolve_split(split, ids, parts=parts, allow_missing=allow_missing, source=source, h5=h5)
+        elif not all(p in split for p in PARTS):
+            name = split.get("preset")
+            how = f"--preset {name}" if name else "--from-lists TRAIN.txt TEST.txt"
+            raise ValueError(
+                f"{source}: this split names subjects by id; pass the HDF5 slice file to resolve them "
+                f"(h5=... in Python, --h5 on the command line) or write a resolved split file with "
+                f"`clci-keras split DATA.h5 {how} -o SPLIT.json`."
+            )
+        if fold is not None and split.get("fold") is not None and int(split["fold"]) != int(fold):
+            raise ValueError(f"{source} holds fold {split['fold']}, not fold={fold!r}")
+        return validate_split(split, n_subjects, source=source)
     split.setdefault("val", [])
-    return validate_split(split, n_subjects, source=path)
+    split = validate_split(split, n_subjects, source=path)
+    if fold is not None:
+        if "folds" in split:
+            folds = split["folds"]
+            if not 0 <= int(fold) < len(folds):
+                raise ValueError(f"{path}: fold={fold!r} out of range (0..{len(folds) - 1})")
+            split = {**split, **folds[int(fold)]}
+        elif split.get("fold") is not None and int(split["fold"]) != int(fold):
+            raise ValueError(f"{path} holds fold {split['fold']}, not fold={fold!r}")
+    if h5 is not None:
+        check_split_matches_h5(split, h5, source=path)
+    return split
+
+
+def check_split_matches_h5(split, h5, source="split"):
+    """Check that an index split was made for the HDF5 file ``h5``; ValueError naming what differs.
+
+    Every index must be a subject of the file, and where the split records the
+    ``subject_ids`` it was made from, the file's ids at the split's indices must
+    be those ids (a split made from another file, or from the same data in
+    another subject order, is refused). A different recorded ``h5`` path with
+    matching ids is accepted (the file was moved or copied).
+    """
+    from clci_keras.data.preprocess import read_subjects
+
+    h5 = os.fspath(h5)
+    file_ids = [str(s["subject_id"]) for s in read_subjects(h5)]
+    used = sorted({int(i) for p in PARTS for i in split.get(p) or []})
+    out_of_range = [i for i in used if not 0 <= i < len(file_ids)]
+    if out_of_range:
+        raise ValueError(f"{source}: subject indices {out_of_range[:10]} are not in {h5}, which has "
+                         f"{len(file_ids)} subjects; was the split made from another file "
+                         f"({split.get('h5', 'not recorded')})?")
+    recorded = split.get("subject_ids")
+    if recorded:
+        wrong = [(i, recorded[i], file_ids[i]) for i in used if i < len(recorded) and str(recorded[i]) != file_ids[i]]
+        if wrong or len(recorded) != len(file_ids):
+            detail = ", ".join(f"index {i}: split {a!r} / file {b!r}" for i, a, b in wrong[:5])
+            raise ValueError(
+                f"{source} was made from another file ({split.get('h5', 'path not recorded')}): its subject "
+                f"ids do not match {h5} ({len(recorded)} vs {len(file_ids)} subjects"
+                + (f"; {len(wrong)} differ, e.g. {detail}" if wrong else "")
+                + "). Make the split from this file with `clci-keras split`."
+            )

@@ -13,7 +13,13 @@ ATLAS 197 x 233 x 189 grid) with
   subcortical white matter / basal ganglia), restricted to grey + white
   matter, with volumes drawn log-uniformly from about 0.3 cm^3 to 150 cm^3.
   About a third of the subjects get two separate lesions, written as two
-  masks (``..._LesionSmooth_stx`` and ``..._LesionSmooth_1_stx``) in R1.1.
+  masks (``..._LesionSmooth_stx`` and ``..._LesionSmooth_1_stx``) in R1.1
+  and R1.2.
+
+R1.2 trees use real ATLAS R1.2 scan ids (by default the published SPiN test
+ids, then their training ids, :mod:`clci_keras.data.published_splits`), so
+that the named split ``spin_traintest`` resolves on them; the images are
+synthetic all the same.
 
 Everything is drawn from ``numpy.random.default_rng([seed, subject])`` so a
 subject depends only on the seed and its number.  The images are not
@@ -188,7 +194,8 @@ def generate_subject(seed=0, index=0, scale=None, layout="r1.1"):
         index: subject number inside the dataset (0-based).
         scale: white-matter intensity; drawn per subject if None
             (70-100 for "r1.1", 200-1200 for "v2").
-        layout: "r1.1" or "v2" (only changes the default intensity scale).
+        layout: "r1.1", "r1.2" or "v2" (only changes the default intensity scale:
+            R1.2 has R1.1's scale).
 
     Returns:
         A :class:`SyntheticSubject` with a float32 T1 volume of shape
@@ -197,7 +204,7 @@ def generate_subject(seed=0, index=0, scale=None, layout="r1.1"):
     template, tissue, head, affine = _templates()
     rng = np.random.default_rng([int(seed), int(index)])
     if scale is None:
-        scale = rng.uniform(70.0, 100.0) if layout == "r1.1" else rng.uniform(200.0, 1200.0)
+        scale = rng.uniform(70.0, 100.0) if layout in ("r1.1", "r1.2") else rng.uniform(200.0, 1200.0)
     img = template * np.float32(scale / 0.9)  # template white matter ~0.9; F order
     n_lesions = 2 if rng.random() < P_TWO_LESIONS else 1
     side = float(rng.choice([-1.0, 1.0]))
@@ -259,7 +266,30 @@ def r11_subject_id(index, seed=0):
     return f"0{31000 + 7 * int(seed) % 1000 + int(index):05d}"[-6:]
 
 
-def generate_dataset(out_dir, layout="r1.1", n_subjects=4, seed=0, t1_dtype="int16", overwrite=False, progress=False):
+def r12_subject_ids(n_subjects):
+    """Default R1.2 scan ids: the published SPiN test ids, then their training ids (line order)."""
+    from clci_keras.data.published_splits import SPIN_TRAINTEST_TEST, SPIN_TRAINTEST_TRAIN
+
+    pool = SPIN_TRAINTEST_TEST + SPIN_TRAINTEST_TRAIN
+    if not 1 <= int(n_subjects) <= len(pool):
+        raise ValueError(f"n_subjects must be in 1..{len(pool)} for the r1.2 layout, got {n_subjects}.")
+    return list(pool[: int(n_subjects)])
+
+
+def _check_r12_ids(ids):
+    import re
+
+    ids = [str(i) for i in ids]
+    bad = [i for i in ids if not re.fullmatch(r"c\d{4}s\d{4}t\d{2}", i)]
+    if bad:
+        raise ValueError(f"R1.2 subject ids must look like 'c0008s0028t01', got {bad[:5]}.")
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"Duplicate R1.2 subject ids in {ids}.")
+    return ids
+
+
+def generate_dataset(out_dir, layout="r1.1", n_subjects=4, seed=0, t1_dtype="int16", overwrite=False, progress=False,
+                     subject_ids=None):
     """Write a synthetic ATLAS-like release to ``out_dir``.
 
     R1.1 layout (as the real release, and as the original generator reads it)::
@@ -269,6 +299,12 @@ def generate_dataset(out_dir, layout="r1.1", n_subjects=4, seed=0, t1_dtype="int
         Site1/031000/t01/031000_LesionSmooth_stx.nii.gz
         Site1/031000/t01/031000_LesionSmooth_1_stx.nii.gz   # second mask, some subjects
 
+    R1.2 layout (the unpacked standard_MNI release; no table)::
+
+        c0008/c0008s0028t01/c0008s0028t01_t1w_stx.nii.gz
+        c0008/c0008s0028t01/c0008s0028t01_LesionSmooth_stx.nii.gz
+        c0008/c0008s0028t01/c0008s0028t01_LesionSmooth_1_stx.nii.gz   # second mask, some subjects
+
     2.0 layout (BIDS)::
 
         Training/R001/sub-r001s001/ses-1/anat/
@@ -277,8 +313,8 @@ def generate_dataset(out_dir, layout="r1.1", n_subjects=4, seed=0, t1_dtype="int
 
     Args:
         out_dir: output folder (created; must be empty unless ``overwrite``).
-        layout: "r1.1" or "v2".
-        n_subjects: number of subjects.
+        layout: "r1.1", "r1.2" or "v2".
+        n_subjects: number of subjects (ignored when ``subject_ids`` is given).
         seed: dataset seed; the output depends only on (layout, n_subjects, seed).
         t1_dtype: on-disk type of the T1 images: "int16" (default; nibabel
             stores a scale factor, so the file reads back as float close to
@@ -286,13 +322,22 @@ def generate_dataset(out_dir, layout="r1.1", n_subjects=4, seed=0, t1_dtype="int
             ~4x slower to write).
         overwrite: allow writing into a non-empty folder.
         progress: show a tqdm bar.
+        subject_ids: R1.2 only: the scan ids to write (``cSSSSsNNNNtNN``);
+            default :func:`r12_subject_ids` (published SPiN test ids first).
+            Subject ``i`` is generated from ``(seed, i)`` whatever its id.
 
     Returns:
-        A list of dicts (one per subject, in CSV / sorted order) with the
+        A list of dicts (one per subject, in CSV / generation order) with the
         subject id, site, T1 path, mask paths and lesion volumes.
     """
-    if layout not in ("r1.1", "v2"):
-        raise ValueError(f"Unknown layout {layout!r}; expected 'r1.1' or 'v2'.")
+    if layout not in ("r1.1", "r1.2", "v2"):
+        raise ValueError(f"Unknown layout {layout!r}; expected 'r1.1', 'r1.2' or 'v2'.")
+    if subject_ids is not None and layout != "r1.2":
+        raise ValueError(f"subject_ids is only used by the r1.2 layout, not {layout!r}.")
+    r12_ids = None
+    if layout == "r1.2":
+        r12_ids = _check_r12_ids(subject_ids) if subject_ids is not None else r12_subject_ids(n_subjects)
+        n_subjects = len(r12_ids)
     n_subjects = int(n_subjects)
     if n_subjects < 1:
         raise ValueError(f"n_subjects must be >= 1, got {n_subjects}.")
@@ -326,6 +371,19 @@ def generate_dataset(out_dir, layout="r1.1", n_subjects=4, seed=0, t1_dtype="int
                 [site, sid.lstrip("0"), " t01", subj.hemisphere, " MCA",
                  " Ischemic", " " + "/".join(subj.locations), str(len(subj.masks))]
             )
+        elif layout == "r1.2":
+            sid = r12_ids[i]
+            site = sid[:5]
+            folder = os.path.join(out_dir, site, sid)
+            os.makedirs(folder, exist_ok=True)
+            t1_path = os.path.join(folder, f"{sid}_t1w_stx.nii.gz")
+            mask_paths = [
+                os.path.join(folder, f"{sid}_LesionSmooth{'' if k == 0 else f'_{k}'}_stx.nii.gz")
+                for k in range(len(subj.masks))
+            ]
+            _save_nifti(subj.t1, subj.affine, t1_path, t1_dtype)
+            for m, p in zip(subj.masks, mask_paths):
+                _save_nifti(m, subj.affine, p, np.uint8)
         else:
             cohort = f"R{i % N_SITES + 1:03d}"
             sid = f"sub-r{i % N_SITES + 1:03d}s{i // N_SITES + 1:03d}"
@@ -353,7 +411,7 @@ def generate_dataset(out_dir, layout="r1.1", n_subjects=4, seed=0, t1_dtype="int
             w.writerow(R11_CSV_HEADER)
             w.writerows(rows)
         os.replace(tmp, csv_path)
-    else:
+    elif layout == "v2":
         tsv = os.path.join(out_dir, "Training", "participants.tsv")
         with open(tsv + ".tmp", "w") as f:
             f.write("participant_id\tcohort\n")

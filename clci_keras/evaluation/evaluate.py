@@ -14,7 +14,8 @@ predicts lesions outside the brain.
 
 Outputs of :func:`evaluate_run` in ``out_dir``:
 
-``scores_<part>.csv``    one row per patient: subject index/id/site, every score and count
+``scores_<part>.csv``    one row per patient: subject index/id/site, every score and count,
+                         and the ATLAS 2.0 challenge scores (``atlas2_*``, :func:`atlas2_scores`)
 ``summary_<part>.json``  mean ± std of every score, plus the model, weights and data provenance
 """
 from __future__ import annotations
@@ -26,7 +27,14 @@ import os
 
 import numpy as np
 
-from clci_keras.evaluation.metrics import COUNT_NAMES, SCORE_NAMES, segmentation_scores, summarize
+from clci_keras.evaluation.metrics import (
+    ATLAS2_NAMES,
+    COUNT_NAMES,
+    SCORE_NAMES,
+    atlas2_scores,
+    segmentation_scores,
+    summarize,
+)
 
 EVAL_SLICES = ("all", "brain")
 
@@ -37,40 +45,38 @@ def _subject_meta(h5_path):
     return {int(s["index"]): s for s in read_subjects(h5_path)}
 
 
+def _eval_slices(count, slices):
+    """Local indices of a subject's slices that are predicted (``all`` or ``brain``)."""
+    from clci_keras.data.reader import brain_slice_indices
+
+    if slices not in EVAL_SLICES:
+        raise ValueError(f"unknown evaluation slices {slices!r}; choose 'all' or 'brain'")
+    if slices == "all":
+        return np.arange(count)
+    return np.asarray(brain_slice_indices(count), dtype=np.int64)
+
+
 def predict_subject(model, h5_path, index, crop="clci", batch_size=8, slices="all", reader=None,
                     progress=None):
     """Predict one patient; returns ``(prob, gt)`` of shape ``(count, H, W)``.
 
-    ``prob`` is float32 in [0, 1] (0 for slices skipped by ``slices="brain"``),
-    ``gt`` uint8 {0, 1}, both in the crop window.
+    ``prob`` is the lesion probability (float32 in [0, 1]; the lesion channel
+    of a multi-class model), 0 for slices skipped by ``slices="brain"``;
+    ``gt`` uint8 {0, 1}; both in the crop window.
     """
-    from clci_keras.training.sampling import SliceReader, brain_z_range, subject_table
+    from clci_keras.data.reader import SliceReader
+    from clci_keras.models.predictor import predict_slices
 
-    if slices not in EVAL_SLICES:
-        raise ValueError(f"unknown evaluation slices {slices!r}; choose 'all' or 'brain'")
-    table = subject_table(h5_path)
-    if int(index) not in table:
-        raise ValueError(f"{h5_path}: no subject with index {index!r}")
-    off, count = table[int(index)]
     own = reader is None
     reader = reader or SliceReader(h5_path, crop)
-    local = np.arange(count)
-    if slices == "brain":
-        z0, z1 = brain_z_range()
-        local = local[(local >= z0) & (local < z1)]
-    x_all, gt = reader.read(off + np.arange(count))
+    try:
+        x, gt = reader.read_subject(index)
+    finally:
+        if own:
+            reader.close()
+    local = _eval_slices(len(x), slices)
     prob = np.zeros(gt.shape[:3], np.float32)
-    for i in range(0, local.size, batch_size):
-        sel = local[i : i + batch_size]
-        batch = x_all[sel]
-        if sel.size < batch_size:  # pad the last batch: one traced shape for every call
-            batch = np.concatenate([batch, np.zeros((batch_size - sel.size,) + batch.shape[1:], batch.dtype)])
-        out = np.asarray(model.predict_on_batch(batch), dtype=np.float32)
-        prob[sel] = out[: sel.size, ..., 0]
-        if progress is not None:
-            progress.update(sel.size)
-    if own:
-        reader.close()
+    prob[local] = predict_slices(model, x[local], batch_size=batch_size, progress=progress)
     return prob, gt[..., 0].astype(np.uint8)
 
 
@@ -81,31 +87,33 @@ def evaluate_model(model, h5_path, subjects, crop="clci", batch_size=8, threshol
     With ``keep_predictions`` each row also carries ``_prob`` and ``_gt`` arrays
     (used for figures); they are not written to CSV.
     """
-    from clci_keras.training.sampling import SliceReader, brain_z_range, subject_table
+    from clci_keras.data.reader import SliceReader, subject_table
 
     meta = _subject_meta(h5_path)
     table = subject_table(h5_path)
-    per = [table[int(s)][1] if slices == "all" else
-           min(table[int(s)][1], brain_z_range()[1]) - brain_z_range()[0] for s in subjects]
+    missing = [s for s in subjects if int(s) not in table]
+    if missing:
+        raise ValueError(f"{h5_path}: no subjects with indices {missing} (the file has {len(table)})")
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=int(sum(per)), unit="slice", desc="predicting", leave=True)
-    reader = SliceReader(h5_path, crop)
+        total = sum(_eval_slices(table[int(s)][1], slices).size for s in subjects)
+        bar = tqdm(total=int(total), unit="slice", desc="predicting", leave=True)
     rows = []
     try:
-        for s in subjects:
-            prob, gt = predict_subject(model, h5_path, s, crop, batch_size, slices, reader, bar)
-            scores = segmentation_scores(gt, prob, threshold=threshold)
-            m = meta.get(int(s), {})
-            row = {"subject_index": int(s), "subject_id": m.get("subject_id", ""),
-                   "site": m.get("site", ""), **scores}
-            if keep_predictions:
-                row["_prob"], row["_gt"] = prob, gt
-            rows.append(row)
+        with SliceReader(h5_path, crop) as reader:
+            for s in subjects:
+                prob, gt = predict_subject(model, h5_path, s, crop, batch_size, slices, reader, bar)
+                scores = segmentation_scores(gt, prob, threshold=threshold)
+                scores.update({f"atlas2_{k}": v for k, v in atlas2_scores(gt, prob, threshold).items()})
+                m = meta.get(int(s), {})
+                row = {"subject_index": int(s), "subject_id": m.get("subject_id", ""),
+                       "site": m.get("site", ""), **scores}
+                if keep_predictions:
+                    row["_prob"], row["_gt"] = prob, gt
+                rows.append(row)
     finally:
-        reader.close()
         if bar is not None:
             bar.close()
     return rows
@@ -113,7 +121,7 @@ def evaluate_model(model, h5_path, subjects, crop="clci", batch_size=8, threshol
 
 def write_scores(rows, csv_path):
     """Write per-patient rows (without private ``_`` keys) to CSV, atomically."""
-    cols = ["subject_index", "subject_id", "site", *SCORE_NAMES, *COUNT_NAMES]
+    cols = ["subject_index", "subject_id", "site", *SCORE_NAMES, *ATLAS2_NAMES, *COUNT_NAMES]
     tmp = f"{csv_path}.tmp"
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
@@ -147,7 +155,7 @@ def format_summary(summary, names=("dsc", "precision", "recall", "voe", "rvd", "
 
 def evaluate_run(weights, model_name, h5_path, split_path, part="test", out_dir=None, fold=None,
                  crop="clci", batch_size=8, threshold=0.5, slices="all", progress=True,
-                 manifest=None, manifest_name=None, model=None, tag=None):
+                 manifest=None, manifest_name=None, model=None, tag=None, allow_missing=False):
     """Evaluate weights on a split part; write ``scores_<part>.csv`` and ``summary_<part>.json``.
 
     Args:
@@ -161,14 +169,17 @@ def evaluate_run(weights, model_name, h5_path, split_path, part="test", out_dir=
         manifest, manifest_name: if given, the summary is stored in that
             manifest entry's ``metrics[part]``.
         tag: suffix of the output names (``scores_<part>_<tag>.csv``).
+        allow_missing: an id split (e.g. the preset ``spin_traintest``) naming
+            subjects the HDF5 file lacks: score those present instead of failing.
 
     Returns:
         The summary dict (also written to JSON).
     """
-    from clci_keras.training.sampling import _crop
-    from clci_keras.training.trainer import dataset_info, load_split
+    from clci_keras.data.reader import dataset_info
+    from clci_keras.data.slicing import crop_shape
+    from clci_keras.data.splits import load_split
 
-    split = load_split(split_path, fold)
+    split = load_split(split_path, fold=fold, h5=h5_path, parts=(part,), allow_missing=allow_missing)
     if part not in ("train", "val", "test"):
         raise ValueError(f"`part` must be train, val or test, got {part!r}")
     subjects = list(split.get(part) or [])
@@ -177,8 +188,7 @@ def evaluate_run(weights, model_name, h5_path, split_path, part="test", out_dir=
     if model is None:
         from clci_keras.models import build_model, load_weights
 
-        rows_, cols_ = _crop(crop)
-        model = build_model(model_name, input_shape=(rows_.stop - rows_.start, cols_.stop - cols_.start, 1))
+        model = build_model(model_name, input_shape=(*crop_shape(crop), 1))
         if weights is None:
             raise ValueError("`weights` is required unless a built `model` is given")
         load_weights(model, weights)
@@ -198,15 +208,15 @@ def evaluate_run(weights, model_name, h5_path, split_path, part="test", out_dir=
         "slices": slices,
         "crop": crop,
         "data": dataset_info(h5_path),
-        "scores": summarize(rows),
+        "scores": summarize(rows, SCORE_NAMES + ATLAS2_NAMES),
     }
     if weights:
-        from clci_keras.training.manifest import sha256
+        from clci_keras.models.manifest import sha256
 
         summary["weights_sha256"] = sha256(weights)
     _write_json(summary, os.path.join(out_dir, f"summary_{suffix}.json"))
     if manifest and manifest_name:
-        from clci_keras.training.manifest import update_entry
+        from clci_keras.models.manifest import update_entry
 
         update_entry(manifest, manifest_name, metrics={
             part: {k: v["mean"] for k, v in summary["scores"].items()} | {"subjects": len(subjects)}

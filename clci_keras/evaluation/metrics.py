@@ -199,3 +199,52 @@ def summarize(rows, names=SCORE_NAMES):
             "n_nan": int(vals.size - ok.size),
         }
     return out
+
+
+#: Score names of :func:`atlas2_scores`, the ATLAS 2.0 challenge's per-subject metrics.
+ATLAS2_NAMES = ("atlas2_dice", "atlas2_volume_difference", "atlas2_simple_lesion_count",
+                "atlas2_lesion_f1")
+
+
+def atlas2_scores(gt, pred, threshold=0.5, connectivity=1):
+    """The ATLAS 2.0 challenge metrics of one subject (``npnl/atlas2_grand_challenge``).
+
+    Components are labelled with ``scipy.ndimage.label``; ``connectivity=1``
+    (its default structure: faces only, 6-neighbourhood in 3D) as the
+    organisers' ``simple_lesion_count_difference``. This module's own
+    ``lesion_f1`` (:func:`segmentation_scores`) uses full 26-connectivity as
+    ISLES'22; pass ``connectivity=3`` here for the same components.
+
+    Returns a dict with:
+
+    * ``dice`` — 2|A∩B| / (|A| + |B|); 1.0 when both masks are empty (the
+      organisers' code divides 0 by 0 there);
+    * ``volume_difference`` — | |B| − |A| | in voxels (the organisers' single-subject
+      path sums the prediction twice, giving 0 always; we use the intended definition);
+    * ``simple_lesion_count`` — | #components(B) − #components(A) |;
+    * ``lesion_f1`` — a ground-truth component with ≥ 1 predicted voxel is a TP,
+      otherwise an FN; a predicted component touching no ground truth is an FP;
+      TP / (TP + (FP + FN) / 2); 1.0 when both masks are empty.
+    """
+    from scipy import ndimage
+
+    a = binarize(gt, threshold)
+    b = binarize(pred, threshold)
+    if a.shape != b.shape:
+        raise ValueError(f"ground truth {a.shape} and prediction {b.shape} differ in shape")
+    if connectivity not in range(1, a.ndim + 1):
+        raise ValueError(f"connectivity must be 1..{a.ndim}, got connectivity={connectivity!r}")
+    structure = ndimage.generate_binary_structure(a.ndim, connectivity)
+    gt_lab, n_gt = ndimage.label(a, structure)
+    pred_lab, n_pred = ndimage.label(b, structure)
+    inter = int(np.logical_and(a, b).sum())
+    na, nb = int(a.sum()), int(b.sum())
+    tp = len(np.setdiff1d(np.unique(gt_lab[b]), [0]))
+    fp = n_pred - len(np.setdiff1d(np.unique(pred_lab[a]), [0]))
+    fn = n_gt - tp
+    return {
+        "dice": 1.0 if na + nb == 0 else 2.0 * inter / (na + nb),
+        "volume_difference": abs(nb - na),
+        "simple_lesion_count": abs(int(n_pred) - int(n_gt)),
+        "lesion_f1": 1.0 if tp + fp + fn == 0 else tp / (tp + (fp + fn) / 2),
+    }

@@ -3,6 +3,7 @@
 ``predict_volume(model, image)`` is the library entry point; ``clci-keras
 predict`` (:mod:`clci_keras.cli.predict`) the command line.
 """
+from clci_keras.inference.batch import BatchResult, Job, plan_outputs, segment_files
 from clci_keras.inference.io import InputError, find_inputs, load_image, save_atomic
 from clci_keras.inference.optimize import ZeroStateConvLSTM2D, optimize_for_inference
 from clci_keras.inference.predict import (
@@ -22,6 +23,10 @@ from clci_keras.inference.predict import (
 )
 
 __all__ = [
+    "BatchResult",
+    "Job",
+    "plan_outputs",
+    "segment_files",
     "ATLAS_AFFINE",
     "DEFAULT_BATCH_SIZE",
     "PRECISIONS",

@@ -13,6 +13,7 @@ import tempfile
 import numpy as np
 
 from clci_keras.data.atlas import is_r11_t1
+from clci_keras.fileio import publish
 
 #: File name endings recognised as NIfTI.
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -192,7 +193,7 @@ def save_atomic(images_and_paths):
             done.append((tmp, path))
             nib.save(image, tmp)
         for tmp, path in done:
-            os.replace(tmp, path)
+            publish(tmp, path)
     except BaseException:
         for tmp, _ in done:
             if os.path.exists(tmp):

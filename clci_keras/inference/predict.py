@@ -29,7 +29,6 @@ every slice is computed, and gets the same result.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import time
 import warnings
@@ -37,9 +36,11 @@ import warnings
 import numpy as np
 
 from clci_keras.data.constants import ATLAS_SHAPE, CROPS, DEFAULT_CROP
+from clci_keras.data.reader import brain_slice_indices
 from clci_keras.data.intensity import SCHEMES, normalize_intensity
 from clci_keras.data.slicing import crop_shape, crop_slices, slices_to_volume, uncrop_slices, volume_to_slices
 from clci_keras.inference.io import InputError, describe, validate_volume
+from clci_keras.models.predictor import predict_slices
 
 #: Affine of the ATLAS grid (nilearn's MNI152 2009 1 mm template): RAS, 1 mm, origin at voxel (98, 134, 72).
 ATLAS_AFFINE = np.array(
@@ -170,23 +171,6 @@ def build_inference_model(name="clci_net", weights=None, precision="fp32", crop=
     return model
 
 
-@functools.lru_cache(maxsize=1)
-def brain_slice_indices():
-    """Axial slice indices (z) of the ATLAS grid that contain brain (155 of 189).
-
-    From the MNI152 1 mm brain mask shipped with nilearn (no download). Not
-    from the image: ATLAS T1 images keep the skull, so their non-zero voxels
-    cover almost every slice.
-    """
-    from nilearn.datasets import load_mni152_brain_mask
-
-    mask_img = load_mni152_brain_mask(resolution=1)
-    mask = np.asanyarray(mask_img.dataobj) > 0
-    if mask.shape != ATLAS_SHAPE or not np.allclose(mask_img.affine, ATLAS_AFFINE, atol=GRID_ATOL):
-        mask = _resample(mask.astype(np.float32), mask_img.affine, ATLAS_AFFINE, ATLAS_SHAPE, order=0) > 0
-    return tuple(int(i) for i in np.flatnonzero(mask.any(axis=(0, 1))))
-
-
 # --------------------------------------------------------------------------
 # Grid mapping
 # --------------------------------------------------------------------------
@@ -286,43 +270,6 @@ def model_crop(model):
     )
 
 
-def _lesion_channel(y):
-    """Lesion probability from a model output (B, H, W, C): sigmoid channel or softmax class 1."""
-    y = np.asarray(y)
-    if y.ndim == 4 and y.shape[-1] == 1:
-        return y[..., 0]
-    if y.ndim == 4 and y.shape[-1] == 2:
-        return y[..., 1]
-    raise ValueError(f"expected model outputs (batch, H, W, 1) or (batch, H, W, 2), got shape {y.shape}")
-
-
-def predict_slices(model, slices, batch_size=DEFAULT_BATCH_SIZE, progress=False):
-    """Run ``model`` on cropped slices ``(N, H, W)``; returns float32 ``(N, H, W)`` probabilities.
-
-    Every call has exactly ``batch_size`` slices (the last batch is padded
-    with zeros), so a slice's result does not depend on how many slices are
-    computed.
-    """
-    batch_size = int(batch_size)
-    if batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive integer, got batch_size={batch_size!r}")
-    slices = np.asarray(slices, dtype=np.float32)
-    n = len(slices)
-    out = np.zeros(slices.shape[:3], dtype=np.float32)
-    buf = np.zeros((batch_size, *slices.shape[1:3], 1), dtype=np.float32)
-    starts = range(0, n, batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        starts = tqdm(starts, total=-(-n // batch_size), unit="batch", leave=False)
-    for s in starts:
-        k = min(batch_size, n - s)
-        buf[:k, ..., 0] = slices[s : s + k]
-        buf[k:] = 0.0
-        out[s : s + k] = _lesion_channel(model.predict_on_batch(buf))[:k]
-    return out
-
-
 def predict_atlas_volume(
     model,
     volume,
@@ -350,7 +297,16 @@ def predict_atlas_volume(
     x = crop_slices(volume_to_slices(normalize_intensity(volume, intensity)), crop)
     idx = np.asarray(brain_slice_indices()) if skip_empty_slices else np.arange(len(x))
     prob = np.zeros(x.shape, dtype=np.float32)
-    prob[idx] = predict_slices(model, x[idx], batch_size=batch_size, progress=progress)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(idx), unit="slice", leave=False)
+    try:
+        prob[idx] = predict_slices(model, x[idx], batch_size=batch_size, progress=bar)
+    finally:
+        if bar is not None:
+            bar.close()
     return np.ascontiguousarray(slices_to_volume(uncrop_slices(prob, crop, fill=0.0))), len(idx)
 
 

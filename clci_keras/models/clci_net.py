@@ -30,6 +30,13 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from clci_keras.models.common import (
+    BN_KWARGS,
+    KERNEL_INIT,
+    output_activation,
+    resolve_input,
+    validate_num_class,
+)
 from clci_keras.models.layers import BilinearUpsampling, SequenceConcat, hard_sigmoid_keras2
 
 #: Number of 2×2 poolings in the encoder: spatial sizes must be multiples of 2**4.
@@ -42,46 +49,6 @@ ASPP_FILTERS = 256
 ASPP_RATES = (2, 4, 6)
 #: Dropout rate after the bottleneck and after the CLF-ASPP projection.
 DROPOUT_RATE = 0.5
-
-KERNEL_INIT = "he_normal"
-BN_KWARGS = dict(axis=-1, momentum=0.99, epsilon=1e-3)
-
-
-def validate_input_shape(input_shape, multiple=2**NUM_POOLINGS, name="input_shape"):
-    """Check ``(H, W, C)`` with ``H`` and ``W`` multiples of ``multiple``.
-
-    Returns the shape as a tuple of ints; raises ``ValueError`` echoing the
-    bad value otherwise.
-    """
-    try:
-        shape = tuple(int(s) for s in input_shape)
-    except (TypeError, ValueError):
-        raise ValueError(f"`{name}` must be a tuple (height, width, channels), got {input_shape!r}")
-    if len(shape) != 3 or min(shape) <= 0:
-        raise ValueError(
-            f"`{name}` must be (height, width, channels) with positive sizes, got {input_shape!r}"
-        )
-    h, w, _ = shape
-    if h % multiple or w % multiple:
-        raise ValueError(
-            f"`{name}`={input_shape!r}: height and width must be multiples of {multiple} "
-            f"(the network pools {multiple.bit_length() - 1} times by 2); crop or pad "
-            f"the slices, e.g. ATLAS slices are cropped to 224x176."
-        )
-    return shape
-
-
-def validate_num_class(num_class):
-    """``num_class`` must be a positive int; returns it."""
-    if isinstance(num_class, bool) or not isinstance(num_class, int) or num_class < 1:
-        raise ValueError(f"`num_class` must be a positive integer, got num_class={num_class!r}")
-    return num_class
-
-
-def output_activation(num_class):
-    """Sigmoid for one class, softmax over the class axis otherwise (as the original)."""
-    return "sigmoid" if num_class == 1 else "softmax"
-
 
 # --------------------------------------------------------------------------
 # Blocks (names follow the paper's parts)
@@ -134,22 +101,24 @@ def clf_fusion(features, pooled, level, *, name):
     return conv_bn_relu(x, 4 * ENCODER_FILTERS[level], kernel_size=(1, 1), name=f"{name}_fuse")
 
 
-def clf_aspp(x, skips, input_shape, clf=True, *, name="clf_aspp"):
+def clf_aspp(x, skips, clf=True, *, name="clf_aspp"):
     """CLF-extended atrous spatial pyramid pooling on the bottleneck.
 
     Branches: 1×1 conv; 3×3 convs at dilation 2, 4, 6; global average pooling
     → 1×1 conv → bilinear upsampling; and (with ``clf``) one strided 3×3 conv per
     encoder stage 1..4 bringing it to the bottleneck size. The CLF branches
     come first in the concatenation, then a 1×1 projection to 1024 channels
-    and dropout 0.5. Pooling size is the bottleneck size implied by
-    ``input_shape`` (``H/16 × W/16``), as in the original.
+    and dropout 0.5. The image pooling averages the whole bottleneck map, so
+    its pool size is ``x``'s static spatial size (``H/16 × W/16``).
     """
+    ph, pw = x.shape[1], x.shape[2]
+    if ph is None or pw is None:
+        raise ValueError(f"clf_aspp needs a static spatial size, got shape {tuple(x.shape)}")
     b0 = conv_bn_relu(x, ASPP_FILTERS, kernel_size=(1, 1), name=f"{name}_b0")
     atrous = [
         conv_bn_relu(x, ASPP_FILTERS, dilation_rate=(r, r), name=f"{name}_rate{r}")
         for r in ASPP_RATES
     ]
-    ph, pw = input_shape[0] // 2**NUM_POOLINGS, input_shape[1] // 2**NUM_POOLINGS
     b4 = layers.AveragePooling2D(pool_size=(ph, pw), name=f"{name}_pool")(x)
     b4 = conv_bn_relu(b4, ASPP_FILTERS, kernel_size=(1, 1), name=f"{name}_pool")
     b4 = BilinearUpsampling((ph, pw), name=f"{name}_pool_upsample")(b4)
@@ -239,7 +208,9 @@ def CLCI_Net(
         inference: keep the ConvLSTM context inference at the four decoder
             skips. ``False`` concatenates the raw encoder output to the
             upsampled decoder map instead (no 1×1 skip conv, no ConvLSTM).
-        input_tensor: optional Keras tensor to use as the input.
+        input_tensor: optional Keras tensor (e.g. ``keras.Input(shape)``) to use
+            as the input; its static ``(H, W, C)`` must satisfy the same rule
+            and replaces ``input_shape``.
         name: model name.
 
     All three switches off is the paper's "Baseline" (a U-Net of the same
@@ -249,12 +220,8 @@ def CLCI_Net(
     Returns:
         A ``keras.Model`` mapping ``(batch, H, W, C)`` to ``(batch, H, W, num_class)``.
     """
-    input_shape = validate_input_shape(input_shape)
+    _, inputs = resolve_input(input_shape, input_tensor, multiple=2**NUM_POOLINGS)
     num_class = validate_num_class(num_class)
-    if input_tensor is None:
-        inputs = keras.Input(shape=input_shape, name="image")
-    else:
-        inputs = input_tensor
 
     # Encoder with cross-level feature fusion.
     stages = []
@@ -268,7 +235,7 @@ def CLCI_Net(
     x = layers.Dropout(DROPOUT_RATE, name=f"enc{NUM_POOLINGS + 1}_dropout")(x)
 
     if aspp:
-        x = clf_aspp(x, stages, input_shape, clf=clf)
+        x = clf_aspp(x, stages, clf=clf)
 
     # Decoder with context inference at each skip.
     for d, level in enumerate(range(NUM_POOLINGS, 0, -1), start=1):

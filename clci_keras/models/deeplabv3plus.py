@@ -35,16 +35,16 @@ import keras
 from keras import layers
 
 from clci_keras.models.common import (
-    ResizeTo,
     conv_bn_relu,
     output_head,
     pad_to_multiple,
-    resnet_encoder,
     resolve_input,
     score_conv,
     validate_num_class,
 )
+from clci_keras.models.layers import ResizeTo
 from clci_keras.models.registry import register_model
+from clci_keras.models.resnet import resnet_encoder
 
 OUTPUT_STRIDE = 16
 #: Dilation rates of the three atrous ASPP branches at output stride 16.
@@ -84,13 +84,14 @@ def DeepLabV3Plus(
             multiples of 16 are zero-padded inside and the output cropped back.
         num_class: output channels; 1 gives a sigmoid map, more a softmax.
         depth: ResNet depth, 50 or 101.
-        input_tensor: optional Keras tensor to use as the input.
+        input_tensor: optional Keras tensor to use as the input; its static
+            ``(H, W, C)`` replaces ``input_shape``.
         name: model name.
 
     Returns:
         A ``keras.Model`` mapping ``(batch, H, W, C)`` to ``(batch, H, W, num_class)``.
     """
-    shape, inputs = resolve_input(input_shape, input_tensor, OUTPUT_STRIDE)
+    shape, inputs = resolve_input(input_shape, input_tensor, min_size=OUTPUT_STRIDE)
     num_class = validate_num_class(num_class)
     x, pads = pad_to_multiple(inputs, OUTPUT_STRIDE, name="pad")
     padded_size = (int(x.shape[1]), int(x.shape[2]))

@@ -121,13 +121,14 @@ def DenseUNet(
         growth_rate: channels added per dense layer (48).
         stem_filters: width of the 7×7 stride-2 stem conv (96).
         decoder_filters: widths of the five decoder stages (768, 384, 96, 96, 64).
-        input_tensor: optional Keras tensor to use as the input.
+        input_tensor: optional Keras tensor to use as the input; its static
+            ``(H, W, C)`` replaces ``input_shape``.
         name: model name.
 
     Returns:
         A ``keras.Model`` mapping ``(batch, H, W, C)`` to ``(batch, H, W, num_class)``.
     """
-    shape, inputs = resolve_input(input_shape, input_tensor, OUTPUT_STRIDE)
+    shape, inputs = resolve_input(input_shape, input_tensor, min_size=OUTPUT_STRIDE)
     num_class = validate_num_class(num_class)
     blocks = _positive_ints(blocks, 4, "blocks")
     decoder_filters = _positive_ints(decoder_filters, 5, "decoder_filters")

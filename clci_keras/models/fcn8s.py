@@ -37,12 +37,12 @@ from keras import layers
 from clci_keras.models.common import (
     BN_KWARGS,
     KERNEL_INIT,
-    BilinearKernel,
     output_head,
     pad_to_multiple,
     resolve_input,
     validate_num_class,
 )
+from clci_keras.models.layers import BilinearKernel
 from clci_keras.models.registry import register_model
 
 #: Total downsampling of the VGG-16 encoder: input is padded to multiples of it.
@@ -100,13 +100,14 @@ def FCN8s(
         fc_filters: width of fc6 (7×7) and fc7 (1×1); the reference has 4096.
         batch_norm: BatchNorm after every VGG and fc convolution (not in the
             reference, which starts from ImageNet weights).
-        input_tensor: optional Keras tensor to use as the input.
+        input_tensor: optional Keras tensor to use as the input; its static
+            ``(H, W, C)`` replaces ``input_shape``.
         name: model name.
 
     Returns:
         A ``keras.Model`` mapping ``(batch, H, W, C)`` to ``(batch, H, W, num_class)``.
     """
-    shape, inputs = resolve_input(input_shape, input_tensor, OUTPUT_STRIDE)
+    shape, inputs = resolve_input(input_shape, input_tensor, min_size=OUTPUT_STRIDE)
     num_class = validate_num_class(num_class)
     if isinstance(fc_filters, bool) or not isinstance(fc_filters, int) or fc_filters < 1:
         raise ValueError(f"`fc_filters` must be a positive integer, got fc_filters={fc_filters!r}")

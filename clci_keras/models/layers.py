@@ -1,4 +1,12 @@
-"""Custom layers and Keras-2 semantics needed to reproduce CLCI-Net.
+"""Custom layers, activations and initialisers of the segmentation models.
+
+* CLCI-Net (Keras-2 semantics): :func:`hard_sigmoid_keras2` (ConvLSTM gates),
+  :class:`SequenceConcat` (two-step sequences for the ConvLSTM) and
+  :class:`BilinearUpsampling` (TF-1 ``resize_bilinear``).
+* Comparison models: :class:`AdaptiveAveragePooling2D` (PyTorch-style bins,
+  for PSPNet's pyramid on a 28×22 map), :class:`ResizeTo` (bilinear resize to
+  a fixed size) and :class:`BilinearKernel` (bilinear initialiser for FCN's
+  learned upsampling).
 
 Everything here is registered with :func:`keras.saving.register_keras_serializable`
 under the package name ``clci_keras``, so models that use it save to ``.keras``
@@ -6,7 +14,10 @@ and load back with ``safe_mode`` on (no ``Lambda`` layers anywhere).
 """
 from __future__ import annotations
 
+import math
+
 import keras
+import numpy as np
 from keras import ops
 
 PACKAGE = "clci_keras"
@@ -131,8 +142,138 @@ class BilinearUpsampling(keras.layers.Layer):
         return {**super().get_config(), "upsampling": list(self.upsampling)}
 
 
-CUSTOM_OBJECTS = {
-    "SequenceConcat": SequenceConcat,
-    "BilinearUpsampling": BilinearUpsampling,
-    "hard_sigmoid_keras2": hard_sigmoid_keras2,
-}
+def adaptive_bins(size, bins):
+    """PyTorch ``AdaptiveAvgPool`` bin edges: bin ``i`` covers ``[floor(i*s/n), ceil((i+1)*s/n))``."""
+    return [
+        (math.floor(i * size / bins), math.ceil((i + 1) * size / bins)) for i in range(bins)
+    ]
+
+
+def _pooling_matrix(size, bins):
+    mat = np.zeros((bins, size), dtype="float32")
+    for i, (lo, hi) in enumerate(adaptive_bins(size, bins)):
+        mat[i, lo:hi] = 1.0 / (hi - lo)
+    return mat
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class AdaptiveAveragePooling2D(keras.layers.Layer):
+    """Average pooling to a fixed ``output_size`` grid (PyTorch ``AdaptiveAvgPool2d``).
+
+    PSPNet pools its feature map into 1×1, 2×2, 3×3 and 6×6 bins. At a
+    224×176 input the 1/8 map is 28×22, which 3 and 6 do not divide, so the
+    bins are uneven: bin ``i`` of ``n`` over ``s`` pixels spans
+    ``[floor(i*s/n), ceil((i+1)*s/n))`` (neighbouring bins may overlap by one
+    pixel). Implemented as two constant averaging matrices, so any static
+    size works and the result equals plain average pooling whenever ``n``
+    divides ``s``.
+
+    Args:
+        output_size: ``(bins_h, bins_w)`` positive ints (or one int for both).
+    """
+
+    def __init__(self, output_size, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(output_size, int):
+            output_size = (output_size, output_size)
+        output_size = tuple(int(s) for s in output_size)
+        if len(output_size) != 2 or min(output_size) < 1:
+            raise ValueError(
+                f"`output_size` must be two positive integers, got output_size={output_size!r}"
+            )
+        self.output_size = output_size
+
+    def call(self, inputs):
+        h, w = inputs.shape[1], inputs.shape[2]
+        if h is None or w is None:
+            raise ValueError(
+                f"AdaptiveAveragePooling2D needs static spatial sizes, got {tuple(inputs.shape)}"
+            )
+        ph = ops.convert_to_tensor(_pooling_matrix(h, self.output_size[0]), dtype=inputs.dtype)
+        pw = ops.convert_to_tensor(_pooling_matrix(w, self.output_size[1]), dtype=inputs.dtype)
+        x = ops.einsum("ih,bhwc->biwc", ph, inputs)
+        return ops.einsum("jw,biwc->bijc", pw, x)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], *self.output_size, input_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "output_size": list(self.output_size)}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ResizeTo(keras.layers.Layer):
+    """Resize H and W to a fixed ``size`` (``keras.ops.image.resize``, half-pixel centres).
+
+    Used where the scale factor is not an integer (PSPNet's pyramid bins back
+    to the feature map) or where the target is known exactly (score maps back
+    to the input size), so no rounding can change the output size.
+
+    Args:
+        size: ``(height, width)`` positive ints.
+        interpolation: ``"bilinear"`` (default) or ``"nearest"``.
+    """
+
+    def __init__(self, size, interpolation="bilinear", **kwargs):
+        super().__init__(**kwargs)
+        size = tuple(int(s) for s in size)
+        if len(size) != 2 or min(size) < 1:
+            raise ValueError(f"`size` must be two positive integers, got size={size!r}")
+        if interpolation not in ("bilinear", "nearest"):
+            raise ValueError(
+                f"`interpolation` must be 'bilinear' or 'nearest', got {interpolation!r}"
+            )
+        self.size = size
+        self.interpolation = interpolation
+
+    def call(self, inputs):
+        if tuple(inputs.shape[1:3]) == self.size:
+            return inputs
+        return ops.image.resize(
+            inputs, self.size, interpolation=self.interpolation, antialias=False
+        )
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], *self.size, input_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "size": list(self.size), "interpolation": self.interpolation}
+
+
+def bilinear_kernel(kernel_size, channels):
+    """Conv2DTranspose kernel ``(k, k, channels, channels)`` doing bilinear upsampling.
+
+    With stride ``k // 2`` and ``padding="same"`` it maps input pixel ``j`` to
+    output position ``j*s + (s-1)/2`` (half-pixel centres), as FCN's
+    initialisation of its deconvolutions.
+    """
+    factor = (kernel_size + 1) // 2
+    center = factor - 1 if kernel_size % 2 == 1 else factor - 0.5
+    og = np.arange(kernel_size, dtype="float64")
+    filt1d = 1.0 - np.abs(og - center) / factor
+    filt = np.outer(filt1d, filt1d).astype("float32")
+    kernel = np.zeros((kernel_size, kernel_size, channels, channels), dtype="float32")
+    for c in range(channels):
+        kernel[:, :, c, c] = filt
+    return kernel
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class BilinearKernel(keras.initializers.Initializer):
+    """Initialiser for ``Conv2DTranspose`` kernels: per-channel bilinear interpolation.
+
+    FCN (Long et al., 2015) initialises its learned upsampling layers to
+    bilinear interpolation; channel ``c`` maps only to channel ``c``.
+    Expects a square kernel ``(k, k, C, C)``.
+    """
+
+    def __call__(self, shape, dtype=None):
+        kh, kw, cout, cin = shape
+        if kh != kw or cout != cin:
+            raise ValueError(
+                f"BilinearKernel needs a square kernel with as many inputs as outputs, got {shape}"
+            )
+        return ops.convert_to_tensor(bilinear_kernel(kh, cin), dtype=dtype or "float32")
+
+    def get_config(self):
+        return {}

@@ -18,7 +18,7 @@ Choices the CLCI-Net paper leaves open (it only names "PSPNet"):
   full widths, trained from scratch on one channel (no ImageNet weights).
 * **Uneven bins**: at 224×176 the 1/8 map is 28×22, which 3 and 6 do not
   divide; the pyramid uses adaptive average pooling with PyTorch's bin edges
-  (:class:`~clci_keras.models.common.AdaptiveAveragePooling2D`), not fixed
+  (:class:`~clci_keras.models.layers.AdaptiveAveragePooling2D`), not fixed
   pooling kernels that would need a 48-multiple input.
 * **Sizes**: inputs whose sides are not multiples of 8 are zero-padded
   symmetrically to the next multiple and the ×8-upsampled score map is
@@ -34,17 +34,16 @@ import keras
 from keras import layers
 
 from clci_keras.models.common import (
-    AdaptiveAveragePooling2D,
-    ResizeTo,
     conv_bn_relu,
     output_head,
     pad_to_multiple,
-    resnet_encoder,
     resolve_input,
     score_conv,
     validate_num_class,
 )
+from clci_keras.models.layers import AdaptiveAveragePooling2D, ResizeTo
 from clci_keras.models.registry import register_model
+from clci_keras.models.resnet import resnet_encoder
 
 OUTPUT_STRIDE = 8
 #: Bins of the pyramid pooling module.
@@ -90,14 +89,15 @@ def PSPNet(
         depth: ResNet depth, 50 or 101.
         aux_head: add the auxiliary classifier on stage 3; the model then
             returns ``[output, aux_output]``.
-        input_tensor: optional Keras tensor to use as the input.
+        input_tensor: optional Keras tensor to use as the input; its static
+            ``(H, W, C)`` replaces ``input_shape``.
         name: model name.
 
     Returns:
         A ``keras.Model`` mapping ``(batch, H, W, C)`` to ``(batch, H, W, num_class)``
         (a list of two such outputs with ``aux_head``).
     """
-    shape, inputs = resolve_input(input_shape, input_tensor, OUTPUT_STRIDE)
+    shape, inputs = resolve_input(input_shape, input_tensor, min_size=OUTPUT_STRIDE)
     num_class = validate_num_class(num_class)
     x, pads = pad_to_multiple(inputs, OUTPUT_STRIDE, name="pad")
     padded_size = (int(x.shape[1]), int(x.shape[2]))

@@ -25,6 +25,8 @@ import zipfile
 import h5py
 import numpy as np
 
+from clci_keras.fileio import publish
+
 from clci_keras.version import __version__
 
 
@@ -184,7 +186,7 @@ def save_weights_legacy(model, path, keras_version="2.2.0"):
                     names.append(wname.encode("utf8"))
                     g.create_dataset(wname, data=np.asarray(var.numpy()))
                 g.attrs["weight_names"] = np.array(names, dtype="S") if names else np.array([], dtype="S1")
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -3,8 +3,7 @@
 TensorFlow is imported only when a function that needs it runs.
 """
 from clci_keras.training.config import TrainConfig
-from clci_keras.training.manifest import read_manifest, register_weights, sha256
-from clci_keras.training.sampling import parse_slice_spec, select_slices
+from clci_keras.models.manifest import read_manifest, register_weights, sha256
 
 __all__ = [
     "TrainConfig",
@@ -15,13 +14,12 @@ __all__ = [
     "read_manifest",
     "register_weights",
     "sha256",
-    "parse_slice_spec",
-    "select_slices",
+    "load_split",
 ]
 
 
 def __getattr__(name):
-    if name in ("train", "compile_model", "make_strategy", "set_seed", "load_split", "dataset_info"):
+    if name in ("train", "compile_model", "make_strategy", "set_seed", "load_split"):
         from clci_keras.training import trainer as _train
 
         return getattr(_train, name)

@@ -46,7 +46,7 @@ class TrainConfig:
     reduce_lr_min_lr: float = 0.0
     early_stopping_patience: int = 5
     early_stopping_min_delta: float = 0.0
-    # data selection (see clci_keras.training.sampling)
+    # data selection (see clci_keras.data.reader)
     train_slices: str = "all"
     val_slices: str = "all"
     # which weights are exported at the end: best on `monitor` or the last epoch
@@ -72,7 +72,7 @@ class TrainConfig:
 
     def validate(self):
         """Raise ``ValueError`` naming the first bad value."""
-        from clci_keras.training.sampling import parse_slice_spec
+        from clci_keras.data.reader import parse_slice_spec
 
         if not self.h5:
             raise ValueError("`h5` (the HDF5 data file) is required")

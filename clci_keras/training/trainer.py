@@ -121,89 +121,100 @@ def compile_model(model, loss="dice", learning_rate=1e-4, jit=False, mixed_preci
     return model
 
 
-def load_split(split_path, fold=None):
-    """The split dict (``train``/``val``/``test`` subject indices) for ``fold``."""
-    from clci_keras.data import splits
+def load_split(split_path, fold=None, h5=None):
+    """The split of ``fold`` (:func:`clci_keras.data.splits.load_split`); it must have training subjects.
 
-    split = splits.load_split(split_path)
-    if fold is not None:
-        if "folds" in split:
-            folds = split["folds"]
-            if not 0 <= int(fold) < len(folds):
-                raise ValueError(f"{split_path}: fold={fold!r} out of range (0..{len(folds) - 1})")
-            split = {**split, **folds[int(fold)]}
-        elif split.get("fold") is not None and int(split["fold"]) != int(fold):
-            raise ValueError(f"{split_path} holds fold {split['fold']}, not fold={fold!r}")
-    for key in ("train",):
-        if not split.get(key):
-            raise ValueError(f"{split_path}: split has no {key!r} subjects")
+    With ``h5`` a preset name or an id split is resolved against that file, and
+    an index split is checked against it (ids and range): training never runs
+    on subjects other than the split's.
+    """
+    from clci_keras.data.splits import load_split as _load
+
+    split = _load(split_path, fold=fold, h5=h5, parts=("train", "val"))
+    if not split.get("train"):
+        raise ValueError(f"{split_path}: split has no 'train' subjects")
     return split
 
 
-def dataset_info(h5_path):
-    """Provenance of the HDF5 file: its attributes, subject count and a ``synthetic`` flag."""
-    import h5py
-    import numpy as np
-
-    info = {"h5": os.path.abspath(h5_path)}
-    with h5py.File(h5_path, "r") as f:
-        for k, v in f.attrs.items():
-            if isinstance(v, bytes):
-                v = v.decode("utf8", "replace")
-            elif isinstance(v, np.ndarray):
-                v = v.tolist()
-            elif isinstance(v, np.generic):
-                v = v.item()
-            info[k] = v
-        if "data" in f:
-            info["slices"] = int(f["data"].shape[0])
-    synthetic = info.get("synthetic")
-    if synthetic is None:
-        text = " ".join(str(info.get(k, "")) for k in ("source", "dataset", "layout", "description"))
-        synthetic = "synthetic" in text.lower()
-    info["synthetic"] = bool(synthetic)
-    return info
+#: Callback attributes saved with the resume point (``BackupAndRestore`` keeps none).
+RESUME_FIELDS = {
+    "ReduceLROnPlateau": ("wait", "best", "cooldown_counter"),
+    "EarlyStopping": ("wait", "best", "best_epoch", "stopped_epoch"),
+    "ModelCheckpoint": ("best",),
+    "AtomicModelCheckpoint": ("best",),
+}
+POINTER = "latest.json"
 
 
-class _ResumeState:
-    """Saves and restores what ``BackupAndRestore`` does not: callback states and the LR."""
+class ResumeError(ValueError):
+    """The run folder's resume point cannot be read; the message names the file."""
 
-    FIELDS = {
-        "ReduceLROnPlateau": ("wait", "best", "cooldown_counter"),
-        "EarlyStopping": ("wait", "best", "best_epoch", "stopped_epoch"),
-        "ModelCheckpoint": ("best",),
-    }
+
+def _resume_point(run_dir):
+    """``(epochs done, folder of that resume point)``; ``(0, None)`` when there is none."""
+    pointer = os.path.join(run_dir, BACKUP_DIR, POINTER)
+    if not os.path.exists(pointer):
+        return 0, None
+    try:
+        with open(pointer) as f:
+            meta = json.load(f)
+        epoch, folder = int(meta["epoch"]), os.path.join(run_dir, BACKUP_DIR, meta["dir"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ResumeError(f"{pointer}: unreadable resume point ({e}); delete {os.path.dirname(pointer)} "
+                          "to restart the run from scratch, or pass --overwrite") from e
+    for name in ("model.weights.h5", STATE_FILE):
+        if not os.path.isfile(os.path.join(folder, name)):
+            raise ResumeError(f"{pointer} names {os.path.join(folder, name)}, which is missing")
+    return epoch, folder
 
 
 def _make_resume_callback(run_dir, tracked):
+    """The resume point, written atomically at each epoch end and restored at the start.
+
+    Each epoch's point is a complete folder ``backup/epoch_NNNN`` (weights with
+    the optimiser state, callback states, learning rate, dropout RNG states),
+    written under a temporary name and renamed; ``backup/latest.json``,
+    replaced atomically afterwards, is the commit. A process killed at any
+    moment leaves the previous point intact. (``keras.callbacks.BackupAndRestore``
+    overwrites its one weights file in place, so a kill during that write
+    loses the run.)
+    """
     import keras
     import numpy as np
 
-    path = os.path.join(run_dir, BACKUP_DIR, STATE_FILE)
+    backup = os.path.join(run_dir, BACKUP_DIR)
 
-    class ResumeState(keras.callbacks.Callback):
-        """Persists callback states and the learning rate each epoch; restores them on resume."""
-
+    class ResumePoint(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
-            if not os.path.exists(path):
+            epoch, folder = _resume_point(run_dir)
+            if folder is None:
                 return
-            with open(path) as f:
-                state = json.load(f)
+            model = self.model
+            if model.optimizer is not None and not model.optimizer.built:
+                model.optimizer.build(model.trainable_variables)
+            weights = os.path.join(folder, "model.weights.h5")
+            try:
+                model.load_weights(weights)
+                with open(os.path.join(folder, STATE_FILE)) as f:
+                    state = json.load(f)
+            except Exception as e:  # h5py/OSError/JSON errors: name the file
+                raise ResumeError(f"{folder}: cannot restore the resume point ({type(e).__name__}: {e})") from e
             for cb in tracked:
                 for field, value in state.get(type(cb).__name__, {}).items():
                     if value is not None:  # None: +-inf, as the callback initialised it
                         setattr(cb, field, value)
             if "learning_rate" in state:
-                self.model.optimizer.learning_rate = state["learning_rate"]
-            gens = _seed_generators(self.model)
+                model.optimizer.learning_rate = state["learning_rate"]
+            gens = _seed_generators(model)
             for key, value in state.get("seed_generators", {}).items():
                 if key in gens:
                     gens[key].state.assign(np.asarray(value, dtype=gens[key].state.dtype))
+            model._initial_epoch = epoch  # as BackupAndRestore: fit() starts at this epoch
 
         def on_epoch_end(self, epoch, logs=None):
             state = {"epoch": epoch + 1}
             for cb in tracked:
-                fields = _ResumeState.FIELDS.get(type(cb).__name__, ())
+                fields = RESUME_FIELDS.get(type(cb).__name__, ())
                 state[type(cb).__name__] = {
                     f: (None if not np.isfinite(float(getattr(cb, f))) else float(getattr(cb, f)))
                     for f in fields
@@ -214,13 +225,47 @@ def _make_resume_callback(run_dir, tracked):
             state["seed_generators"] = {
                 k: np.asarray(g.state.value).tolist() for k, g in _seed_generators(self.model).items()
             }
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = path + ".tmp"
-            with open(tmp, "w") as f:
+            name = f"epoch_{epoch + 1:04d}"
+            final, tmp = os.path.join(backup, name), os.path.join(backup, name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.makedirs(tmp)
+            self.model.save_weights(os.path.join(tmp, "model.weights.h5"))
+            with open(os.path.join(tmp, STATE_FILE), "w") as f:
                 json.dump(state, f)
-            os.replace(tmp, path)
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            _write_json_atomic(os.path.join(backup, POINTER), {"epoch": epoch + 1, "dir": name})
+            for old in os.listdir(backup):  # earlier points and stale temporaries
+                if old.startswith("epoch_") and old != name:
+                    shutil.rmtree(os.path.join(backup, old), ignore_errors=True)
 
-    return ResumeState()
+    return ResumePoint()
+
+
+def _make_checkpoint(path, monitor):
+    """``ModelCheckpoint`` (best on ``monitor``, weights only) that writes, then renames."""
+    import keras
+
+    class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
+        def _save_model(self, epoch, batch, logs):
+            final = self.filepath
+            self.filepath = final[: -len(".weights.h5")] + ".partial.weights.h5"
+            try:
+                super()._save_model(epoch, batch, logs)
+                if os.path.exists(self.filepath):
+                    os.replace(self.filepath, final)
+            finally:
+                self.filepath = final
+
+    return AtomicModelCheckpoint(path, monitor=monitor, save_best_only=True,
+                                 save_weights_only=True, verbose=1)
+
+
+def _write_json_atomic(path, obj):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+    os.replace(tmp, path)
 
 
 def _seed_generators(model):
@@ -235,13 +280,12 @@ def _seed_generators(model):
     return out
 
 
-def _resume_epoch(run_dir):
-    """Epochs completed according to the ``BackupAndRestore`` metadata (0 if none)."""
-    meta = os.path.join(run_dir, BACKUP_DIR, "training_metadata.json")
-    if not os.path.exists(meta):
-        return 0
-    with open(meta) as f:
-        return int(json.load(f).get("epoch", 0))
+def _csv_epoch(line):
+    """The epoch number of a CSVLogger row; None for an empty or partly written line."""
+    try:
+        return int(float(line.split(",")[0]))
+    except ValueError:
+        return None
 
 
 def _truncate_csv(path, epochs_done):
@@ -252,7 +296,7 @@ def _truncate_csv(path, epochs_done):
         lines = f.read().splitlines()
     if not lines:
         return
-    keep = [lines[0]] + [l for l in lines[1:] if l and int(float(l.split(",")[0])) < epochs_done]
+    keep = [lines[0]] + [l for l in lines[1:] if _csv_epoch(l) is not None and _csv_epoch(l) < epochs_done]
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.write("\n".join(keep) + "\n")
@@ -290,8 +334,13 @@ def train(model_name="clci_net", h5_path=None, split_path=None, out_dir=None, fo
     if not os.path.isfile(cfg.h5):
         raise FileNotFoundError(f"HDF5 data file not found: {cfg.h5}")
     if cfg.split and not os.path.isfile(cfg.split):
-        raise FileNotFoundError(f"split file not found: {cfg.split}")
+        from clci_keras.data.splits import is_split_preset
 
+        if not is_split_preset(cfg.split):
+            raise FileNotFoundError(f"split file not found: {cfg.split}")
+
+    if cfg.split:  # refuse a split made for another file before anything is written
+        load_split(cfg.split, cfg.fold, h5=cfg.h5)
     run_dir = cfg.out_dir
     cfg_path = os.path.join(run_dir, "config.json")
     result_path = os.path.join(run_dir, "result.json")
@@ -321,62 +370,115 @@ def train(model_name="clci_net", h5_path=None, split_path=None, out_dir=None, fo
 
 
 def _fit(cfg, run_dir, extra_callbacks):
-    import keras
+    """Build, fit and export; returns the ``result.json`` dict."""
     import numpy as np
-
-    from clci_keras.models import build_model, load_weights, save_weights_legacy
-    from clci_keras.training import sampling
 
     t_start = time.time()
     set_seed(cfg.seed, cfg.deterministic)
-    split = load_split(cfg.split, cfg.fold) if cfg.split else None
-    if split is None:
+    if not cfg.split:
         raise ValueError("a split file is required (clci-keras split)")
-    reader = sampling.SliceReader(cfg.h5, cfg.crop)
-    train_idx = sampling.select_slices(cfg.h5, split["train"], cfg.train_slices, cfg.crop, cfg.seed)
-    val_subjects = list(split.get("val") or [])
-    val_idx = (
-        sampling.select_slices(cfg.h5, val_subjects, cfg.val_slices, cfg.crop, cfg.seed)
-        if val_subjects else np.zeros(0, np.int64)
+    split = load_split(cfg.split, cfg.fold, h5=cfg.h5)
+    data = _make_data(cfg, run_dir, split)
+    strategy = make_strategy(cfg.strategy, cfg.devices)
+    with strategy.scope():
+        model = _build_compiled(cfg, data["reader"].shape)
+    cbs = _callbacks(cfg, run_dir, data["monitor"]) + list(extra_callbacks)
+    print(
+        f"training {cfg.model} on {len(split['train'])} subjects ({data['train_idx'].size} slices, "
+        f"{cfg.train_slices}), validating on {len(data['val_subjects'])} ({data['val_idx'].size} "
+        f"slices); {data['steps']} steps of batch {cfg.batch_size} per epoch, up to {cfg.epochs} epochs"
     )
+    try:
+        model.fit(
+            data["train_ds"],
+            epochs=cfg.epochs,
+            steps_per_epoch=data["steps"],
+            validation_data=data["val_ds"],
+            validation_steps=(math.ceil(data["val_idx"].size / cfg.val_batch_size)
+                              if data["val_ds"] is not None else None),
+            callbacks=cbs,
+            shuffle=False,  # the dataset is already in its per-epoch order
+            verbose=cfg.verbose,
+        )
+    finally:
+        data["reader"].close()
+    iterations = int(np.asarray(model.optimizer.iterations))
+    result = _finish(cfg, run_dir, model, split, data, strategy)
+    result["optimizer_iterations"] = iterations
+    result["seconds_this_session"] = round(time.time() - t_start, 1)
+    if cfg.manifest:
+        result["manifest_entry"] = _register(cfg, model, os.path.join(run_dir, result["weights"]), result)
+    tmp = os.path.join(run_dir, "result.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=2, default=str)
+    os.replace(tmp, os.path.join(run_dir, "result.json"))
+    # The run is complete: the resume point is no longer needed.
+    shutil.rmtree(os.path.join(run_dir, BACKUP_DIR), ignore_errors=True)
+    return result
+
+
+def _make_data(cfg, run_dir, split):
+    """Slice selection and the training / validation datasets, from the resume point."""
+    import numpy as np
+
+    from clci_keras.data import reader as R
+
+    train_idx = R.select_slices(cfg.h5, split["train"], cfg.train_slices, cfg.crop, cfg.seed)
+    val_subjects = list(split.get("val") or [])
+    val_idx = (R.select_slices(cfg.h5, val_subjects, cfg.val_slices, cfg.crop, cfg.seed)
+               if val_subjects else np.zeros(0, np.int64))
     monitor = cfg.monitor
     if not val_idx.size and monitor.startswith("val_"):
         monitor = monitor[4:]
         print(f"no validation subjects: monitoring {monitor!r} instead of {cfg.monitor!r}")
 
-    first_epoch = _resume_epoch(run_dir)
-    if first_epoch == 0:  # fresh start: clear logs of an earlier failed attempt
-        for p in ("log.csv", BEST_CKPT):
-            if os.path.exists(os.path.join(run_dir, p)):
-                os.remove(os.path.join(run_dir, p))
+    first_epoch, _ = _resume_point(run_dir)
+    if first_epoch == 0:  # fresh start: keep, not delete, what an earlier attempt left
+        kept = [p for p in ("log.csv", BEST_CKPT) if os.path.exists(os.path.join(run_dir, p))]
+        if kept:
+            attic = os.path.join(run_dir, "previous_attempt")
+            os.makedirs(attic, exist_ok=True)
+            for p in kept:
+                os.replace(os.path.join(run_dir, p), os.path.join(attic, p))
+            print(f"no resume point in {run_dir}: starting afresh; an earlier attempt's "
+                  f"{', '.join(kept)} moved to {attic}")
     else:
         print(f"resuming {run_dir} after epoch {first_epoch}")
     _truncate_csv(os.path.join(run_dir, "log.csv"), first_epoch)
 
-    steps = cfg.steps_per_epoch or sampling.steps_for(train_idx.size, cfg.batch_size)
-    per_epoch = sampling.steps_for(train_idx.size, cfg.batch_size)
+    # Subjects read into memory once when they fit (same batches as streaming).
+    reader = R.SliceReader(cfg.h5, cfg.crop, in_memory="auto",
+                           subjects=list(split["train"]) + val_subjects)
+    per_epoch = R.steps_for(train_idx.size, cfg.batch_size)
+    steps = cfg.steps_per_epoch or per_epoch
     # epochs of data needed: `steps` batches per training epoch
     data_epochs = math.ceil(cfg.epochs * steps / per_epoch) + 1
     first_data_epoch = (first_epoch * steps) // per_epoch
-    train_ds = sampling.train_dataset(
+    train_ds = R.train_dataset(
         reader, train_idx, cfg.batch_size, cfg.seed, first_data_epoch, data_epochs
     ).skip((first_epoch * steps) % per_epoch)
-    val_ds = sampling.eval_dataset(reader, val_idx, cfg.val_batch_size) if val_idx.size else None
+    val_ds = R.eval_dataset(reader, val_idx, cfg.val_batch_size) if val_idx.size else None
+    return dict(reader=reader, train_idx=train_idx, val_idx=val_idx, val_subjects=val_subjects,
+                monitor=monitor, steps=steps, train_ds=train_ds, val_ds=val_ds)
 
-    strategy = make_strategy(cfg.strategy, cfg.devices)
-    input_shape = reader.shape
-    with strategy.scope():
-        model = build_model(cfg.model, input_shape=input_shape)
-        if cfg.init_weights:
-            load_weights(model, cfg.init_weights)
-        compile_model(model, cfg.loss, cfg.learning_rate, cfg.jit, cfg.mixed_precision != "off",
-                      cfg.bn_momentum)
+
+def _build_compiled(cfg, input_shape):
+    from clci_keras.models import build_model, load_weights
+
+    model = build_model(cfg.model, input_shape=input_shape)
+    if cfg.init_weights:
+        load_weights(model, cfg.init_weights)
+    compile_model(model, cfg.loss, cfg.learning_rate, cfg.jit, cfg.mixed_precision != "off",
+                  cfg.bn_momentum)
+    return model
+
+
+def _callbacks(cfg, run_dir, monitor):
+    """Checkpoint, LR schedule, early stopping, CSV/TensorBoard logs and the resume point."""
+    import keras
 
     cbs = [
-        keras.callbacks.ModelCheckpoint(
-            os.path.join(run_dir, BEST_CKPT), monitor=monitor, save_best_only=True,
-            save_weights_only=True, verbose=1,
-        ),
+        _make_checkpoint(os.path.join(run_dir, BEST_CKPT), monitor),
         keras.callbacks.ReduceLROnPlateau(
             monitor=monitor, factor=cfg.reduce_lr_factor, patience=cfg.reduce_lr_patience,
             min_delta=cfg.reduce_lr_min_delta, min_lr=cfg.reduce_lr_min_lr, verbose=1,
@@ -389,31 +491,20 @@ def _fit(cfg, run_dir, extra_callbacks):
     ]
     if cfg.tensorboard:
         cbs.append(keras.callbacks.TensorBoard(log_dir=os.path.join(run_dir, "tensorboard")))
-    tracked = [cb for cb in cbs if type(cb).__name__ in _ResumeState.FIELDS]
-    # Last, so that they save the state after the other callbacks updated it.
-    cbs.append(keras.callbacks.BackupAndRestore(os.path.join(run_dir, BACKUP_DIR),
-                                                delete_checkpoint=False))
+    tracked = [cb for cb in cbs if type(cb).__name__ in RESUME_FIELDS]
+    # Last, so that it saves the states after the other callbacks updated them.
     cbs.append(_make_resume_callback(run_dir, tracked))
-    cbs.extend(extra_callbacks)
+    return cbs
 
-    print(
-        f"training {cfg.model} on {len(split['train'])} subjects ({train_idx.size} slices, "
-        f"{cfg.train_slices}), validating on {len(val_subjects)} ({val_idx.size} slices); "
-        f"{steps} steps of batch {cfg.batch_size} per epoch, up to {cfg.epochs} epochs"
-    )
-    history = model.fit(
-        train_ds,
-        epochs=cfg.epochs,
-        steps_per_epoch=steps,
-        validation_data=val_ds,
-        validation_steps=math.ceil(val_idx.size / cfg.val_batch_size) if val_ds is not None else None,
-        callbacks=cbs,
-        shuffle=False,  # the dataset is already in its per-epoch order
-        verbose=cfg.verbose,
-    )
-    reader.close()
-    iterations = int(np.asarray(model.optimizer.iterations))
 
+def _finish(cfg, run_dir, model, split, data, strategy):
+    """Export the chosen weights (Keras 2 legacy HDF5) and summarise the run."""
+    import numpy as np
+
+    from clci_keras.data.reader import dataset_info
+    from clci_keras.models import save_weights_legacy
+
+    monitor = data["monitor"]
     # Export: best-on-monitor checkpoint (default) or the last epoch's weights.
     best_path = os.path.join(run_dir, BEST_CKPT)
     exported_from = "last"
@@ -421,46 +512,33 @@ def _fit(cfg, run_dir, extra_callbacks):
         model.load_weights(best_path)
         exported_from = "best"
     weights_name = cfg.weights_name or f"{cfg.model}_weights.h5"
-    weights_path = os.path.join(run_dir, weights_name)
-    save_weights_legacy(model, weights_path)
+    save_weights_legacy(model, os.path.join(run_dir, weights_name))
 
     log = _read_log(os.path.join(run_dir, "log.csv"))
-    epochs_run = len(log)
     best_epoch, best_value = None, None
     vals = [np.nan if r.get(monitor) is None else r[monitor] for r in log]
     if vals and not np.all(np.isnan(vals)):  # no validation data: no best epoch
         best_epoch = int(np.nanargmin(vals)) if "loss" in monitor else int(np.nanargmax(vals))
         best_value = vals[best_epoch]
-    stopped_early = epochs_run < cfg.epochs
-    result = {
+    return {
         "model": cfg.model,
         "run_dir": os.path.abspath(run_dir),
         "weights": weights_name,
         "exported_from": exported_from,
-        "epochs_run": epochs_run,
-        "stopped_early": stopped_early,
+        "epochs_run": len(log),
+        "stopped_early": len(log) < cfg.epochs,
         "monitor": monitor,
         "best_epoch": best_epoch,
         "best_value": best_value,
         "final": log[-1] if log else {},
         "train_subjects": len(split["train"]),
-        "val_subjects": len(val_subjects),
-        "train_slices": int(train_idx.size),
-        "val_slices": int(val_idx.size),
-        "optimizer_iterations": iterations,
+        "val_subjects": len(data["val_subjects"]),
+        "train_slices": int(data["train_idx"].size),
+        "val_slices": int(data["val_idx"].size),
         "replicas": int(strategy.num_replicas_in_sync),
-        "seconds_this_session": round(time.time() - t_start, 1),
         "data": dataset_info(cfg.h5),
         "params": int(model.count_params()),
     }
-    if cfg.manifest:
-        result["manifest_entry"] = _register(cfg, model, weights_path, result)
-    with open(os.path.join(run_dir, "result.json.tmp"), "w") as f:
-        json.dump(result, f, indent=2, default=str)
-    os.replace(os.path.join(run_dir, "result.json.tmp"), os.path.join(run_dir, "result.json"))
-    # The run is complete: the resume point is no longer needed.
-    shutil.rmtree(os.path.join(run_dir, BACKUP_DIR), ignore_errors=True)
-    return result
 
 
 def _read_log(path):
@@ -484,7 +562,7 @@ def _register(cfg, model, weights_path, result):
     import datetime
 
     from clci_keras.models import get_model_spec
-    from clci_keras.training.manifest import register_weights
+    from clci_keras.models.manifest import register_weights
     from clci_keras.version import __version__
 
     spec = get_model_spec(cfg.model)

@@ -1,0 +1,346 @@
+"""The one reader of the HDF5 slice file: subjects, slice selection, crop, batches.
+
+The HDF5 file (``clci-keras prep``) stores 189 axial slices per subject,
+patient-major. Everything that reads it — training, evaluation, the demo,
+notebooks, benchmarks — goes through this module:
+
+* :func:`subject_table` — ``{subject index: (offset, count)}``;
+* :func:`select_slices` — global slice indices of subjects chosen by a slice
+  spec (below);
+* :class:`SliceReader` — cropped ``(x, y)`` arrays by global slice index,
+  streamed from the file (default) or from memory (``in_memory=True``: the
+  selected subjects are read once, each as one contiguous block);
+* :func:`train_dataset` / :func:`eval_dataset` — ``tf.data`` batches over a
+  reader: training in shuffled epochs whose order depends only on
+  ``(seed, epoch)``, so a resumed run replays exactly the batches an
+  uninterrupted run would see; evaluation in order, one pass;
+* :func:`load_subject_slices` — one patient's slices as numpy arrays;
+* :func:`dataset_info` — the file's provenance (attributes, synthetic flag).
+
+Slice specs (:func:`select_slices`):
+
+``all``        every slice of every subject (the original protocol);
+``brain``      the axial slices inside the MNI152 brain mask's z-range
+               (:func:`brain_slice_indices`: 155 of 189; the others are
+               background in MNI space);
+``lesion``     slices with at least one lesion voxel in the crop window;
+``lesion+N``   lesion slices plus ``N`` other slices per subject drawn (seeded)
+               from the brain z-range; a quick-training option (demo).
+
+TensorFlow is imported only inside the ``*_dataset`` functions.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import re
+
+import numpy as np
+
+from clci_keras.data.constants import ATLAS_SHAPE, DEFAULT_CROP, SLICES_PER_SUBJECT
+from clci_keras.data.slicing import get_crop
+
+_SPEC = re.compile(r"^(all|brain|lesion)(?:\+(\d+))?$")
+
+#: ``in_memory="auto"`` reads the selected subjects into memory when they take
+#: at most this many bytes (float32 image + uint8 label per pixel; ~55 subjects
+#: at 224 x 176), else streams them from the file.
+MEMORY_BUDGET = 2 * 1024**3
+
+
+# ---------------------------------------------------------------------------
+# The file's table of contents
+# ---------------------------------------------------------------------------
+def subject_table(h5_path):
+    """``{subject index: (offset, count)}`` of the HDF5 file, in file order."""
+    from clci_keras.data.preprocess import read_subjects
+
+    return {int(s["index"]): (int(s["offset"]), int(s["count"])) for s in read_subjects(h5_path)}
+
+
+def dataset_info(h5_path):
+    """Provenance of the HDF5 file: its attributes, slice count and a ``synthetic`` flag."""
+    import h5py
+
+    info = {"h5": os.path.abspath(h5_path)}
+    with h5py.File(h5_path, "r") as f:
+        for k, v in f.attrs.items():
+            if isinstance(v, bytes):
+                v = v.decode("utf8", "replace")
+            elif isinstance(v, np.ndarray):
+                v = v.tolist()
+            elif isinstance(v, np.generic):
+                v = v.item()
+            info[k] = v
+        if "data" in f:
+            info["slices"] = int(f["data"].shape[0])
+    synthetic = info.get("synthetic")
+    if synthetic is None:  # files written before the attribute existed
+        text = " ".join(str(info.get(k, "")) for k in ("source", "dataset", "layout", "description"))
+        synthetic = "synthetic" in text.lower()
+    info["synthetic"] = bool(synthetic)
+    return info
+
+
+@functools.lru_cache(maxsize=1)
+def _brain_z():
+    from nilearn.datasets import load_mni152_brain_mask
+
+    mask = np.asarray(load_mni152_brain_mask(resolution=1).get_fdata()) > 0
+    if mask.shape != ATLAS_SHAPE:
+        raise ValueError(f"nilearn's MNI152 1 mm brain mask has shape {mask.shape}, not {ATLAS_SHAPE}")
+    return tuple(int(z) for z in np.flatnonzero(mask.any(axis=(0, 1))))
+
+
+def brain_slice_indices(count=SLICES_PER_SUBJECT):
+    """Axial slice indices (z, below ``count``) that contain brain on the ATLAS grid: 155 of 189.
+
+    From the MNI152 1 mm brain mask shipped with nilearn (no download), not
+    from the image: ATLAS T1 images keep the skull, so their non-zero voxels
+    cover almost every slice.
+    """
+    return tuple(z for z in _brain_z() if z < int(count))
+
+
+def brain_z_range():
+    """``(first, last + 1)`` of :func:`brain_slice_indices` (a contiguous range)."""
+    z = _brain_z()
+    return z[0], z[-1] + 1
+
+
+# ---------------------------------------------------------------------------
+# Slice selection
+# ---------------------------------------------------------------------------
+def parse_slice_spec(spec):
+    """``'lesion+20'`` -> ``('lesion', 20)``; ``ValueError`` for anything else."""
+    m = _SPEC.match(str(spec).strip().lower())
+    if not m or (m.group(2) is not None and m.group(1) != "lesion"):
+        raise ValueError(
+            f"unknown slice selection {spec!r}; use 'all', 'brain', 'lesion' or 'lesion+N'"
+        )
+    return m.group(1), int(m.group(2) or 0)
+
+
+def select_slices(h5_path, subjects, spec="all", crop=DEFAULT_CROP, seed=0):
+    """Global slice indices (sorted per subject, subjects in the given order).
+
+    Args:
+        h5_path: HDF5 file from ``clci-keras prep``.
+        subjects: subject indices (file order), e.g. a split's ``"train"``.
+        spec: ``all``, ``brain``, ``lesion`` or ``lesion+N`` (module docstring).
+        crop: crop window; lesion slices are judged inside it.
+        seed: seed of the ``+N`` draw.
+    """
+    import h5py
+
+    kind, extra = parse_slice_spec(spec)
+    table = subject_table(h5_path)
+    rows, cols = get_crop(crop)
+    rng = np.random.default_rng(seed)
+    out = []
+    with h5py.File(h5_path, "r") as f:
+        for s in subjects:
+            off, count = _lookup(table, s, h5_path)
+            local = np.arange(count)
+            if kind == "brain" or extra:
+                brain = np.asarray(brain_slice_indices(count), dtype=int)
+            if kind == "brain":
+                local = brain
+            elif kind == "lesion":
+                lab = f["label"][off : off + count, rows, cols]
+                lesion = np.flatnonzero(lab.reshape(count, -1).any(axis=1))
+                others = np.setdiff1d(brain, lesion) if extra else np.array([], int)
+                pick = rng.choice(others, size=min(extra, others.size), replace=False) if extra else []
+                local = np.union1d(lesion, np.asarray(pick, dtype=int))
+            out.append(off + local)
+    return np.concatenate(out).astype(np.int64) if out else np.zeros(0, np.int64)
+
+
+def _lookup(table, s, h5_path):
+    if isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, np.integer)):
+        raise ValueError(f"subjects must be integer subject indices, got {s!r}")
+    if int(s) not in table:
+        raise ValueError(f"{h5_path}: no subject with index {s!r} (the file has {len(table)})")
+    return table[int(s)]
+
+
+# ---------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------
+class SliceReader:
+    """Cropped ``(x, y)`` slices of the HDF5 file by global slice index.
+
+    ``x`` is float32 ``(n, H, W, 1)`` (the stored, already normalised
+    intensities) and ``y`` float32 ``(n, H, W, 1)`` in {0, 1}.
+
+    Args:
+        h5_path: HDF5 file from ``clci-keras prep``.
+        crop: crop window (``"clci"``, ``"xnet"``, ``"r0:r1,c0:c1"`` or ``None``).
+        in_memory: ``False`` reads every batch from the file (low memory);
+            ``True`` reads ``subjects`` into memory once, one contiguous block
+            per subject; ``"auto"`` does so when they fit :data:`MEMORY_BUDGET`.
+        subjects: the subjects kept in memory (default: all); reading a slice
+            of another subject is an error in memory mode.
+    """
+
+    def __init__(self, h5_path, crop=DEFAULT_CROP, in_memory=False, subjects=None):
+        self.h5_path = os.fspath(h5_path)
+        self.rows, self.cols = get_crop(crop)
+        self._file = None
+        self._mem = None
+        if in_memory not in (True, False, "auto"):
+            raise ValueError(f"in_memory must be True, False or 'auto', got {in_memory!r}")
+        if in_memory:
+            table = subject_table(self.h5_path)
+            chosen = list(table) if subjects is None else [int(s) for s in subjects]
+            blocks = [_lookup(table, s, self.h5_path) for s in chosen]
+            h, w, _ = self.shape
+            nbytes = sum(c for _, c in blocks) * h * w * 5
+            if in_memory is True or nbytes <= MEMORY_BUDGET:
+                self._load(blocks)
+
+    @property
+    def in_memory(self):
+        return self._mem is not None
+
+    @property
+    def file(self):
+        if self._file is None:
+            import h5py
+
+            self._file = h5py.File(self.h5_path, "r")
+            for key in ("data", "label"):
+                if key not in self._file:
+                    raise ValueError(f"{self.h5_path}: HDF5 file has no dataset {key!r}")
+        return self._file
+
+    @property
+    def shape(self):
+        """``(H, W, 1)`` of the slices this reader returns."""
+        return (self.rows.stop - self.rows.start, self.cols.stop - self.cols.start, 1)
+
+    def _load(self, blocks):
+        h, w, _ = self.shape
+        total = sum(c for _, c in blocks)
+        x = np.empty((total, h, w), np.float32)
+        y = np.empty((total, h, w), np.uint8)
+        position = {}  # global slice index -> row in memory
+        pos = 0
+        for off, count in blocks:
+            x[pos : pos + count] = self.file["data"][off : off + count, self.rows, self.cols]
+            y[pos : pos + count] = self.file["label"][off : off + count, self.rows, self.cols] > 0
+            position.update(zip(range(off, off + count), range(pos, pos + count)))
+            pos += count
+        self._mem = (x, y, position)
+        self.close()
+
+    def read(self, indices):
+        """Slices ``indices`` (global, any order, repeats allowed) as ``(x, y)``."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if self._mem is not None:
+            x_mem, y_mem, position = self._mem
+            try:
+                rows = np.fromiter((position[int(i)] for i in idx), np.int64, idx.size)
+            except KeyError as e:
+                raise ValueError(f"{self.h5_path}: slice {e.args[0]} is not among the subjects "
+                                 f"read into memory") from None
+            x, y = x_mem[rows], y_mem[rows]
+        else:
+            # h5py wants increasing, unique indices: read those, then restore the order.
+            uniq, inverse = np.unique(idx, return_inverse=True)
+            x = self.file["data"][uniq, self.rows, self.cols][inverse]
+            y = self.file["label"][uniq, self.rows, self.cols][inverse]
+        return x[..., None].astype(np.float32), (y[..., None] > 0).astype(np.float32)
+
+    def read_subject(self, index):
+        """All slices of subject ``index``: ``(x, y)`` of shape ``(count, H, W, 1)``."""
+        off, count = _lookup(subject_table(self.h5_path), index, self.h5_path)
+        return self.read(np.arange(off, off + count))
+
+    def close(self):
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def load_subject_slices(h5_path, index, crop=DEFAULT_CROP, channel_axis=True):
+    """All slices of one patient: ``(x, y)`` float32, ``y`` in {0, 1}.
+
+    Shape ``(189, 224, 176, 1)`` for the "clci" crop; no channel axis if
+    ``channel_axis`` is False; ``crop=None`` gives the full 233 x 197 slices.
+    """
+    with SliceReader(h5_path, crop) as reader:
+        x, y = reader.read_subject(index)
+    if not channel_axis:
+        x, y = x[..., 0], y[..., 0]
+    return x, y
+
+
+# ---------------------------------------------------------------------------
+# Epochs and tf.data
+# ---------------------------------------------------------------------------
+def epoch_permutation(n, seed, epoch):
+    """The slice order of ``epoch``: a permutation of ``range(n)`` drawn from ``(seed, epoch)``."""
+    return np.random.default_rng([int(seed), int(epoch)]).permutation(n)
+
+
+def steps_for(n_slices, batch_size):
+    """Batches per epoch: ``max(1, n // batch)`` (X-Net's ``steps_per_epoch``)."""
+    return max(1, int(n_slices) // int(batch_size))
+
+
+def train_dataset(reader, indices, batch_size, seed=0, first_epoch=0, last_epoch=1):
+    """Shuffled batches for epochs ``first_epoch .. last_epoch-1``, epoch after epoch.
+
+    Each epoch yields :func:`steps_for` full batches in the order of
+    :func:`epoch_permutation`, so a resumed run sees the same batches as an
+    uninterrupted one.
+    """
+    import tensorflow as tf
+
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+    indices = np.asarray(indices, dtype=np.int64)
+    steps = steps_for(indices.size, batch_size)
+    order = [
+        np.resize(indices[epoch_permutation(indices.size, seed, e)], steps * batch_size)
+        for e in range(first_epoch, last_epoch)
+    ]
+    flat = np.concatenate(order) if order else np.zeros(0, np.int64)
+    ds = tf.data.Dataset.from_tensor_slices(flat.reshape(-1, int(batch_size)))
+    return _map_read(tf, reader, ds)
+
+
+def eval_dataset(reader, indices, batch_size):
+    """Ordered batches of ``indices`` (the last one partial), one pass."""
+    import tensorflow as tf
+
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+    indices = np.asarray(indices, dtype=np.int64)
+    batches = [indices[i : i + int(batch_size)] for i in range(0, indices.size, int(batch_size))]
+    ds = tf.data.Dataset.from_generator(
+        lambda: iter(batches), output_signature=tf.TensorSpec((None,), tf.int64)
+    )
+    return _map_read(tf, reader, ds)
+
+
+def _map_read(tf, reader, ds):
+    shape = reader.shape
+
+    def read(idx):
+        x, y = tf.numpy_function(reader.read, [idx], [tf.float32, tf.float32], stateful=False)
+        x.set_shape((None, *shape))
+        y.set_shape((None, *shape))
+        return x, y
+
+    options = tf.data.Options()
+    options.deterministic = True
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.map(read).prefetch(2).with_options(options)

@@ -1,0 +1,220 @@
+"""The synthetic end-to-end demo (``clci-keras demo``) as a library function.
+
+:func:`run_demo` steps (each timed):
+
+1. a synthetic ATLAS R1.1-like release of ``subjects`` subjects
+   (:func:`clci_keras.data.generate_dataset`);
+2. the HDF5 slice file (:func:`clci_keras.data.prepare_h5`), marked synthetic;
+3. a hold-out split: 1 test subject, 1 validation subject, the rest training;
+4. the network built with the seed and scored untrained on the test subject;
+5. a short training of that same network (:func:`clci_keras.training.train`)
+   on the lesion slices plus a few other brain slices of each training
+   subject (``train_slices="lesion+N"``);
+6. the trained weights (exported in the Keras 2 ``.h5`` layout, reloaded) scored
+   on the test subject; Table 1 / Table 2 (with a SYNTHETIC mark), training
+   curves and slice overlays (untrained vs trained vs ground truth).
+
+Departures from the paper's protocol, all to fit a 2-core CPU, all options:
+learning rate 1e-3 instead of 1e-4 (``learning_rate``), BatchNorm momentum 0.5
+instead of 0.99 so that the moving statistics used at inference follow the
+fast-changing network within a few steps (``bn_momentum``), the last
+epoch's weights rather than the best on one validation subject
+(``export``), sampled training slices, few epochs, and only the slices inside
+the MNI brain mask's z-range predicted at evaluation (``eval_slices="brain"``).
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import shutil
+import time
+
+from clci_keras.experiments.workflows import mark_synthetic, train_and_evaluate
+
+#: Number of steps :func:`run_demo` announces.
+STEPS = 6
+
+
+def run_demo(out_dir, subjects=6, seed=0, epochs=3, steps_per_epoch=6, batch_size=8,
+             train_slices="lesion+8", val_slices="lesion", learning_rate=1e-3, bn_momentum=0.5,
+             export="last", eval_slices="brain", crop="clci", model="clci_net", overwrite=False,
+             verbose="auto", log=print):
+    """Run the demo into ``out_dir``; returns the ``demo_summary.json`` dict.
+
+    The defaults fit about 7 minutes on a 2-core CPU (docs/training.md); each
+    is an option of ``clci-keras demo`` (:data:`DEMO_DEFAULTS`).
+
+    Args:
+        out_dir: output folder; refused if not empty unless ``overwrite`` (then
+            its data, runs, tables and weights are replaced).
+        subjects: synthetic subjects (at least 3: train, val, test).
+        seed: data, split and training seed.
+        model: registered model trained and scored.
+        epochs, steps_per_epoch, batch_size, train_slices, val_slices,
+            learning_rate, bn_momentum, export, crop: training options
+            (:class:`clci_keras.training.TrainConfig`).
+        eval_slices: ``brain`` (155 slices) or ``all``.
+        verbose: Keras' ``fit`` verbosity.
+        log: called with each progress message (``None``: silent).
+
+    Outputs in ``out_dir``: ``synthetic/``, ``demo.h5``, ``split.json``,
+    ``untrained/`` (scores of the untrained network), ``runs/<model>/`` (the
+    run: log, exported weights, scores), ``weights/manifest.json``,
+    ``tables/table{1,2}.{csv,md,tex}``, ``training_curves.png``,
+    ``overlays.png``, ``demo_summary.json``.
+    """
+    from clci_keras.data import crop_shape, make_holdout_split, read_subjects, save_split
+
+    if subjects < 3:
+        raise ValueError(f"the demo needs at least 3 subjects (train, val, test), got subjects={subjects}")
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        if not overwrite:
+            raise FileExistsError(f"{out_dir} is not empty; use --overwrite or another --out")
+        for name in ("synthetic", "runs", "tables", "weights", "untrained"):
+            shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
+    os.makedirs(out_dir, exist_ok=True)
+    step = _stepper(log)
+    times = {}
+    t0 = t = time.time()
+    c0 = time.process_time()
+
+    step(1, f"synthetic ATLAS R1.1-like data: {subjects} subjects")
+    src = os.path.join(out_dir, "synthetic")
+    from clci_keras.data import generate_dataset, prepare_h5
+
+    generate_dataset(src, layout="r1.1", n_subjects=subjects, seed=seed, overwrite=True, progress=True)
+    times["synthetic_data"], t = time.time() - t, time.time()
+
+    step(2, "HDF5 slice file")
+    h5 = os.path.join(out_dir, "demo.h5")
+    prepare_h5(src, h5, overwrite=True, progress=True)
+    mark_synthetic(h5, "synthetic ATLAS R1.1-like data (clci-keras demo)")  # provenance for tables, manifest
+    ids = [s["subject_id"] for s in read_subjects(h5)]
+    times["hdf5"], t = time.time() - t, time.time()
+
+    step(3, "hold-out split")
+    split = make_holdout_split(ids, val=1.0 / subjects, test=1.0 / subjects, seed=seed)
+    split_path = os.path.join(out_dir, "split.json")
+    save_split(split, split_path)
+    _say(log, f"train {split['train']}, val {split['val']}, test {split['test']} (subject indices)")
+
+    step(4, f"{model} before training: scoring the test subject")
+    from clci_keras.evaluation.evaluate import evaluate_run, format_summary
+    from clci_keras.models import build_model
+    from clci_keras.training import set_seed
+
+    shape = (*crop_shape(crop), 1)
+    run_dir = os.path.join(out_dir, "runs", model)
+    untrained_dir = os.path.join(out_dir, "untrained")
+    os.makedirs(untrained_dir, exist_ok=True)
+    set_seed(seed)
+    net = build_model(model, input_shape=shape)
+    init = os.path.join(untrained_dir, "initial.weights.h5")
+    net.save_weights(init)
+    untrained = evaluate_run(None, model, h5, split_path, part="test", out_dir=untrained_dir, crop=crop,
+                             slices=eval_slices, model=net, tag="untrained", progress=True)
+    _say(log, "untrained: " + format_summary(untrained["scores"]))
+    times["untrained_eval"], t = time.time() - t, time.time()
+
+    step(5, f"training {model} ({epochs} epochs x {steps_per_epoch} steps of batch {batch_size}), "
+            "evaluation of the exported weights")
+    manifest = os.path.join(out_dir, "weights", "manifest.json")
+    # Training, then the exported Keras 2 .h5 weights reloaded into `net` (its prediction
+    # function is already built) and scored on the test subject.
+    run = train_and_evaluate(
+        model, h5, split_path, run_dir, eval_slices=eval_slices, manifest=manifest, network=net,
+        init_weights=init, epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size,
+        train_slices=train_slices, val_slices=val_slices, learning_rate=learning_rate, bn_momentum=bn_momentum,
+        crop=crop, seed=seed, tensorboard=False, overwrite=True, verbose=verbose, export=export,
+    )
+    result, trained, weights = run["result"], run["summary"], run["weights"]
+    times["training"], times["trained_eval"] = run["seconds"]["training"], run["seconds"]["evaluation"]
+    t = time.time()
+    _say(log, "trained:   " + format_summary(trained["scores"]))
+
+    step(6, "tables and figures")
+    from clci_keras.reports import write_tables
+
+    tables = write_tables(os.path.join(out_dir, "runs"), os.path.join(out_dir, "tables"))
+    figs = _figures(out_dir, run_dir, h5, split, model, net, init, crop)
+    times["reports"] = time.time() - t
+    times["total"] = time.time() - t0
+    cpu = time.process_time() - c0  # CPU seconds of this process (all threads)
+
+    d_un = untrained["scores"]["dsc"]["mean"]
+    d_tr = trained["scores"]["dsc"]["mean"]
+    summary = {
+        "data": "SYNTHETIC (clci_keras.data.synthetic), not ATLAS",
+        "subjects": subjects,
+        "split": {k: split[k] for k in ("train", "val", "test")},
+        "model": model,
+        "settings": dict(epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size,
+                         train_slices=train_slices, val_slices=val_slices, learning_rate=learning_rate,
+                         bn_momentum=bn_momentum, export=export, eval_slices=eval_slices, crop=crop,
+                         seed=seed),
+        "epochs_run": result["epochs_run"],
+        "test_dsc_untrained": d_un,
+        "test_dsc_trained": d_tr,
+        "untrained": {k: v["mean"] for k, v in untrained["scores"].items()},
+        "trained": {k: v["mean"] for k, v in trained["scores"].items()},
+        "seconds": {k: round(v, 1) for k, v in times.items()},
+        "cpu_seconds": round(cpu, 1),
+        "cpu_count": os.cpu_count(),
+        "outputs": {"tables": sorted(tables.values()), "figures": figs, "weights": weights,
+                    "manifest": manifest},
+    }
+    tmp = os.path.join(out_dir, "demo_summary.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(summary, f, indent=2)
+    os.replace(tmp, os.path.join(out_dir, "demo_summary.json"))
+    os.remove(init)
+    return summary
+
+
+def _say(log, text):
+    if log is not None:
+        log(text)
+
+
+def _stepper(log):
+    def step(i, text):
+        _say(log, f"\n[{i}/{STEPS}] {text}")
+
+    return step
+
+
+def _figures(out_dir, run_dir, h5, split, model, net, init, crop):
+    """Training curves and test-subject overlays (untrained vs trained).
+
+    ``net`` holds the trained weights on entry and the initial ones on return;
+    only the overlaid slices are predicted again, with each set of weights.
+    """
+    import numpy as np
+
+    from clci_keras.data import SliceReader
+    from clci_keras.models import load_weights, predict_slices
+    from clci_keras.reports.figures import overlay_figure, pick_slices, training_curves
+
+    figs = [training_curves(os.path.join(run_dir, "log.csv"), os.path.join(out_dir, "training_curves.png"),
+                            title=f"{model} on synthetic data (demo)")]
+    s = int(split["test"][0])
+    with SliceReader(h5, crop) as reader:
+        x, gt = reader.read_subject(s)
+    gt = gt[..., 0]
+    z = pick_slices(gt, 4)
+    trained_full = np.zeros(gt.shape, np.float32)
+    trained_full[z] = predict_slices(net, x[z], batch_size=8)
+    load_weights(net, init)
+    untrained_full = np.zeros(gt.shape, np.float32)
+    untrained_full[z] = predict_slices(net, x[z], batch_size=8)
+    figs.append(overlay_figure(
+        x[..., 0], gt, {"untrained": untrained_full, "trained": trained_full},
+        os.path.join(out_dir, "overlays.png"), slices=z,
+        title=f"test subject {s} (synthetic): ground truth (green) vs prediction (red)"))
+    return figs
+
+
+#: ``{option: default}`` of :func:`run_demo` (what ``clci-keras demo`` shows).
+DEMO_DEFAULTS = {name: p.default for name, p in inspect.signature(run_demo).parameters.items()
+                 if p.default is not inspect.Parameter.empty and name not in ("overwrite", "verbose", "log")}
