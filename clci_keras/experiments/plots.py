@@ -140,3 +140,21 @@ def patient_overlay(h5, subject, crop, predictions, gt, png, texts=None, slices=
         union = np.max(np.stack([p > 0.5 for p in preds.values()]), axis=0)
         slices = pick_slices(gt, 4, union)
     return overlay_figure(x[..., 0], gt, preds, png, slices=slices, scores=texts, title=title)
+
+
+def network_overlay(network, h5, subject, crop, png, label="prediction", text=None, n=4, title=None):
+    """Ground truth vs ``network`` on ``n`` slices of one patient, picked around the lesion.
+
+    Only the drawn slices are predicted (:func:`clci_keras.models.predict_slices`),
+    so a figure costs one batch, not a whole patient.
+    """
+    from clci_keras.data import load_subject_slices
+    from clci_keras.models import predict_slices
+    from clci_keras.reports.figures import overlay_figure, pick_slices
+
+    x, gt = load_subject_slices(h5, int(subject), crop=crop, channel_axis=False)
+    z = pick_slices(gt, n)
+    prob = np.zeros(gt.shape, np.float32)
+    prob[z] = predict_slices(network, x[z])
+    return overlay_figure(x, gt, {label: prob}, png, slices=z, scores={label: text} if text else None,
+                          title=title)
