@@ -8,6 +8,7 @@ would not have used) so tests can compare our Keras 3 model with it:
 same weight-holding layers in the same order, and the same outputs for the
 same weights.
 """
+import numpy as np
 import tensorflow as tf
 import tf_keras
 from tf_keras import layers as L
@@ -71,3 +72,21 @@ def reference_clci_net(input_shape=(224, 176, 1), num_class=1):
         x = _two(L.ConvLSTM2D(n, 3, padding="same", kernel_initializer="he_normal")(seq), n)
     out = L.Conv2D(num_class, 1, activation="sigmoid" if num_class == 1 else "softmax")(x)
     return tf_keras.Model(inp, out)
+
+
+def randomize_keras2(model, seed=0):
+    """Random weights everywhere, BN moving variance positive, so parity is non-trivial."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        new = []
+        for w in layer.weights:
+            shape = tuple(w.shape)
+            if "moving_variance" in w.name:
+                new.append(rng.uniform(0.5, 1.5, shape))
+            elif "gamma" in w.name:
+                new.append(rng.uniform(0.8, 1.2, shape))
+            else:
+                fan_in = np.prod(shape[:-1]) if len(shape) > 1 else 10
+                new.append(rng.normal(0, 1.0 / np.sqrt(fan_in), shape))
+        if new:
+            layer.set_weights([a.astype("float32") for a in new])

@@ -14,7 +14,7 @@ from clci_keras.models.losses import bce_dice_loss, dice_coef, dice_coef_loss
 from clci_keras.models.weights import WeightsMismatchError, detect_format
 
 tf_keras = pytest.importorskip("tf_keras", reason="tf_keras is a test dependency (see .ci/run)")
-from keras2_reference import reference_clci_net  # noqa: E402
+from keras2_reference import randomize_keras2, reference_clci_net  # noqa: E402
 
 
 def weight_signature(model, keras2=False):
@@ -25,24 +25,6 @@ def weight_signature(model, keras2=False):
         ws = layer.weights if keras2 else layer.trainable_weights + layer.non_trainable_weights
         sig.append((type(layer).__name__, [tuple(int(d) for d in w.shape) for w in ws]))
     return sig
-
-
-def randomize_keras2(model, seed=0):
-    """Random weights everywhere, BN moving variance positive, so parity is non-trivial."""
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        new = []
-        for w in layer.weights:
-            shape = tuple(w.shape)
-            if "moving_variance" in w.name:
-                new.append(rng.uniform(0.5, 1.5, shape))
-            elif "gamma" in w.name:
-                new.append(rng.uniform(0.8, 1.2, shape))
-            else:
-                fan_in = np.prod(shape[:-1]) if len(shape) > 1 else 10
-                new.append(rng.normal(0, 1.0 / np.sqrt(fan_in), shape))
-        if new:
-            layer.set_weights([a.astype("float32") for a in new])
 
 
 @pytest.fixture(scope="module")

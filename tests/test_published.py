@@ -304,26 +304,9 @@ def test_small_lesion_rule():
 
 
 # ------------------------------------------------------------------ Keras 2 weights, preset, CLI
-def _randomize(model, seed):
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        new = []
-        for w in layer.weights:
-            shape = tuple(w.shape)
-            if "moving_variance" in w.name:
-                new.append(rng.uniform(0.5, 1.5, shape))
-            elif "gamma" in w.name:
-                new.append(rng.uniform(0.8, 1.2, shape))
-            else:
-                fan_in = np.prod(shape[:-1]) if len(shape) > 1 else 10
-                new.append(rng.normal(0, 1.0 / np.sqrt(fan_in), shape))
-        if new:
-            layer.set_weights([a.astype("float32") for a in new])
-
-
 def test_keras2_weights_through_the_preset_cli(r12_tree, r12_h5, tmp_path, capsys):
     tf_keras = pytest.importorskip("tf_keras", reason="tf_keras is a test dependency (see .ci/run)")
-    from keras2_reference import reference_clci_net
+    from keras2_reference import randomize_keras2, reference_clci_net
 
     subs = {s["subject_id"]: s for s in read_subjects(r12_h5)}
     with h5py.File(r12_h5, "r") as f:
@@ -338,7 +321,7 @@ def test_keras2_weights_through_the_preset_cli(r12_tree, r12_h5, tmp_path, capsy
     # Keras 2 CLCI-Net, random weights; its features, then its own sigmoid head with a bias that
     # puts the threshold in a gap of the logits, so float noise (~1e-6) cannot flip a voxel
     ref = reference_clci_net((16, 16, 1))
-    _randomize(ref, seed=3)
+    randomize_keras2(ref, seed=3)
     head = ref.layers[-1]
     features = tf_keras.Model(ref.input, ref.layers[-2].output)
     h = {sid: features.predict(x[sid][..., None], batch_size=27, verbose=0) for sid in TEST_IDS}

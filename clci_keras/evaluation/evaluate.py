@@ -119,9 +119,13 @@ def evaluate_model(model, h5_path, subjects, crop="clci", batch_size=8, threshol
     return rows
 
 
-def write_scores(rows, csv_path):
-    """Write per-patient rows (without private ``_`` keys) to CSV, atomically."""
-    cols = ["subject_index", "subject_id", "site", *SCORE_NAMES, *ATLAS2_NAMES, *COUNT_NAMES]
+#: Columns of ``scores_<part>.csv``.
+SCORE_COLUMNS = ("subject_index", "subject_id", "site", *SCORE_NAMES, *ATLAS2_NAMES, *COUNT_NAMES)
+
+
+def write_scores(rows, csv_path, columns=SCORE_COLUMNS):
+    """Write per-patient rows (``columns`` only; NaN as empty) to CSV, atomically."""
+    cols = list(columns)
     tmp = f"{csv_path}.tmp"
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")

@@ -56,7 +56,6 @@ used.
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -161,14 +160,9 @@ def summarize_published(rows):
 
 def write_published_scores(rows, csv_path):
     """Per-patient rows to CSV (NaN as empty), atomically."""
-    tmp = f"{csv_path}.tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: ("" if isinstance(r.get(k), float) and math.isnan(r[k]) else r.get(k))
-                        for k in CSV_COLUMNS})
-    os.replace(tmp, csv_path)
+    from clci_keras.evaluation.evaluate import write_scores
+
+    write_scores(rows, csv_path, CSV_COLUMNS)
 
 
 def _fmt(v):
