@@ -1,11 +1,13 @@
 """The `clci-keras` entry point."""
+import errno
+import os
 import subprocess
 import sys
 
 import pytest
 
 from clci_keras import __version__
-from clci_keras.cli import SUBCOMMANDS, main
+from clci_keras.cli import DEBUG_ENV, SUBCOMMANDS, main
 
 
 def test_version_and_help(capsys):
@@ -36,10 +38,121 @@ def test_summary_prints_parameter_count(capsys):
     assert "36,838,305 parameters" in capsys.readouterr().out
 
 
-def test_summary_rejects_bad_shape():
-    with pytest.raises(ValueError, match=r"\(100, 176, 1\)"):
-        main(["summary", "--quiet", "--input-shape", "100", "176", "1"])
+def test_summary_rejects_bad_shape(capsys):
+    assert main(["summary", "--quiet", "--input-shape", "100", "176", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("clci-keras summary: error: ") and "(100, 176, 1)" in err and err.count("\n") == 1
 
 
 def test_every_declared_subcommand_has_help():
     assert set(SUBCOMMANDS) >= {"summary", "synth", "prep", "train", "evaluate", "tables", "demo", "predict"}
+
+
+# ------------------------------------------- issue 14: one-line errors, exit code 2
+def _one_line_error(capsys, command):
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"clci-keras {command}: error: "), err
+    assert "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two"])
+def test_max_subjects_is_validated_by_argparse(tmp_path, capsys, value):
+    with pytest.raises(SystemExit) as e:
+        main(["prep", str(tmp_path), "-o", str(tmp_path / "x.h5"), f"--max-subjects={value}"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --max-subjects" in err and repr(value) in err
+    assert os.listdir(tmp_path) == []
+
+
+def _unwritable(tmp_path, monkeypatch, how):
+    """A folder where files cannot be created, and the output path inside it.
+
+    "under a file": the output's folder is a regular file (fails for every user, root included).
+    "read-only": a chmod 0555 folder; where that does not stop writes (root), writes into it are
+    refused by a patched ``os.open`` (EACCES), as a read-only mount would.
+    """
+    if how == "under a file":
+        (tmp_path / "afile").write_text("user data")
+        return tmp_path / "afile"
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        (ro / "probe").touch()
+    except PermissionError:
+        return ro  # the permission bits do stop us
+    (ro / "probe").unlink()
+    real_open = os.open
+
+    def refusing_open(path, flags, *args, **kwargs):
+        if os.path.dirname(os.path.abspath(os.fsdecode(path))) == str(ro) and flags & (os.O_WRONLY | os.O_RDWR):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fsdecode(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refusing_open)
+    return ro
+
+
+@pytest.mark.parametrize("how", ["under a file", "read-only"])
+def test_unwritable_output_folder_is_one_line(synthetic_r11_dir, synthetic_h5, tmp_path, monkeypatch, capsys, how):
+    folder = _unwritable(tmp_path, monkeypatch, how)
+    before = sorted(os.listdir(tmp_path))
+    assert main(["prep", str(synthetic_r11_dir), "-o", str(folder / "x.h5"), "--quiet"]) == 2
+    assert str(folder) in _one_line_error(capsys, "prep")
+    assert main(["split", str(synthetic_h5), "-o", str(folder / "s.json")]) == 2
+    assert str(folder) in _one_line_error(capsys, "split")
+    assert main(["tables", str(tmp_path), "-o", str(folder / "tables")]) == 2
+    assert str(folder) in _one_line_error(capsys, "tables")
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == before
+    if how == "read-only":
+        assert os.listdir(folder) == []
+        folder.chmod(0o755)
+
+
+def test_split_of_a_non_hdf5_file_names_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    bad = tmp_path / "notes.h5"
+    bad.write_text("not HDF5\n")
+    assert main(["split", str(bad), "-o", str(tmp_path / "s.json")]) == 2
+    err = _one_line_error(capsys, "split")
+    assert str(bad) in err and "not a readable HDF5 file" in err
+    assert main(["split", str(tmp_path / "missing.h5"), "-o", str(tmp_path / "s.json")]) == 2
+    assert str(tmp_path / "missing.h5") in _one_line_error(capsys, "split")
+    assert not (tmp_path / "s.json").exists()
+    monkeypatch.setenv(DEBUG_ENV, "1")  # the traceback on request
+    with pytest.raises(ValueError, match="not a readable HDF5 file"):
+        main(["split", str(bad), "-o", str(tmp_path / "s.json")])
+
+
+@pytest.fixture
+def fake_command(tmp_path, monkeypatch):
+    """A subcommand ``boom`` whose run raises the exception named by ``--raise``."""
+    (tmp_path / "clci_fake_boom.py").write_text(
+        "HELP = 'raises'\n"
+        "def add_arguments(p):\n"
+        "    p.add_argument('--raise', dest='exc')\n"
+        "def run(args):\n"
+        "    if args.exc == 'oserror':\n"
+        "        raise PermissionError(13, 'Permission denied', '/some/where/out.h5')\n"
+        "    if args.exc == 'valueerror':\n"
+        "        raise ValueError('/some/file.csv: line 3: bad\\nsecond line')\n"
+        "    raise TypeError('a bug')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(SUBCOMMANDS, "boom", ("clci_fake_boom", "raises"))
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+
+
+def test_central_handler_turns_input_errors_into_one_line(fake_command, capsys, monkeypatch):
+    assert main(["boom", "--raise", "oserror"]) == 2
+    assert "/some/where/out.h5: Permission denied" in _one_line_error(capsys, "boom")
+    assert main(["boom", "--raise", "valueerror"]) == 2
+    assert "/some/file.csv: line 3: bad second line" in _one_line_error(capsys, "boom")
+    with pytest.raises(TypeError, match="a bug"):  # a bug keeps its traceback
+        main(["boom", "--raise", "typeerror"])
+    monkeypatch.setenv(DEBUG_ENV, "1")
+    with pytest.raises(PermissionError):  # CLCI_KERAS_DEBUG=1: every traceback
+        main(["boom", "--raise", "oserror"])

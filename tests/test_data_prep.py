@@ -349,3 +349,204 @@ def test_synthetic_marker_sets_the_synthetic_attribute(synthetic_r11_dir, synthe
     prepare_h5(real, tmp_path / "real.h5", max_subjects=1)
     with h5py.File(tmp_path / "real.h5", "r") as f:
         assert bool(f.attrs["synthetic"]) is False
+
+
+# ------------------------------------------- issue 14: nothing silent, nothing lost
+def _linked_r11_tree(synthetic_r11_dir, dst, rows):
+    """An R1.1 tree at ``dst`` whose table holds ``rows`` (no header unless given) and whose
+    site folders are links to the synthetic tree's."""
+    dst.mkdir()
+    for name in os.listdir(synthetic_r11_dir):
+        if name.startswith("Site"):
+            os.symlink(synthetic_r11_dir / name, dst / name)
+    with open(dst / R11_CSV_NAME, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    return dst
+
+
+@pytest.mark.parametrize("header", ["none", "release", "other names"])
+def test_r11_table_header_is_detected_not_assumed(synthetic_r11_dir, tmp_path, header):
+    from clci_keras.data.atlas import discover_subjects
+
+    with open(synthetic_r11_dir / R11_CSV_NAME) as f:
+        rows = list(csv.reader(f))
+    first = {"none": [], "release": [rows[0]], "other names": [["site", "subject", "session"]]}[header]
+    src = _linked_r11_tree(synthetic_r11_dir, tmp_path / "src", first + rows[1:4])
+    layout, records = discover_subjects(src)
+    assert layout == "r1.1"
+    assert [r.subject_id for r in records] == ["0" + r[1] for r in rows[1:4]]  # 3 of 3, first one kept
+    assert records[0].csv_row == len(first) + 1
+
+
+def test_duplicate_table_row_fails_at_prep_naming_table_and_id(synthetic_r11_dir, tmp_path, capsys):
+    from clci_keras.cli import main
+
+    with open(synthetic_r11_dir / R11_CSV_NAME) as f:
+        rows = list(csv.reader(f))
+    src = _linked_r11_tree(synthetic_r11_dir, tmp_path / "src", rows[1:3] + [rows[1]])  # no header, a repeat
+    out = tmp_path / "d.h5"
+    with pytest.raises(AtlasDataError, match=rf"{R11_CSV_NAME}, line 3: duplicate row: subject '{rows[1][1]}'.*line 1"):
+        prepare_h5(src, out, progress=False)
+    assert main(["prep", str(src), "-o", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("clci-keras prep: error: ")
+    assert R11_CSV_NAME in err and rows[1][1] in err
+    assert not out.exists()
+
+
+def _proc_state(pid):
+    """'Z' for a zombie, None for no process, else the state letter."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def _wait_gone(pids, polls=600, interval=0.05):
+    """Poll until no pid is a live process (a bounded number of polls); return the live ones."""
+    import time
+
+    alive = list(pids)
+    for _ in range(polls):
+        alive = [p for p in alive if _proc_state(p) not in (None, "Z")]
+        if not alive:
+            break
+        time.sleep(interval)
+    return alive
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc (Linux)")
+def test_killed_prep_leaves_no_workers_and_a_rerun_cleans_up(synthetic_r11_dir, tmp_path):
+    """SIGKILL a `prep --workers 2` whose workers are busy: the workers end with it; a rerun
+    removes the killed run's temporary file and writes the complete output."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out, pids_dir = tmp_path / "k.h5", tmp_path / "pids"
+    pids_dir.mkdir()
+    # Fault injection: every subject blocks its worker (after saying which process it is).
+    code = (
+        "import os, time\n"
+        "import clci_keras.data.preprocess as pp\n"
+        "def block(*a, **k):\n"
+        f"    open(os.path.join({str(pids_dir)!r}, str(os.getpid())), 'w').close()\n"
+        "    time.sleep(600)\n"
+        "pp.process_subject = block\n"
+        f"pp.prepare_h5({str(synthetic_r11_dir)!r}, {str(out)!r}, progress=False, workers=2)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    workers = []
+    try:
+        for _ in range(1200):  # hang guard: 60 s
+            workers = [int(p) for p in os.listdir(pids_dir)]
+            if len(workers) == 2:
+                break
+            assert proc.poll() is None, "prep ended before its workers started"
+            time.sleep(0.05)
+        assert len(workers) == 2, "the two workers never started"
+        assert all(_proc_state(p) not in (None, "Z") for p in workers)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        assert _wait_gone(workers) == [], "workers outlived their killed parent"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for p in workers:
+            if _proc_state(p) not in (None, "Z"):
+                os.kill(p, signal.SIGKILL)
+    stale = [p.name for p in tmp_path.glob(".k.h5.tmp-*")]
+    assert stale == [f".k.h5.tmp-{proc.pid}"] and not out.exists()
+    with pytest.warns(UserWarning, match=r"\.k\.h5\.tmp-\d+: removed the temporary file"):
+        res = prepare_h5(synthetic_r11_dir, out, progress=False, max_subjects=2)
+    assert [os.path.basename(p) for p in res["removed_temporaries"]] == stale
+    assert sorted(os.listdir(tmp_path)) == ["k.h5", "pids"]
+    with h5py.File(out, "r") as f:
+        assert f["data"].shape[0] == f["label"].shape[0] == 2 * 189 and len(f["subjects/subject_id"]) == 2
+        assert f["data"][189 + 100].any()  # the last subject's chunks were written
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc (Linux)")
+def test_worker_watchdog_without_prctl_ends_an_orphan():
+    """The portable fallback alone (no PR_SET_PDEATHSIG): a process running the initializer
+    exits once its parent is gone."""
+    import signal
+    import subprocess
+    import sys
+
+    child = (
+        "import os, time\n"
+        "from clci_keras.data.preprocess import _die_with_parent\n"
+        "_die_with_parent(os.getppid(), use_prctl=False, poll=0.05)\n"
+        "print(os.getpid(), flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    parent = (
+        "import subprocess, sys, time\n"
+        f"p = subprocess.Popen([sys.executable, '-c', {child!r}], stdout=subprocess.PIPE)\n"
+        "print(p.stdout.readline().decode().strip(), flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE)
+    orphan = None
+    try:
+        orphan = int(proc.stdout.readline())
+        assert _proc_state(orphan) not in (None, "Z")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        assert _wait_gone([orphan]) == [], "the orphan kept running"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if orphan and _proc_state(orphan) not in (None, "Z"):
+            os.kill(orphan, signal.SIGKILL)
+
+
+def test_rerun_removes_only_its_own_stale_temporaries(synthetic_r11_dir, tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    keep = [".x.h5.tmp-notapid", "x.h5.tmp-1", f".other.h5.tmp-{dead.pid}", f".x.h5.tmp-{os.getppid()}",
+            "notes.txt"]
+    for name in keep + [f".x.h5.tmp-{dead.pid}"]:
+        (tmp_path / name).write_bytes(b"user data")
+    with pytest.warns(UserWarning, match=rf"\.x\.h5\.tmp-{dead.pid}: removed"):
+        res = prepare_h5(synthetic_r11_dir, tmp_path / "x.h5", progress=False, max_subjects=1)
+    assert res["removed_temporaries"] == [str(tmp_path / f".x.h5.tmp-{dead.pid}")]
+    assert sorted(os.listdir(tmp_path)) == sorted(keep + ["x.h5"])  # a live run's and others' files stay
+    with h5py.File(tmp_path / "x.h5", "r") as f:
+        assert f["data"].shape[0] == 189
+
+
+def test_prep_progress_in_a_log_has_no_redraws(synthetic_r11_dir, tmp_path, capfd):
+    prepare_h5(synthetic_r11_dir, tmp_path / "p.h5", progress=True, max_subjects=2)
+    err = capfd.readouterr().err
+    assert "prep r1.1: 2/2 subject (100%)" in err
+    assert "\r" not in err and "\x1b[" not in err
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5])
+def test_max_subjects_must_be_positive(synthetic_r11_dir, tmp_path, bad):
+    with pytest.raises(ValueError, match=rf"max_subjects must be a positive integer.*{bad}"):
+        prepare_h5(synthetic_r11_dir, tmp_path / "m.h5", progress=False, max_subjects=bad)
+    assert os.listdir(tmp_path) == []
+
+
+def test_cli_prep_says_which_stale_temporary_it_removed(synthetic_r11_dir, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from clci_keras.cli import main
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".c.h5.tmp-{dead.pid}"
+    stale.write_bytes(b"half-written")
+    assert main(["prep", str(synthetic_r11_dir), "-o", str(tmp_path / "c.h5"), "--max-subjects", "1", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert err == f"note: {stale}: removed the temporary file of an interrupted earlier run\n"
+    assert os.listdir(tmp_path) == ["c.h5"]

@@ -75,3 +75,39 @@ def test_nifti_prediction_uses_the_lesion_channel_of_a_two_class_model():
     # crop window (rows 5:229 of 233 -> y, columns 10:186 of 197 -> x) is lesion, the border is not
     assert prob[10:186, 5:229, brain].min() > 0.99
     assert prob[:10].max() == 0.0 and prob[:, :, [z for z in range(189) if z not in brain]].max() == 0.0
+
+
+def test_progress_in_a_log_file_has_no_redraws(synthetic_h5, capfd):
+    """Off a terminal (captured stderr) progress is plain lines: no carriage returns, no ANSI escapes."""
+    from clci_keras.evaluation.evaluate import evaluate_model
+
+    model = _constant_model((224, 176, 1), 1, lesion_logit=-8.0)
+    capfd.readouterr()
+    evaluate_model(model, synthetic_h5, [0], batch_size=32, slices="brain", progress=True)
+    err = capfd.readouterr().err
+    assert "predicting: 155/155 slice (100%)" in err
+    assert "\r" not in err and "\x1b[" not in err
+    assert len([l for l in err.splitlines() if l.startswith("predicting:")]) <= 11
+
+
+def test_progress_bar_on_a_terminal_is_tqdm_and_plain_lines_elsewhere():
+    import io
+
+    from clci_keras.fileio import progress_bar
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    log = io.StringIO()
+    bar = progress_bar(7, desc="work", unit="item", file=log)
+    for _ in range(7):
+        bar.update(1)
+    bar.close()
+    lines = log.getvalue().splitlines()
+    assert lines[-1] == "work: 7/7 item (100%)" and len(lines) == 7 and "\r" not in log.getvalue()
+    tty = Tty()
+    bar = progress_bar(3, desc="work", unit="item", file=tty)
+    bar.update(3)
+    bar.close()
+    assert "\r" in tty.getvalue()  # a real bar where redraws belong

@@ -4,12 +4,21 @@ Each module under :mod:`clci_keras.cli` listed in :data:`SUBCOMMANDS` defines
 ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
 Modules are imported only when their subcommand runs, so ``clci-keras --help``
 stays fast and does not import TensorFlow.
+
+Errors: :func:`main` turns the errors of bad inputs and outputs (``ValueError``,
+``OSError`` and their subclasses, e.g. ``FileNotFoundError``,
+``PermissionError``, h5py's errors, :class:`clci_keras.data.AtlasDataError`)
+that a subcommand lets through into one line ``clci-keras CMD: error: ...`` on
+stderr and exit code 2, as argparse does for bad arguments.  Any other
+exception is a bug and keeps its traceback; set ``CLCI_KERAS_DEBUG=1`` to get
+the traceback of every error.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 
 from clci_keras.version import __version__
@@ -27,6 +36,70 @@ SUBCOMMANDS = {
     "demo": ("clci_keras.cli.demo", "synthetic end-to-end demo: data, training, evaluation, figure"),
     "predict": ("clci_keras.cli.predict", "segment NIfTI T1 scans into NIfTI lesion masks"),
 }
+
+
+#: Environment variable: set to 1 to let every error end in its traceback.
+DEBUG_ENV = "CLCI_KERAS_DEBUG"
+
+
+def positive_int(value):
+    """argparse ``type``: an integer >= 1 (the message echoes the value)."""
+    return _int_at_least(value, 1)
+
+
+def nonnegative_int(value):
+    """argparse ``type``: an integer >= 0."""
+    return _int_at_least(value, 0)
+
+
+def _int_at_least(value, low):
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
+    if n < low:
+        raise argparse.ArgumentTypeError(f"must be >= {low}, got {value!r}")
+    return n
+
+
+def int_in(low, high):
+    """argparse ``type``: an integer in ``low..high``."""
+    def parse(value):
+        n = _int_at_least(value, low)
+        if n > high:
+            raise argparse.ArgumentTypeError(f"must be in {low}..{high}, got {value!r}")
+        return n
+
+    parse.__name__ = f"int_in_{low}_{high}"
+    return parse
+
+
+def error_line(command, exc):
+    """The one-line message ``main`` prints for ``exc``: the problem, with the path named."""
+    msg = str(exc)
+    filename = getattr(exc, "filename", None)
+    if isinstance(exc, OSError) and exc.strerror and filename is not None:
+        msg = f"{os.fsdecode(filename)}: {exc.strerror}"
+        if getattr(exc, "filename2", None) is not None:
+            msg += f" (-> {os.fsdecode(exc.filename2)})"
+    elif isinstance(exc, OSError) and filename is not None and os.fsdecode(filename) not in msg:
+        msg = f"{os.fsdecode(filename)}: {msg}"
+    msg = " ".join(msg.split()) or type(exc).__name__
+    return f"clci-keras {command}: error: {msg}"
+
+
+def debugging():
+    """Whether ``CLCI_KERAS_DEBUG`` asks for tracebacks."""
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def report(command, exc):
+    """In a subcommand's ``except``: print ``exc`` as one line and return exit code 2
+    (re-raise it under ``CLCI_KERAS_DEBUG=1``)."""
+    if debugging():
+        raise exc
+    print(error_line(command, exc), file=sys.stderr)
+    return 2
 
 
 def _available():
@@ -58,7 +131,10 @@ def main(argv=None) -> int:
         parser.print_help()
         return 0
     module = importlib.import_module(available[args.command][0])
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except (OSError, ValueError) as e:  # bad inputs or outputs; anything else is a bug: traceback
+        return report(args.command, e)
 
 
 if __name__ == "__main__":  # pragma: no cover

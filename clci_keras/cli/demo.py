@@ -7,7 +7,6 @@ outputs and the departures from the paper's protocol).
 from __future__ import annotations
 
 import os
-import sys
 
 HELP = "synthetic end-to-end demo: data, training, evaluation, figure"
 
@@ -47,8 +46,9 @@ def run(args) -> int:
                      crop=args.crop, model=args.model, overwrite=args.overwrite,
                      log=lambda text: print(text, flush=True))
     except (OSError, ValueError) as e:
-        print(f"clci-keras demo: error: {e}", file=sys.stderr)
-        return 2
+        from clci_keras.cli import report
+
+        return report("demo", e)
     print("\n" + "=" * 72)
     print(f"DEMO DONE in {s['seconds']['total'] / 60:.1f} min, {s['cpu_seconds'] / 60:.1f} CPU-min "
           "(synthetic data, not ATLAS)")

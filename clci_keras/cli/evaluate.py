@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from clci_keras.cli import positive_int
+
 HELP = "per-patient 3D scores of trained or published weights"
 
 # Options a preset fixes; their defaults without a preset.
@@ -26,7 +28,7 @@ def add_arguments(parser):
     p.add_argument("--crop", default=None,
                    help="crop window (default: clci = 224x176; with --preset the preset's, and another one "
                         "departs from the published protocol)")
-    p.add_argument("--batch-size", type=int, default=8, help="prediction batch (default: 8)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="prediction batch (default: 8)")
     p.add_argument("--threshold", type=float, default=None, help="probability threshold (default: 0.5)")
     p.add_argument("--slices", choices=("all", "brain"), default=None,
                    help="all 189 slices (original; default) or only the MNI brain z-range (faster)")
@@ -35,7 +37,8 @@ def add_arguments(parser):
                         "are missing (default: fail and list them)")
     p.add_argument("--manifest", help="weights manifest whose entry gets the scores")
     p.add_argument("--name", help="manifest entry name")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress output (default: a bar on a terminal, plain lines in a log file)")
 
 
 def _run_preset(args):
@@ -69,7 +72,15 @@ def _run_preset(args):
 
 
 def run(args) -> int:
+    import os
+
+    from clci_keras.cli import report
+    from clci_keras.fileio import check_writable_folder
+
     try:
+        out = args.out or os.path.dirname(os.path.abspath(args.weights))
+        check_writable_folder(out, what="output folder" if args.out else "output folder (the weights' folder; "
+                              "choose another with --out)")
         if args.preset:
             return _run_preset(args)
         from clci_keras.evaluation.evaluate import evaluate_run, format_summary
@@ -82,7 +93,6 @@ def run(args) -> int:
                          threshold=opts["threshold"], slices=opts["slices"], progress=not args.quiet,
                          manifest=args.manifest, manifest_name=args.name, allow_missing=args.allow_missing)
     except (OSError, ValueError) as e:
-        print(f"clci-keras evaluate: error: {e}", file=sys.stderr)
-        return 2
+        return report("evaluate", e)
     print(f"{opts['model']} on {len(s['subjects'])} {opts['part']} patients: {format_summary(s['scores'])}")
     return 0

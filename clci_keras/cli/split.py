@@ -59,11 +59,15 @@ def run(args) -> int:
             setattr(args, name, None)
     if not hasattr(args, "allow_missing"):
         args.allow_missing = False
+    from clci_keras.cli import report
+    from clci_keras.fileio import check_writable_folder
+
     if os.path.exists(args.output) and not args.overwrite:
         print(f"clci-keras split: error: {args.output} exists (use --overwrite)", file=sys.stderr)
         return 2
     by_id = bool(args.preset or args.from_lists)
     try:
+        check_writable_folder(os.path.dirname(os.path.abspath(args.output)), what="folder of the split file")
         if args.val_list and not args.from_lists:
             raise ValueError("--val-list needs --from-lists")
         if by_id:
@@ -91,8 +95,7 @@ def run(args) -> int:
             split["h5"] = os.path.abspath(args.h5)
             save_split(split, args.output)
     except (OSError, ValueError) as e:
-        print(f"clci-keras split: error: {e}", file=sys.stderr)
-        return 2
+        return report("split", e)
     if by_id:
         kind = f"preset {args.preset}" if args.preset else "id lists"
         counts = ", ".join(f"{p} {len(split['ids'][p])}" for p in ("train", "val", "test"))

@@ -1,8 +1,6 @@
 """`clci-keras synth`: write a synthetic ATLAS-like dataset (R1.1, R1.2 or 2.0 layout)."""
 from __future__ import annotations
 
-import sys
-
 HELP = "write a synthetic ATLAS-like dataset (R1.1, R1.2 or 2.0 layout)"
 
 
@@ -27,9 +25,10 @@ def run(args) -> int:
             args.out, layout=args.layout, n_subjects=args.subjects, seed=args.seed,
             overwrite=args.overwrite, progress=not args.quiet, subject_ids=args.ids,
         )
-    except (ValueError, FileExistsError) as e:
-        print(f"clci-keras synth: error: {e}", file=sys.stderr)
-        return 2
+    except (OSError, ValueError) as e:
+        from clci_keras.cli import report
+
+        return report("synth", e)
     n_two = sum(len(r["mask_paths"]) > 1 or len(r["lesion_volumes"]) > 1 for r in recs)
     print(f"wrote {len(recs)} synthetic subjects ({args.layout} layout, seed {args.seed}, "
           f"{n_two} with two lesions) to {args.out}")

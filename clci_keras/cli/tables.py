@@ -22,11 +22,14 @@ def run(args) -> int:
     if not os.path.isdir(args.runs):
         print(f"clci-keras tables: error: {args.runs} is not a folder", file=sys.stderr)
         return 2
+    from clci_keras.cli import report
+    from clci_keras.fileio import check_writable_folder
+
     try:
+        check_writable_folder(args.output, what="tables folder")
         written = write_tables(args.runs, args.output, part=args.part, tables=tuple(args.table or (1, 2)))
     except (OSError, ValueError) as e:
-        print(f"clci-keras tables: error: {e}", file=sys.stderr)
-        return 2
+        return report("tables", e)
     for name in sorted(written):
         if name.endswith(".md"):
             print(open(written[name]).read())

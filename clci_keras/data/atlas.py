@@ -143,8 +143,39 @@ def _walk_files(folder):
     return out
 
 
+#: Column names of the R1.1 table's first three columns, as the release spells them.
+R11_HEADER_COLUMNS = ("indi site id", "indi subject id", "session")
+
+
+def _is_r11_header(src, row):
+    """Whether the R1.1 table's first non-empty row is a header line, not a subject.
+
+    The original generator skips line 1 blindly, which drops the first subject
+    of a table saved without its header.  A row is the header when its first
+    three cells are the release's column names; otherwise it is a subject if
+    its subject id is a number (R1.1 ids are, e.g. ``31768``) or it points to
+    an existing subject folder; anything else is taken as a header of other
+    column names.
+    """
+    cells = [" ".join(c.split()).lower() for c in row[:3]]
+    if tuple(cells) == R11_HEADER_COLUMNS:
+        return True
+    if len(row) < 3:
+        return not any(c.strip().isdigit() for c in row)
+    site, sid, session = row[0].strip(), row[1].strip(), row[2].strip()
+    if sid.isdigit():
+        return False
+    folders = (os.path.join(src, site, "0" + sid, session), os.path.join(src, site, sid, session))
+    return not any(site and sid and session and os.path.isdir(f) for f in folders)
+
+
 def discover_r11(src):
-    """Subjects of an R1.1 release, in the table's order (as the original generator)."""
+    """Subjects of an R1.1 release, in the table's order (as the original generator).
+
+    The first line is skipped only if it is a header (:func:`_is_r11_header`);
+    a row repeating an earlier row's (site, subject, session) raises
+    :class:`AtlasDataError` naming the table and both lines.
+    """
     src = os.fspath(src)
     csv_path = os.path.join(src, R11_CSV_NAME)
     if not os.path.isfile(csv_path):
@@ -160,7 +191,10 @@ def discover_r11(src):
         except (OSError, csv.Error) as e:
             raise AtlasDataError(f"{csv_path}: cannot read the table ({e}).") from e
     records = []
-    for line_no, row in enumerate(rows[1:], start=2):  # row 1 is the header
+    seen = {}  # (site, subject id, session) -> table line
+    first = next((i for i, row in enumerate(rows) if row and any(c.strip() for c in row)), len(rows))
+    start = first + 1 if first < len(rows) and _is_r11_header(src, rows[first]) else first
+    for line_no, row in enumerate(rows[start:], start=start + 1):
         if not row or all(not c.strip() for c in row):
             continue
         if len(row) < 3:
@@ -168,6 +202,13 @@ def discover_r11(src):
                 f"{csv_path}, line {line_no}: expected at least 3 columns (site, subject id, session), got {row!r}."
             )
         site, sid, session = row[0].strip(), row[1].strip(), row[2].strip()
+        key = (site, sid.lstrip("0"), session)
+        if key in seen:
+            raise AtlasDataError(
+                f"{csv_path}, line {line_no}: duplicate row: subject {sid!r} (site {site!r}, session {session!r}) "
+                f"is already listed on line {seen[key]}."
+            )
+        seen[key] = line_no
         # The original joins '0' + id and drops the session's leading space.
         candidates = [os.path.join(src, site, "0" + sid, session), os.path.join(src, site, sid, session)]
         folder = next((c for c in candidates if os.path.isdir(c)), None)

@@ -18,14 +18,16 @@ Beyond the original: one subject in memory at a time per process; one HDF5
 chunk per slice, byte-shuffled and deflated (level 1, RLE strategy, by
 default) by the workers themselves and written with ``write_direct_chunk``, so K workers
 compress in parallel; per-subject metadata (group ``subjects``) and file
-attributes; a tqdm bar; the file is written to a temporary name in the output
-folder and renamed at the end, so an interrupted run never leaves a file at
-the output path.
+attributes; a progress bar (plain lines when stderr is not a terminal); the
+file is written to a temporary name in the output folder and renamed at the
+end, so an interrupted run never leaves a file at the output path, and a rerun
+removes the temporaries of killed runs; pool workers end with their parent.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 import warnings
@@ -47,8 +49,13 @@ from clci_keras.data.constants import (
     SLICES_PER_SUBJECT,
 )
 from clci_keras.data.intensity import normalize_slice, v2_reference
+from clci_keras.fileio import check_writable_folder, progress_bar
 
 CHUNK = (1,) + SLICE_SHAPE
+
+
+class StaleTemporaryWarning(UserWarning):
+    """A temporary file that a killed earlier run left next to the output was removed."""
 
 
 def _shuffle_bytes(a):
@@ -96,6 +103,90 @@ def _tmp_path(out_h5):
     return os.path.join(d, f".{b}.tmp-{os.getpid()}")
 
 
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    except OSError:
+        return False
+    try:  # a zombie (dead, not yet reaped) is not alive
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def remove_stale_temporaries(out_h5):
+    """Remove temporaries that killed runs of :func:`prepare_h5` left for ``out_h5``.
+
+    Only files named as this module names them (``.OUT.h5.tmp-PID``, next to
+    ``OUT.h5``) whose process ``PID`` is no longer running are removed; a run
+    still writing, and every other file of the folder, is left alone.
+    Returns the removed paths.
+    """
+    d, b = os.path.split(os.path.abspath(out_h5))
+    pattern = re.compile(r"\." + re.escape(b) + r"\.tmp-(\d+)")
+    removed = []
+    for name in sorted(os.listdir(d)):
+        m = pattern.fullmatch(name)
+        path = os.path.join(d, name)
+        if not m or not os.path.isfile(path) or os.path.islink(path):
+            continue
+        pid = int(m.group(1))
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        try:
+            os.remove(path)
+        except FileNotFoundError:  # another rerun removed it first
+            continue
+        removed.append(path)
+    return removed
+
+
+#: How often (seconds) a worker checks that the process that started it still runs.
+PARENT_POLL_SECONDS = 0.5
+
+
+def _die_with_parent(parent_pid, use_prctl=True, poll=PARENT_POLL_SECONDS):
+    """Pool-worker initializer: end this worker when ``parent_pid`` ends.
+
+    A ``ProcessPoolExecutor`` worker blocks on its task queue forever once its
+    parent is killed with SIGKILL (no cleanup code runs), so an interrupted
+    ``clci-keras prep --workers K`` would leave K orphans.  On Linux the kernel
+    is asked to SIGKILL the worker when its parent dies (``prctl
+    PR_SET_PDEATHSIG``); everywhere a daemon thread also checks
+    ``os.getppid()`` every ``poll`` seconds and exits the worker once the
+    parent is gone (the worker was re-parented).  (The kernel's signal follows
+    the *thread* that started the worker; the pool lives inside one call of
+    :func:`prepare_h5`, which that thread outlives.)
+    """
+    import signal
+    import threading
+
+    if use_prctl and sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            PR_SET_PDEATHSIG = 1
+            libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the polling thread below still covers it
+
+    def watch():
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(1)
+            time.sleep(poll)
+
+    if os.getppid() != parent_pid:  # the parent died before the initializer ran
+        os._exit(1)
+    threading.Thread(target=watch, name="clci-keras-parent-watch", daemon=True).start()
+
+
 def _iter_results(records, scheme, level, workers, affine_atol):
     """Yield (record, result) in order; at most ``2 * workers`` subjects in flight."""
     if workers <= 1:
@@ -108,7 +199,8 @@ def _iter_results(records, scheme, level, workers, affine_atol):
     # "fork" is cheap; once TensorFlow (multi-threaded) is loaded, forking is
     # unsafe, so fall back to "spawn".
     method = "spawn" if "tensorflow" in sys.modules or sys.platform != "linux" else "fork"
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method)) as ex:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method),
+                             initializer=_die_with_parent, initargs=(os.getpid(),)) as ex:
         pending = {}
         nxt = 0
         try:
@@ -147,16 +239,21 @@ def prepare_h5(
         overwrite: replace an existing output file.
         intensity: intensity scheme; default "r1.1" (/100) for R1.1 and R1.2, "v2" for 2.0.
         compression_level: deflate level 0-9 of the chunks.
-        progress: show a tqdm bar.
-        max_subjects: only convert the first N subjects (for quick tries).
+        progress: show progress on stderr (:func:`clci_keras.fileio.progress_bar`: a
+            tqdm bar on a terminal, plain lines in a log file).
+        max_subjects: only convert the first N subjects (N >= 1; for quick tries).
         affine_atol: largest allowed difference between a mask's and its
             T1's affine entries.
 
     Returns:
-        A dict with ``path``, ``n_subjects``, ``n_slices``, ``seconds``, ``bytes``.
+        A dict with ``path``, ``n_subjects``, ``n_slices``, ``seconds``, ``bytes`` and
+        ``removed_temporaries`` (temporaries of killed earlier runs for the same
+        output, removed with a :class:`StaleTemporaryWarning` each).
 
     Raises:
         FileExistsError: output exists and ``overwrite`` is False.
+        FileNotFoundError, NotADirectoryError, PermissionError: the output
+            folder is missing, a file, or not writable (checked before any work).
         AtlasDataError: any problem with the inputs (message names the file).
     """
     import h5py
@@ -169,11 +266,21 @@ def prepare_h5(
         raise ValueError(f"workers must be >= 1, got {workers}.")
     if not 0 <= int(compression_level) <= 9:
         raise ValueError(f"compression_level must be in 0..9, got {compression_level}.")
+    if max_subjects is not None and (isinstance(max_subjects, bool) or int(max_subjects) != max_subjects
+                                     or max_subjects < 1):
+        raise ValueError(f"max_subjects must be a positive integer or None, got {max_subjects!r}.")
     if os.path.exists(out_h5) and not overwrite:
         raise FileExistsError(f"{out_h5}: output exists; pass overwrite=True (--overwrite) to replace it.")
     out_dir = os.path.dirname(os.path.abspath(out_h5))
+    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+        raise NotADirectoryError(f"{out_h5}: output folder {out_dir} is a file, not a folder.")
     if not os.path.isdir(out_dir):
         raise FileNotFoundError(f"{out_h5}: output folder {out_dir} does not exist.")
+    check_writable_folder(out_dir)
+    stale = remove_stale_temporaries(out_h5)
+    for path in stale:
+        warnings.warn(f"{path}: removed the temporary file of an interrupted earlier run", StaleTemporaryWarning,
+                      stacklevel=2)
     layout, records = discover_subjects(src, layout)
     if max_subjects is not None:
         records = records[: int(max_subjects)]
@@ -183,9 +290,7 @@ def prepare_h5(
     tmp = _tmp_path(out_h5)
     bar = None
     if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=n, desc=f"prep {layout}", unit="subject", file=sys.stderr)
+        bar = progress_bar(n, desc=f"prep {layout}", unit="subject", file=sys.stderr)
     meta = {k: [] for k in ("affine", "lesion_voxels", "intensity_reference", "warnings")}
     try:
         with h5py.File(tmp, "w") as f:
@@ -257,6 +362,7 @@ def prepare_h5(
         "n_slices": n * SLICES_PER_SUBJECT,
         "seconds": time.perf_counter() - t0,
         "bytes": os.path.getsize(out_h5),
+        "removed_temporaries": stale,
     }
 
 
@@ -270,7 +376,16 @@ def read_subjects(h5_path):
     """
     import h5py
 
-    with h5py.File(h5_path, "r") as f:
+    if not os.path.isfile(h5_path):
+        raise FileNotFoundError(f"{h5_path}: HDF5 slice file not found" +
+                                (" (it is a folder)" if os.path.isdir(h5_path) else ""))
+    try:
+        f = h5py.File(h5_path, "r")
+    except OSError as e:
+        reason = " ".join(str(e).split())
+        raise ValueError(f"{h5_path}: not a readable HDF5 file ({reason}); expected the output of "
+                         "`clci-keras prep`") from e
+    with f:
         if "data" not in f:
             raise ValueError(f"{h5_path}: no 'data' dataset; not an ATLAS slice file.")
         if "subjects" not in f:

@@ -359,11 +359,20 @@ def save_split(split, path):
     """Write ``split`` as JSON (atomically)."""
     validate_split(split)
     path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        kind = "is a file, not a folder" if os.path.lexists(folder) else "does not exist"
+        raise FileNotFoundError(f"{path}: cannot write the split file: folder {folder} {kind}.")
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(split, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(split, f, indent=1)
+            f.write("\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise type(e)(f"{path}: cannot write the split file ({e.strerror or e}).") from e
     return path
 
 

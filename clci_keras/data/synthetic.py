@@ -321,7 +321,7 @@ def generate_dataset(out_dir, layout="r1.1", n_subjects=4, seed=0, t1_dtype="int
             the generated values with 0 kept exactly) or "float32" (exact,
             ~4x slower to write).
         overwrite: allow writing into a non-empty folder.
-        progress: show a tqdm bar.
+        progress: show progress (:func:`clci_keras.fileio.progress_bar`).
         subject_ids: R1.2 only: the scan ids to write (``cSSSSsNNNNtNN``);
             default :func:`r12_subject_ids` (published SPiN test ids first).
             Subject ``i`` is generated from ``(seed, i)`` whatever its id.
@@ -346,13 +346,13 @@ def generate_dataset(out_dir, layout="r1.1", n_subjects=4, seed=0, t1_dtype="int
         raise FileExistsError(f"Output folder {out_dir!r} is not empty (use overwrite=True / --overwrite).")
     os.makedirs(out_dir, exist_ok=True)
     records = []
-    it = range(n_subjects)
+    bar = None
     if progress:
-        from tqdm import tqdm
+        from clci_keras.fileio import progress_bar
 
-        it = tqdm(it, desc="synth", unit="subject")
+        bar = progress_bar(n_subjects, desc="synth", unit="subject")
     rows = []
-    for i in it:
+    for i in range(n_subjects):
         subj = generate_subject(seed=seed, index=i, layout=layout)
         if layout == "r1.1":
             site = f"Site{i % N_SITES + 1}"
@@ -403,6 +403,10 @@ def generate_dataset(out_dir, layout="r1.1", n_subjects=4, seed=0, t1_dtype="int
              "mask_paths": mask_paths, "lesion_volumes": subj.lesion_volumes,
              "locations": subj.locations, "hemisphere": subj.hemisphere}
         )
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
     if layout == "r1.1":
         csv_path = os.path.join(out_dir, R11_CSV_NAME)
         tmp = csv_path + ".tmp"

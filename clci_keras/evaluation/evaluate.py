@@ -96,10 +96,10 @@ def evaluate_model(model, h5_path, subjects, crop="clci", batch_size=8, threshol
         raise ValueError(f"{h5_path}: no subjects with indices {missing} (the file has {len(table)})")
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from clci_keras.fileio import progress_bar
 
         total = sum(_eval_slices(table[int(s)][1], slices).size for s in subjects)
-        bar = tqdm(total=int(total), unit="slice", desc="predicting", leave=True)
+        bar = progress_bar(int(total), desc="predicting", unit="slice")
     rows = []
     try:
         with SliceReader(h5_path, crop) as reader:

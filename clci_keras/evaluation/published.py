@@ -256,9 +256,9 @@ def evaluate_published(preset, weights, h5_path, out_dir, *, allow_missing=False
     meta = {int(s["index"]): s for s in read_subjects(h5_path)}
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from clci_keras.fileio import progress_bar
 
-        bar = tqdm(total=int(sum(meta[s]["count"] for s in subjects)), unit="slice", desc=f"{preset}")
+        bar = progress_bar(int(sum(meta[s]["count"] for s in subjects)), desc=f"{preset}", unit="slice")
     rows = []
     t_all, c_all = time.perf_counter(), time.process_time()
     try:

@@ -58,6 +58,89 @@ def _ordered_weights(layer):
     return list(layer.trainable_weights) + list(layer.non_trainable_weights)
 
 
+def _keras3_layer_names(group):
+    """Layer names (paths under ``layers/``) holding variables in a Keras 3 ``.weights.h5`` group."""
+    names = []
+
+    def visit(name, obj):
+        if isinstance(obj, h5py.Group) and name.endswith("/vars") and len(obj):
+            names.append(name[: -len("/vars")])
+
+    if "layers" in group:
+        group["layers"].visititems(visit)
+    return sorted(names, key=lambda n: (n.count("/"), n))
+
+
+def _shorten(names, k=3):
+    shown = ", ".join(repr(n) for n in names[:k])
+    return shown + (", ..." if len(names) > k else "")
+
+
+def describe_weights_file(path):
+    """One phrase saying what a weights file holds (layer count and first names), or why it is unreadable."""
+    path = os.fspath(path)
+    try:
+        if zipfile.is_zipfile(path):
+            import json
+
+            with zipfile.ZipFile(path) as z:
+                config = json.loads(z.read("config.json")) if "config.json" in z.namelist() else {}
+            cfg = config.get("config", {}) if isinstance(config, dict) else {}
+            layers = [l.get("config", {}).get("name", "?") for l in cfg.get("layers", []) if isinstance(l, dict)]
+            return (f"a .keras archive of model {cfg.get('name', '?')!r} ({config.get('class_name', '?')}) with "
+                    f"{len(layers)} layers ({_shorten(layers)})")
+        with h5py.File(path, "r") as f:
+            if "layer_names" in f.attrs or ("model_weights" in f and "layer_names" in f["model_weights"].attrs):
+                g = f if "layer_names" in f.attrs else f["model_weights"]
+                named = [n for n in _decode(g.attrs["layer_names"]) if len(g[n].attrs.get("weight_names", []))]
+                return f"Keras 2 weights of {len(named)} layers with weights ({_shorten(named)})"
+            names = _keras3_layer_names(f)
+            if names:
+                return f"Keras 3 weights of {len(names)} layers with weights ({_shorten(names)})"
+            keys = sorted(f.keys())
+            return f"an HDF5 file with top-level entries {_shorten(keys, 5)}" if keys else "an empty HDF5 file"
+    except (OSError, ValueError, KeyError) as e:
+        return f"an unreadable file ({type(e).__name__}: {' '.join(str(e).split())})"
+
+
+def _expected(model):
+    names = [l.name for l in _layers_with_weights(model)]
+    return f"model {model.name!r} has {len(names)} layers with weights ({_shorten(names)})"
+
+
+class _QuietKeras:
+    """Collect Python warnings and silence absl/keras/tensorflow logging during a Keras load.
+
+    Keras 3 prints one warning per layer it cannot match (hundreds for a file
+    of another architecture) before it raises; the caller turns the outcome
+    into one message.  ``self.caught`` holds the warnings.
+    """
+
+    LOGGERS = ("absl", "keras", "tensorflow", "h5py")
+
+    def __enter__(self):
+        import logging
+        import warnings
+
+        self._warn = warnings.catch_warnings(record=True)
+        self.caught = self._warn.__enter__()
+        warnings.simplefilter("always")
+        self._levels = {}
+        for name in self.LOGGERS:
+            logger = logging.getLogger(name)
+            self._levels[name] = logger.level
+            logger.setLevel(logging.CRITICAL)
+        return self
+
+    def __exit__(self, *exc):
+        import logging
+
+        for name, level in self._levels.items():
+            logging.getLogger(name).setLevel(level)
+        self._warn.__exit__(*exc)
+        return False
+
+
 def detect_format(path):
     """Return ``'legacy_weights'``, ``'legacy_model'``, ``'keras3_weights'`` or ``'keras_archive'``."""
     path = os.fspath(path)
@@ -74,10 +157,11 @@ def detect_format(path):
             if "layers" in f or "vars" in f or "_layer_checkpoint_dependencies" in f:
                 return "keras3_weights"
     except OSError as e:
-        raise ValueError(f"{path}: not a readable HDF5 or .keras weights file ({e})") from e
-    raise ValueError(
-        f"{path}: unrecognised weights layout (neither legacy Keras 2 HDF5, "
-        "Keras 3 .weights.h5 nor a .keras archive)"
+        reason = " ".join(str(e).split())
+        raise ValueError(f"{path}: not a readable HDF5 or .keras weights file ({reason})") from e
+    raise WeightsMismatchError(
+        f"{path}: not a weights file: it is {describe_weights_file(path)}; expected legacy Keras 2 HDF5 "
+        "weights, Keras 3 .weights.h5 or a .keras archive"
     )
 
 
@@ -90,6 +174,8 @@ def _load_legacy_group(model, group, path):
         if weight_names:
             file_layers.append((name, [np.asarray(g[w]) for w in weight_names]))
     model_layers = _layers_with_weights(model)
+    counts = (f"the file holds Keras 2 weights of {len(file_layers)} layers with weights "
+              f"({_shorten([n for n, _ in file_layers])}), {_expected(model)}")
     for i, (layer, (fname, arrays)) in enumerate(zip(model_layers, file_layers)):
         weights = _ordered_weights(layer)
         want = [tuple(w.shape) for w in weights]
@@ -98,7 +184,7 @@ def _load_legacy_group(model, group, path):
             raise WeightsMismatchError(
                 f"{path}: weights do not fit the model: layer #{i} with weights, model layer "
                 f"{layer.name!r} ({type(layer).__name__}) expects shapes {want}, file layer "
-                f"{fname!r} holds {got}"
+                f"{fname!r} holds {got}; {counts}"
             )
     if len(model_layers) != len(file_layers):
         k = min(len(model_layers), len(file_layers))
@@ -149,12 +235,26 @@ def load_weights(model, path):
         src = os.path.join(tmpdir, "weights" + suffix)
         os.symlink(os.path.abspath(path), src)
     try:
-        model.load_weights(src)
-    except ValueError as e:
-        raise WeightsMismatchError(f"{path}: weights do not fit model {model.name!r}: {e}") from e
+        with _QuietKeras() as quiet:
+            model.load_weights(src)
+    except (ValueError, KeyError, TypeError) as e:
+        first = " ".join(str(e).strip().splitlines()[0].split()) if str(e).strip() else type(e).__name__
+        first = first.rstrip(":")
+        if len(first) > 160:
+            first = first[:157] + "..."
+        raise WeightsMismatchError(
+            f"{path}: weights do not fit the model: the file holds {describe_weights_file(path)}, "
+            f"{_expected(model)} (Keras: {first})"
+        ) from e
     finally:
         if tmpdir:
             shutil.rmtree(tmpdir, ignore_errors=True)
+    if quiet.caught:  # loaded, but Keras had something to say: keep it, once
+        import warnings
+
+        first = " ".join(str(quiet.caught[0].message).split())
+        warnings.warn(f"{path}: Keras emitted {len(quiet.caught)} warning(s) while loading; first: {first}",
+                      UserWarning, stacklevel=2)
     return fmt
 
 
