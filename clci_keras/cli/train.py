@@ -85,7 +85,11 @@ def overrides_from_args(args):
 def run(args) -> int:
     import json
 
+    from clci_keras.cli import report
+    from clci_keras.fileio import check_writable_folder
+
     try:
+        check_writable_folder(args.out, what="run folder")
         from clci_keras.training import TrainConfig, train
 
         config = None
@@ -104,8 +108,7 @@ def run(args) -> int:
         result = train(args.model, args.h5, args.split, args.out, fold=args.fold, config=config,
                        overwrite=args.overwrite, **overrides)
     except (OSError, ValueError) as e:
-        print(f"clci-keras train: error: {e}", file=sys.stderr)
-        return 2
+        return report("train", e)
     print(f"done: {result['epochs_run']} epochs, best {result['monitor']} = {result['best_value']} "
           f"(epoch {None if result['best_epoch'] is None else result['best_epoch'] + 1}); "
           f"weights: {result['run_dir']}/{result['weights']}")
