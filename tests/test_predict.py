@@ -402,10 +402,21 @@ def test_cli_batch_continues_past_bad_files_and_reports_all(ras_case, weights_di
     assert written == [
         "good1_lesion_mask.nii.gz",
         "good1_lesion_prob.nii.gz",
+        "good1_qc.png",
+        "predict_summary.csv",
         "sub",
         "sub/good2_las_lesion_mask.nii.gz",
         "sub/good2_las_lesion_prob.nii.gz",
+        "sub/good2_las_qc.png",
     ]  # nothing for the bad inputs, no temporary files
+    import csv
+
+    with open(out / "predict_summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 8 and sum(r["status"] == "failed" for r in rows) == 6
+    good = next(r for r in rows if r["input"].endswith("good1.nii.gz"))
+    assert good["status"] == "ok" and int(good["components"]) == 1
+    assert abs(float(good["lesion_ml"]) - lesion.sum() / 1000) < 1e-3
     m1 = nib.load(out / "good1_lesion_mask.nii.gz")
     np.testing.assert_array_equal(np.asanyarray(m1.dataobj), lesion.astype(np.uint8))
     m2 = nib.load(out / "sub" / "good2_las_lesion_mask.nii.gz")
@@ -455,7 +466,8 @@ def test_cli_atlas_trees_single_file_output_and_all_slices(tmp_path, weights_dir
                    "--model", "test_tiny_conv", "--all-slices", "--prob"])
     assert rc == 0
     assert "189 slices" in capsys.readouterr().out
-    assert sorted(p.name for p in target.parent.iterdir()) == ["mask.nii.gz", "mask_prob.nii.gz"]
+    assert sorted(p.name for p in target.parent.iterdir()) == [
+        "mask.nii.gz", "mask_prob.nii.gz", "mask_qc.png", "predict_summary.csv"]
     ref = nib.load(t1)
     res = nib.load(target)
     assert res.shape == ref.shape and res.get_data_dtype() == np.uint8

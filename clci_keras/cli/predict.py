@@ -5,12 +5,17 @@ Examples::
     clci-keras predict sub01_T1w.nii.gz -o masks/ --weights clci_net.h5
     clci-keras predict ATLAS_R1.1/ -o masks/ --weights clci_net.h5 --prob
     clci-keras predict scans/ -o masks/ --weights w.h5 --precision bf16
+    clci-keras predict native_t1.nii.gz -o out/ --weights w.h5 --register
+    clci-keras predict scans/ -o out/ --ensemble fold0.h5 fold1.h5 fold2.h5 --tta flip
 
 For each input ``NAME.nii[.gz]`` the mask is written as
 ``OUT/NAME_lesion_mask.nii.gz`` (uint8 0/1) and, with ``--prob``, the
 probability map as ``OUT/NAME_lesion_prob.nii.gz`` (float32), both with the
 input's shape, affine and header. Files found in a folder keep their
 sub-folder under OUT. With one input file, OUT may be the mask's file name.
+Beside each mask: ``NAME_qc.png`` (axial montage with the mask outline; not
+with ``--no-qc``) and, with ``--register``, ``NAME_to_mni152.json`` (the
+affine transform); ``OUT/predict_summary.csv`` has one row per input.
 Bad inputs are reported at the end; the exit status is 0 if every input was
 segmented, 1 if some failed, 2 for bad arguments or weights.
 """
@@ -39,9 +44,29 @@ def add_arguments(parser):
         metavar="OUT",
         help="output folder (or, for a single input file, the mask's .nii/.nii.gz path)",
     )
-    parser.add_argument("--weights", required=True, metavar="W", help="trained weights (.h5, .weights.h5, .keras)")
+    parser.add_argument("--weights", metavar="W", help="trained weights (.h5, .weights.h5, .keras)")
+    parser.add_argument("--ensemble", nargs="+", metavar="W", default=None,
+                        help="several weight files of the same model (e.g. the five folds): mean probability")
+    parser.add_argument("--tta", choices=("none", "flip"), default="none",
+                        help="test-time augmentation: flip also predicts the left-right mirror image and "
+                        "averages (twice the model work)")
+    parser.add_argument("--min-lesion-size", type=float, default=0.0, metavar="MM3",
+                        help="drop lesion components smaller than MM3 mm^3 (on the 1 mm template grid; "
+                        "default 0: off)")
+    parser.add_argument("--register", action="store_true",
+                        help="affine registration of each scan to the MNI152 1 mm template first (native-space "
+                        "scans; needs dipy: pip install -e \".[register]\"); the mask comes back on the scan's grid "
+                        "and the transform is saved beside it")
+    parser.add_argument("--transform", metavar="T.json", default=None,
+                        help="reuse a transform saved by --register (skips the registration)")
+    parser.add_argument("--reg-resolution", type=float, default=None, metavar="MM",
+                        help="working voxel size of the registration in mm (default 3)")
+    parser.add_argument("--reg-iterations", default=None, metavar="N,N",
+                        help="optimiser iterations per pyramid level, coarse to fine (default 100,30)")
+    parser.add_argument("--no-qc", action="store_true", help="do not write the QC montage PNGs")
     parser.add_argument("--model", default="clci_net", metavar="NAME", help="registered model name (default: clci_net)")
-    parser.add_argument("--prob", action="store_true", help="also write the float32 probability map")
+    parser.add_argument("--prob", "--save-probabilities", dest="prob", action="store_true",
+                        help="also write the float32 probability map")
     parser.add_argument("--threshold", type=float, default=0.5, help="mask = probability > THRESHOLD (default: 0.5)")
     parser.add_argument(
         "--batch-size", type=int, default=None, metavar="B", help="slices per model call (default: 4)"
@@ -67,10 +92,13 @@ def add_arguments(parser):
     parser.add_argument(
         "--intensity",
         choices=tuple(s for s in SCHEMES if s != "none"),
-        default="r1.1",
-        help="intensity scaling the weights were trained with: r1.1 (divide by 100, the "
-        "original's; default) or v2 (ATLAS 2.0: divide by the 99.5th percentile)",
+        default=None,
+        help="intensity scaling: r1.1 (divide by 100, the original's) or v2 (divide each scan by its "
+        "99.5th percentile; also the fix for scans on another scale). Default: the scheme in the "
+        "weights' training record (run folder result.json, weights manifest, catalogue), else r1.1",
     )
+    parser.add_argument("--no-intensity-check", action="store_true",
+                        help="segment scans whose intensities are far from the training scale anyway")
     parser.add_argument(
         "--threads", type=int, default=None, metavar="N", help="TensorFlow intra-op threads (default: all cores)"
     )
@@ -95,6 +123,41 @@ def run(args) -> int:
         plan_outputs,
         segment_files,
     )
+    from clci_keras.inference.batch import add_side_outputs, check_output_targets
+    from clci_keras.inference.io import is_nifti_name
+    from clci_keras.inference.qc import SUMMARY_NAME
+    from clci_keras.inference.register import Registration, RegistrationUnavailable, require_dipy
+    from clci_keras.inference.scaling import resolve_intensity
+
+    weights = ([args.weights] if args.weights else []) + list(args.ensemble or [])
+    if not weights:
+        return _error("give the weights: --weights W, or --ensemble W1 W2 ...")
+    if args.min_lesion_size < 0:
+        return _error(f"--min-lesion-size must be >= 0 (mm^3), got {args.min_lesion_size}")
+    reg_options = {}
+    if args.reg_resolution is not None:
+        if not args.reg_resolution > 0:
+            return _error(f"--reg-resolution must be a positive number of mm, got {args.reg_resolution}")
+        reg_options["resolution"] = args.reg_resolution
+    if args.reg_iterations is not None:
+        try:
+            its = tuple(int(v) for v in args.reg_iterations.split(","))
+            if not its or min(its) < 1:
+                raise ValueError
+        except ValueError:
+            return _error(f"--reg-iterations must be positive integers like 100,30, got {args.reg_iterations!r}")
+        reg_options["iterations"] = its
+    transform = None
+    if args.transform:
+        try:
+            transform = Registration.load(args.transform)
+        except ValueError as e:
+            return _error(str(e))
+    elif args.register:
+        try:
+            require_dipy()
+        except RegistrationUnavailable as e:
+            return _error(str(e))
 
     if not 0.0 <= args.threshold < 1.0:
         return _error(f"--threshold must lie in [0, 1), got {args.threshold}")
@@ -113,42 +176,70 @@ def run(args) -> int:
         for _, msg in failures:
             print(f"FAILED {msg}", file=sys.stderr)
         return _error("no input to segment")
+    add_side_outputs(jobs, transform=args.register or transform is not None, qc=not args.no_qc)
+    if transform is not None and len(jobs) > 1:
+        return _error(f"--transform {args.transform} belongs to one scan; give one input, got {len(jobs)}")
+    problems = check_output_targets(jobs, overwrite=args.overwrite)
+    if problems:
+        return _error(problems[0])
+    summary = os.path.join(os.path.dirname(os.path.abspath(args.output)) if is_nifti_name(args.output)
+                           and len(args.inputs) == 1 and os.path.isfile(args.inputs[0]) else args.output,
+                           SUMMARY_NAME)
+    try:
+        intensity, intensity_source = resolve_intensity(weights, args.intensity)
+    except ValueError as e:
+        return _error(str(e))
 
     configure_threads(intra_op=args.threads, inter_op=1, warn=args.threads is not None)
     from clci_keras.hardware import resolve_precision
 
     args.precision = resolve_precision(args.precision, force=args.force_bf16)
     try:
-        model = build_inference_model(args.model, args.weights, precision=args.precision)
+        models = [build_inference_model(args.model, w, precision=args.precision) for w in weights]
     except (WeightsError, ValueError) as e:
         return _error(str(e))
 
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
     say(
-        f"model {args.model} ({args.precision}) with weights {args.weights}; {len(jobs)} input(s); "
-        f"{'all slices' if args.all_slices else 'brain slices only'}, batch size {batch_size}"
+        f"model {args.model} ({args.precision}) with weights {', '.join(weights)}; {len(jobs)} input(s); "
+        f"{'all slices' if args.all_slices else 'brain slices only'}, batch size {batch_size}; intensity "
+        f"{intensity} ({intensity_source})"
+        + (f"; tta {args.tta}" if args.tta != "none" else "")
+        + ("; registration to MNI152" if args.register or transform is not None else "")
     )
 
     def done(n, job, seg):
         for note in seg.notes:
             print(f"warning: {note}", file=sys.stderr)
+        reg = seg.registration
         say(
             f"[{n}/{len(jobs)}] {job.input} -> {job.mask} (grid: {seg.grid}, "
             f"{seg.slices_computed} slices, {int(np.asarray(seg.mask.dataobj).sum())} lesion voxels, "
-            f"{seg.seconds:.1f} s)"
+            f"{seg.seconds:.1f} s"
+            + (f"; registration similarity {reg.similarity:.3f} (before {reg.similarity_before:.3f}), "
+               f"{reg.seconds:.1f} s" if reg is not None else "")
+            + ")"
         )
 
     def failed(n, path, msg):
         print(f"[{n}/{len(jobs)}] FAILED {msg}", file=sys.stderr)
 
-    result = segment_files(
-        model, jobs, overwrite=args.overwrite, on_done=done, on_failure=failed,
-        threshold=args.threshold, intensity=args.intensity, batch_size=batch_size,
-        skip_empty_slices=not args.all_slices, progress=not args.quiet and sys.stderr.isatty(),
-    )
+    try:
+        result = segment_files(
+            models if len(models) > 1 else models[0], jobs, overwrite=args.overwrite, on_done=done,
+            on_failure=failed, register=args.register, registration_options=reg_options, transform=transform,
+            summary=summary, intensity_source=intensity_source,
+            threshold=args.threshold, intensity=intensity, batch_size=batch_size,
+            skip_empty_slices=not args.all_slices, progress=not args.quiet and sys.stderr.isatty(),
+            tta=args.tta, min_lesion_size=args.min_lesion_size, check_intensity=not args.no_intensity_check,
+        )
+    except RegistrationUnavailable as e:
+        return _error(str(e))
+    except OSError as e:  # the summary CSV could not be written
+        return _error(f"cannot write {e.filename or summary}: {e.strerror or e}")
     failures += result.failures
     total = len(result.done) + len(failures)
-    say(f"segmented {len(result.done)} of {total} input(s) in {result.seconds:.1f} s")
+    say(f"segmented {len(result.done)} of {total} input(s) in {result.seconds:.1f} s; summary {summary}")
     if failures:
         print(f"{len(failures)} of {total} input(s) failed:", file=sys.stderr)
         for _, msg in failures:

@@ -1,9 +1,14 @@
 """Inference: segment T1 NIfTI volumes into lesion-mask NIfTI volumes.
 
 ``predict_volume(model, image)`` is the library entry point; ``clci-keras
-predict`` (:mod:`clci_keras.cli.predict`) the command line.
+predict`` (:mod:`clci_keras.cli.predict`) the command line. Registration of
+native-space scans: :mod:`clci_keras.inference.register`; ensembles, flip
+TTA and clean-up: :mod:`~clci_keras.inference.ensemble`; QC pictures and the
+summary CSV: :mod:`~clci_keras.inference.qc`; the intensity check:
+:mod:`~clci_keras.inference.scaling`.
 """
 from clci_keras.inference.batch import BatchResult, Job, plan_outputs, segment_files
+from clci_keras.inference.ensemble import remove_small_components
 from clci_keras.inference.io import InputError, find_inputs, load_image, save_atomic
 from clci_keras.inference.optimize import ZeroStateConvLSTM2D, optimize_for_inference
 from clci_keras.inference.predict import (
@@ -21,6 +26,13 @@ from clci_keras.inference.predict import (
     predict_volume,
     segment_image,
 )
+from clci_keras.inference.register import (
+    Registration,
+    RegistrationError,
+    RegistrationUnavailable,
+    register_to_mni,
+)
+from clci_keras.inference.scaling import IntensityError, resolve_intensity
 
 __all__ = [
     "BatchResult",
@@ -46,4 +58,11 @@ __all__ = [
     "predict_volume",
     "save_atomic",
     "segment_image",
+    "IntensityError",
+    "Registration",
+    "RegistrationError",
+    "RegistrationUnavailable",
+    "register_to_mni",
+    "remove_small_components",
+    "resolve_intensity",
 ]

@@ -12,14 +12,77 @@ import os
 import time
 import warnings
 
+import numpy as np
+
 
 @dataclasses.dataclass
 class Job:
-    """One input and its outputs (``prob`` is ``None`` when not asked for)."""
+    """One input and its outputs (``prob``, ``transform``, ``qc`` are ``None`` when not asked for)."""
 
     input: str
     mask: str
     prob: str | None = None
+    transform: str | None = None
+    qc: str | None = None
+
+    @property
+    def targets(self):
+        return [p for p in (self.mask, self.prob, self.transform, self.qc) if p]
+
+
+def _side_path(mask, suffix):
+    """``OUT/NAME_lesion_mask.nii.gz`` -> ``OUT/NAME`` + suffix (other mask names: their stem + suffix)."""
+    from clci_keras.inference.io import MASK_SUFFIX, strip_nifti_suffix
+
+    stem = strip_nifti_suffix(mask)
+    if stem.endswith(MASK_SUFFIX):
+        stem = stem[: -len(MASK_SUFFIX)]
+    return stem + suffix
+
+
+def add_side_outputs(jobs, transform=False, qc=False):
+    """Give each job its transform (``NAME_to_mni152.json``) and QC picture (``NAME_qc.png``) paths."""
+    from clci_keras.inference.qc import QC_SUFFIX
+    from clci_keras.inference.register import TRANSFORM_SUFFIX
+
+    for job in jobs:
+        job.transform = _side_path(job.mask, TRANSFORM_SUFFIX) if transform else None
+        job.qc = _side_path(job.mask, QC_SUFFIX) if qc else None
+    return jobs
+
+
+def check_output_targets(jobs, overwrite=False):
+    """Problems with the output paths that stop the whole run: ``[message, ...]`` (each names the path).
+
+    An output path that is an existing folder (``--overwrite`` cannot replace
+    a folder by a file), and output folders that cannot be created or written
+    (a parent that is a regular file, a read-only folder), found by creating
+    a probe file in the nearest existing folder (nothing else is created).
+    """
+    import tempfile
+
+    problems, checked = [], set()
+    for job in jobs:
+        for target in job.targets:
+            if os.path.isdir(target):
+                problems.append(f"output {target} is an existing folder; give a file name or another "
+                                "output folder (--overwrite replaces files only)")
+            folder = os.path.dirname(os.path.abspath(target))
+            if folder in checked:
+                continue
+            checked.add(folder)
+            existing = folder  # nothing is created here: the nearest existing folder is probed
+            while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+                existing = os.path.dirname(existing)
+            if not os.path.isdir(existing):
+                problems.append(f"cannot write to output folder {folder}: {existing} is a file, not a folder")
+                continue
+            try:
+                with tempfile.TemporaryFile(dir=existing):
+                    pass
+            except OSError as e:
+                problems.append(f"cannot write to output folder {folder}: {e.strerror or e}")
+    return problems
 
 
 @dataclasses.dataclass
@@ -64,7 +127,9 @@ def plan_outputs(inputs, output, prob=False):
     return jobs, failures
 
 
-def segment_files(model, jobs, *, overwrite=False, on_done=None, on_failure=None, **segment_options):
+def segment_files(model, jobs, *, overwrite=False, on_done=None, on_failure=None, register=False,
+                  registration_options=None, transform=None, summary=None, intensity_source="",
+                  **segment_options):
     """Segment ``jobs`` (from :func:`plan_outputs`) with ``model``; one bad input never stops the batch.
 
     Args:
@@ -73,29 +138,57 @@ def segment_files(model, jobs, *, overwrite=False, on_done=None, on_failure=None
         overwrite: replace existing outputs (else an existing output is a failure of that input).
         on_done: called as ``on_done(n, job, seg)`` after each written input.
         on_failure: called as ``on_failure(n, path, message)``.
+        register: register each input to MNI152 first
+            (:func:`clci_keras.inference.register.register_to_mni`, with
+            ``registration_options``); the transform is written to ``job.transform``.
+        transform: a :class:`~clci_keras.inference.register.Registration` to
+            reuse for every input instead of registering.
+        summary: path of the batch's summary CSV (one row per input, failures
+            included; :mod:`clci_keras.inference.qc`), or ``None``.
+        intensity_source: where the intensity scheme came from (for the summary).
         **segment_options: passed to :func:`clci_keras.inference.segment_image`
             (threshold, intensity, batch_size, skip_empty_slices, progress).
             Grid notes are returned in ``seg.notes`` instead of being warned.
     """
+    import json
+
     from clci_keras.inference.io import InputError, load_image, save_atomic
     from clci_keras.inference.predict import GridWarning, segment_image
+    from clci_keras.inference.qc import qc_png, summary_row, write_summary_csv
 
-    done, failures = [], []
+    if register and transform is None:
+        from clci_keras.inference.register import require_dipy
+
+        require_dipy()  # RegistrationUnavailable before any work
+    done, failures, rows = [], [], []
     start = time.perf_counter()
+    scheme = segment_options.get("intensity", "r1.1")
     for n, job in enumerate(jobs, start=1):
         try:
-            targets = [p for p in (job.mask, job.prob) if p]
-            existing = [p for p in targets if os.path.exists(p)]
+            existing = [p for p in job.targets if os.path.exists(p)]
             if existing and not overwrite:
                 raise InputError(f"{job.input}: output {existing[0]} exists (pass --overwrite to replace it)")
             image, data = load_image(job.input)
+            registration = transform
+            if register and registration is None:
+                from clci_keras.inference.register import register_to_mni
+
+                registration = register_to_mni(image, data, **(registration_options or {}))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", GridWarning)  # reported through seg.notes
                 seg = segment_image(model, image, data=data, return_probabilities=bool(job.prob),
-                                    **segment_options)
+                                    registration=registration, **segment_options)
             outputs = [(seg.mask, job.mask)] + ([(seg.probabilities, job.prob)] if job.prob else [])
+            if job.transform and registration is not None:
+                text = json.dumps({**registration.to_dict(), "source": job.input}, indent=2) + "\n"
+                outputs.append((text.encode("utf8"), job.transform))
+            if job.qc:
+                title = f"{os.path.basename(job.input)}: lesion mask outline (red), {seg.grid} grid"
+                outputs.append((qc_png(image, data, np.asanyarray(seg.mask.dataobj), title=title), job.qc))
             save_atomic(outputs)
             done.append((job, seg))
+            rows.append(summary_row(job.input, job.mask, seg, intensity=f"{scheme} ({intensity_source})"
+                                    if intensity_source else scheme))
             if on_done is not None:
                 on_done(n, job, seg)
         except KeyboardInterrupt:
@@ -103,6 +196,9 @@ def segment_files(model, jobs, *, overwrite=False, on_done=None, on_failure=None
         except Exception as e:  # one bad input must not stop the batch
             msg = str(e) if job.input in str(e) else f"{job.input}: {type(e).__name__}: {e}"
             failures.append((job.input, msg))
+            rows.append(summary_row(job.input, status="failed", message=msg, intensity=scheme))
             if on_failure is not None:
                 on_failure(n, job.input, msg)
+    if summary:
+        write_summary_csv(rows, summary)
     return BatchResult(done, failures, time.perf_counter() - start)

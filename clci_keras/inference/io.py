@@ -176,8 +176,9 @@ def output_paths(input_path, out_dir, relative_dir="", prob=False):
 def save_atomic(images_and_paths):
     """Save ``[(image, path), ...]``: each to a temporary file in its folder, then rename.
 
-    All temporary files are written before any is renamed, so a failure leaves
-    no output (and no temporary file) behind.
+    An ``image`` is a NIfTI image or ``bytes`` (written as they are: a PNG,
+    a JSON text). All temporary files are written before any is renamed, so
+    a failure leaves no output (and no temporary file) behind.
     """
     import nibabel as nib
 
@@ -187,6 +188,12 @@ def save_atomic(images_and_paths):
             path = os.fspath(path)
             folder = os.path.dirname(os.path.abspath(path))
             os.makedirs(folder, exist_ok=True)
+            if isinstance(image, (bytes, bytearray)):
+                fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+                done.append((tmp, path))
+                with os.fdopen(fd, "wb") as f:
+                    f.write(image)
+                continue
             suffix = ".nii.gz" if path.endswith(".gz") else ".nii"
             fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=suffix, dir=folder)
             os.close(fd)

@@ -75,6 +75,10 @@ class Segmentation:
         slices_computed: axial slices the model ran on (of 189).
         seconds: wall time of the whole call.
         notes: warnings issued for this input (also raised as ``GridWarning``).
+        registration: the :class:`clci_keras.inference.register.Registration`
+            used (grid ``"registered"``), or ``None``.
+        models: number of models averaged; ``tta``: ``"flip"`` or ``"none"``.
+        removed_components: components dropped by ``min_lesion_size``.
     """
 
     mask: object
@@ -83,6 +87,10 @@ class Segmentation:
     slices_computed: int
     seconds: float
     notes: list
+    registration: object = None
+    models: int = 1
+    tta: str = "none"
+    removed_components: int = 0
 
 
 # --------------------------------------------------------------------------
@@ -248,6 +256,24 @@ class _GridMap:
         return _resample(arr, ATLAS_AFFINE, self.affine, self.shape, order=order)
 
 
+class _RegisteredGrid:
+    """Maps a scan to the ATLAS grid through a registration (trilinear) and arrays back."""
+
+    kind = "registered"
+
+    def __init__(self, registration, shape, affine):
+        self.registration = registration
+        self.shape = tuple(shape)
+        self.affine = np.asarray(affine, dtype=np.float64)
+        self.notes = []
+
+    def to_atlas(self, data):
+        return self.registration.to_template(data, self.affine, order=1)
+
+    def from_atlas(self, arr, order):
+        return self.registration.to_native(arr, self.affine, self.shape, order=order)
+
+
 # --------------------------------------------------------------------------
 # Model on slices
 # --------------------------------------------------------------------------
@@ -277,37 +303,64 @@ def predict_atlas_volume(
     batch_size=DEFAULT_BATCH_SIZE,
     skip_empty_slices=True,
     progress=False,
+    *,
+    tta=None,
+    check_intensity=False,
+    name="<volume>",
 ):
     """Lesion probabilities of one T1 volume on the ATLAS grid (the training data path).
 
     Args:
         model: Keras model mapping (B, H, W, 1) slices to (B, H, W, 1) probabilities,
-            H x W a crop window of :data:`clci_keras.data.constants.CROPS`.
+            H x W a crop window of :data:`clci_keras.data.constants.CROPS`; or a
+            list of such models (an ensemble: mean probability).
         volume: (197, 233, 189) array as stored (unscaled).
         intensity: training intensity scheme (:func:`clci_keras.data.intensity.normalize_intensity`).
         batch_size: slices per model call.
         skip_empty_slices: compute only :func:`brain_slice_indices`; others are 0.
+        tta: ``"flip"``: also predict the left-right mirrored volume and average.
+        check_intensity: raise :class:`clci_keras.inference.scaling.IntensityError`
+            (naming ``name``) if the scaled intensities are far from the training data's.
 
     Returns:
         ``(probabilities, n_computed)``: float32 (197, 233, 189) and the number of slices computed.
     """
+    from clci_keras.inference.ensemble import as_model_list, check_tta, ensemble_probabilities
+
     if intensity not in SCHEMES:
         raise ValueError(f"`intensity` must be one of {SCHEMES}, got intensity={intensity!r}")
-    crop = model_crop(model)
-    x = crop_slices(volume_to_slices(normalize_intensity(volume, intensity)), crop)
-    idx = np.asarray(brain_slice_indices()) if skip_empty_slices else np.arange(len(x))
-    prob = np.zeros(x.shape, dtype=np.float32)
+    models = as_model_list(model)
+    flip = check_tta(tta)
+    for m in models:
+        model_crop(m)  # a clear error before any work
+    scaled = normalize_intensity(volume, intensity)
+    if check_intensity:
+        from clci_keras.inference.scaling import check_intensity as _check
+
+        _check(scaled, intensity, name)
+    if len(models) == 1 and not flip:  # the plain training path
+        crop = model_crop(models[0])
+        x = crop_slices(volume_to_slices(scaled), crop)
+        idx = np.asarray(brain_slice_indices()) if skip_empty_slices else np.arange(len(x))
+        prob = np.zeros(x.shape, dtype=np.float32)
+    else:
+        idx = np.asarray(brain_slice_indices()) if skip_empty_slices else np.arange(volume.shape[2])
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(idx), unit="slice", leave=False)
+        bar = tqdm(total=len(idx) * len(models) * (2 if flip else 1), unit="slice", leave=False)
     try:
-        prob[idx] = predict_slices(model, x[idx], batch_size=batch_size, progress=bar)
+        if len(models) == 1 and not flip:
+            prob[idx] = predict_slices(models[0], x[idx], batch_size=batch_size, progress=bar)
+            out = slices_to_volume(uncrop_slices(prob, crop, fill=0.0))
+        else:
+            out = ensemble_probabilities(models, scaled, idx, crop_of=model_crop, flip=flip,
+                                         batch_size=batch_size, progress=bar)
     finally:
         if bar is not None:
             bar.close()
-    return np.ascontiguousarray(slices_to_volume(uncrop_slices(prob, crop, fill=0.0))), len(idx)
+    return np.ascontiguousarray(out), len(idx)
 
 
 # --------------------------------------------------------------------------
@@ -340,6 +393,10 @@ def segment_image(
     return_probabilities=False,
     progress=False,
     data=None,
+    tta=None,
+    min_lesion_size=0,
+    registration=None,
+    check_intensity=True,
 ):
     """Segment one NIfTI T1 image; returns a :class:`Segmentation` (mask, probabilities, details).
 
@@ -360,10 +417,19 @@ def segment_image(
         except Exception as e:
             raise InputError(f"{name}: cannot read the voxel data ({type(e).__name__}: {e})") from e
     data = validate_volume(data, name)
-    grid = _GridMap(data.shape, image.affine, name)
-    for note in grid.notes:
-        if grid.kind == "resampled":
-            warnings.warn(note, GridWarning, stacklevel=2)
+    if min_lesion_size is None or float(min_lesion_size) < 0:
+        raise ValueError(f"`min_lesion_size` must be >= 0 (mm^3), got min_lesion_size={min_lesion_size!r}")
+    if registration is True:
+        from clci_keras.inference.register import register_to_mni
+
+        registration = register_to_mni(image, data)
+    if registration is not None:
+        grid = _RegisteredGrid(registration, data.shape, image.affine)
+    else:
+        grid = _GridMap(data.shape, image.affine, name)
+        for note in grid.notes:
+            if grid.kind == "resampled":
+                warnings.warn(note, GridWarning, stacklevel=2)
     prob, n = predict_atlas_volume(
         model,
         grid.to_atlas(data),
@@ -371,14 +437,28 @@ def segment_image(
         batch_size=batch_size,
         skip_empty_slices=skip_empty_slices,
         progress=progress,
+        tta=tta,
+        check_intensity=check_intensity,
+        name=name,
     )
-    mask = grid.from_atlas((prob > threshold).astype(np.float32), order=0) > 0.5
+    atlas_mask = prob > threshold
+    removed = 0
+    if min_lesion_size:
+        from clci_keras.inference.ensemble import remove_small_components
+
+        # ATLAS grid voxels are 1 mm^3, so a size in mm^3 is a voxel count.
+        atlas_mask, removed = remove_small_components(atlas_mask, float(min_lesion_size))
+    mask = grid.from_atlas(atlas_mask.astype(np.float32), order=0) > 0.5
     mask_img = _image_like(image, mask, np.uint8, f"clci-keras lesion mask (p > {threshold:g})")
     prob_img = None
     if return_probabilities:
         prob_native = np.clip(grid.from_atlas(prob, order=1), 0.0, 1.0)
         prob_img = _image_like(image, prob_native, np.float32, "clci-keras lesion probability")
-    return Segmentation(mask_img, prob_img, grid.kind, n, time.perf_counter() - start, list(grid.notes))
+    from clci_keras.inference.ensemble import as_model_list, check_tta
+
+    return Segmentation(mask_img, prob_img, grid.kind, n, time.perf_counter() - start, list(grid.notes),
+                        registration=registration, models=len(as_model_list(model)),
+                        tta="flip" if check_tta(tta) else "none", removed_components=removed)
 
 
 def predict_volume(
@@ -391,6 +471,10 @@ def predict_volume(
     skip_empty_slices=True,
     return_probabilities=False,
     progress=False,
+    tta=None,
+    min_lesion_size=0,
+    register=False,
+    check_intensity=True,
 ):
     """Segment the stroke lesion of a T1 NIfTI image with a trained 2D model.
 
@@ -402,7 +486,8 @@ def predict_volume(
     Args:
         model: a Keras model with one (batch, H, W, 1) input, H x W a crop
             window (224 x 176 for CLCI-Net, 224 x 192 for X-Net), and a
-            sigmoid output (batch, H, W, 1) (or a 2-class softmax).
+            sigmoid output (batch, H, W, 1) (or a 2-class softmax); or a list
+            of models (an ensemble, e.g. the five folds: mean probability).
         image: a ``nibabel.Nifti1Image`` (or ``Nifti2Image``) T1 volume. On the
             ATLAS grid (MNI152 1 mm, 197 x 233 x 189) in any axis order it is
             used as is; other grids are resampled (with a :class:`GridWarning`).
@@ -416,6 +501,16 @@ def predict_volume(
             ``False`` computes all 189. Computed slices are identical either way.
         return_probabilities: also return the float32 probability map.
         progress: show a progress bar over batches.
+        tta: ``"flip"``: average with the prediction of the left-right
+            mirrored volume (twice the model work).
+        min_lesion_size: drop connected lesion components smaller than this
+            many mm^3 (on the 1 mm template grid); 0 (default) keeps all.
+        register: ``True`` registers the scan affinely to nilearn's MNI152
+            1 mm template first (needs dipy: ``pip install -e ".[register]"``),
+            predicts on the template grid and maps the mask back; or a
+            :class:`clci_keras.inference.register.Registration` to reuse.
+        check_intensity: refuse a scan whose intensities are far from the
+            training data's scale (:class:`clci_keras.inference.scaling.IntensityError`).
 
     Returns:
         A uint8 (0/1) mask image with the input's shape, affine and header
@@ -426,7 +521,10 @@ def predict_volume(
     gives the same results with less work.
 
     Raises:
-        InputError: (a ``ValueError``) 2D/4D data, NaN/inf voxels, an empty volume.
+        InputError: (a ``ValueError``) 2D/4D data, NaN/inf voxels, an empty
+            volume; its subclasses ``IntensityError`` (intensities off the
+            training scale) and ``RegistrationError`` (registration failed).
+        RegistrationUnavailable: ``register=True`` without dipy installed.
     """
     seg = segment_image(
         model,
@@ -437,5 +535,9 @@ def predict_volume(
         skip_empty_slices=skip_empty_slices,
         return_probabilities=return_probabilities,
         progress=progress,
+        tta=tta,
+        min_lesion_size=min_lesion_size,
+        registration=register if register is not False else None,
+        check_intensity=check_intensity,
     )
     return (seg.mask, seg.probabilities) if return_probabilities else seg.mask

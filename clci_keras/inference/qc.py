@@ -1,0 +1,123 @@
+"""Quality control of predicted masks: an axial montage per scan and a summary row per scan.
+
+:func:`qc_png` renders the input in its own (native) space with the mask's
+outline (matplotlib, Agg backend, into PNG bytes so the caller can write them
+atomically with the other outputs). :func:`summary_row` gives lesion volume
+(mL, from the input's voxel size), number of connected components (26-
+connectivity) and, for registered scans, the registration's similarity
+metric. :func:`write_summary_csv` writes the batch's rows.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import tempfile
+
+import numpy as np
+
+#: Columns of the batch summary CSV, in order.
+SUMMARY_COLUMNS = (
+    "input", "status", "mask", "grid", "lesion_ml", "components", "registration_similarity",
+    "similarity_before", "registration_seconds", "prediction_seconds", "intensity", "message",
+)
+SUMMARY_NAME = "predict_summary.csv"
+QC_SUFFIX = "_qc.png"
+
+
+def _ras(data, affine):
+    """Data reoriented to the closest RAS axes (display only) and its voxel sizes."""
+    from nibabel import orientations as no
+
+    ornt = no.io_orientation(affine)
+    out = no.apply_orientation(data, no.ornt_transform(ornt, no.axcodes2ornt("RAS")))
+    zooms = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+    zooms = zooms[[int(np.flatnonzero(ornt[:, 0] == k)[0]) for k in range(3)]]  # RAS axis k <- input axis
+    return out, zooms
+
+
+def qc_png(image, data, mask, title="", n_slices=12, columns=6, dpi=80):
+    """PNG bytes of an axial montage of ``data`` (the input, native grid) with ``mask``'s outline in red.
+
+    Slices are spread over the axial extent of the mask (or of the head when
+    the mask is empty). The display is reoriented to the closest RAS axes
+    (neurological convention: the subject's right is on the picture's right).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    vol, zooms = _ras(np.asarray(data, dtype=np.float32), image.affine)
+    m, _ = _ras(np.asarray(mask) > 0, image.affine)
+    zs = np.flatnonzero(m.any(axis=(0, 1)))
+    if zs.size == 0:
+        zs = np.flatnonzero((vol > np.percentile(vol, 50)).any(axis=(0, 1)))
+    if zs.size == 0:
+        zs = np.arange(vol.shape[2])
+    picks = np.unique(np.linspace(zs.min(), zs.max(), min(n_slices, zs.size)).round().astype(int))
+    lo, hi = np.percentile(vol, [1, 99.5])
+    rows = int(np.ceil(len(picks) / columns))
+    fig = Figure(figsize=(2.0 * columns, 2.2 * rows + 0.4), dpi=dpi)
+    FigureCanvasAgg(fig)
+    aspect = zooms[1] / zooms[0]
+    for k, z in enumerate(picks):
+        ax = fig.add_subplot(rows, columns, k + 1)
+        ax.imshow(vol[:, :, z].T, cmap="gray", origin="lower", vmin=lo, vmax=hi if hi > lo else lo + 1,
+                  aspect=aspect, interpolation="nearest")
+        if m[:, :, z].any():
+            ax.contour(m[:, :, z].T.astype(np.float32), levels=[0.5], colors="red", linewidths=0.8)
+        ax.set_title(f"z={z}", fontsize=7)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=8)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def lesion_stats(mask, affine):
+    """``(volume in mL, connected components)`` of a native-grid mask."""
+    from clci_keras.inference.ensemble import count_components
+
+    mask = np.asarray(mask) > 0
+    voxel_ml = abs(float(np.linalg.det(np.asarray(affine)[:3, :3]))) / 1000.0
+    return float(mask.sum()) * voxel_ml, count_components(mask)
+
+
+def summary_row(input_path, mask_path=None, seg=None, status="ok", message="", intensity=""):
+    """A dict with :data:`SUMMARY_COLUMNS` for one input (``seg`` a Segmentation, or None for a failure)."""
+    row = dict.fromkeys(SUMMARY_COLUMNS, "")
+    row.update(input=os.fspath(input_path), status=status, message=message, intensity=intensity)
+    if seg is not None:
+        ml, n = lesion_stats(np.asanyarray(seg.mask.dataobj), seg.mask.affine)
+        row.update(mask=os.fspath(mask_path or ""), grid=seg.grid, lesion_ml=f"{ml:.3f}", components=n,
+                   prediction_seconds=f"{seg.seconds:.2f}")
+        reg = getattr(seg, "registration", None)
+        if reg is not None:
+            row.update(registration_similarity=f"{reg.similarity:.4f}",
+                       similarity_before=f"{reg.similarity_before:.4f}",
+                       registration_seconds=f"{reg.seconds:.2f}")
+    return row
+
+
+def write_summary_csv(rows, path):
+    """Write the rows (dicts of :data:`SUMMARY_COLUMNS`) to ``path`` atomically."""
+    from clci_keras.fileio import publish
+
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS)
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: r.get(k, "") for k in SUMMARY_COLUMNS})
+        publish(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
