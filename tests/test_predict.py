@@ -496,3 +496,13 @@ def test_cli_reports_missing_inputs(tmp_path, capsys, weights_dir):
     err = capsys.readouterr().err
     assert rc == 2 and "nothing.nii.gz: no such file or folder" in err
     assert "contains no NIfTI T1 image" in err and "no input to segment" in err
+
+
+def test_progress_in_a_log_has_no_redraws(threshold_model, ras_case, capfd):
+    """predict's progress off a terminal (captured stderr): plain lines, no carriage returns or ANSI."""
+    img, _ = ras_case
+    capfd.readouterr()
+    segment_image(threshold_model, img, progress=True)
+    err = capfd.readouterr().err
+    assert "predicting: 155/155 slice (100%)" in err
+    assert "\r" not in err and "\x1b[" not in err

@@ -347,9 +347,10 @@ def predict_atlas_volume(
         idx = np.asarray(brain_slice_indices()) if skip_empty_slices else np.arange(volume.shape[2])
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from clci_keras.fileio import progress_bar  # a tqdm bar on a terminal, plain lines in logs
 
-        bar = tqdm(total=len(idx) * len(models) * (2 if flip else 1), unit="slice", leave=False)
+        bar = progress_bar(len(idx) * len(models) * (2 if flip else 1), desc="predicting", unit="slice",
+                           leave=False)
     try:
         if len(models) == 1 and not flip:
             prob[idx] = predict_slices(models[0], x[idx], batch_size=batch_size, progress=bar)
