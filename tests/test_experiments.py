@@ -137,3 +137,17 @@ def test_demo_cli_defaults_are_run_demos():
         d["subjects"], d["epochs"], d["steps_per_epoch"], d["batch_size"], d["learning_rate"], d["bn_momentum"],
         d["train_slices"], d["val_slices"], d["export"], d["eval_slices"], d["crop"], d["model"], d["seed"])
     assert d["subjects"] == 6 and d["epochs"] == 3 and d["steps_per_epoch"] == 6 and d["model"] == "clci_net"
+
+
+def test_eager_training_only_for_a_handful_of_steps():
+    """QUICK runs (a step or two) train eagerly; protocol-sized runs trace the step."""
+    from clci_keras.experiments.workflows import EAGER_MAX_STEPS, _use_eager
+
+    quick = ex.train_options(ex.resolve_settings({"EPOCHS": None, "STEPS_PER_EPOCH": None}, quick=True,
+                                                 quick_values=ex.QUICK_TRAINING))
+    assert _use_eager("auto", quick)
+    assert not _use_eager("auto", {"epochs": 100, "steps_per_epoch": None})  # the protocol: slices // batch
+    assert not _use_eager("auto", {"epochs": 3, "steps_per_epoch": 6})  # the demo's defaults
+    assert not _use_eager("auto", {"epochs": 1, "steps_per_epoch": 1, "strategy": "mirrored"})
+    assert _use_eager("auto", {"epochs": 1, "steps_per_epoch": EAGER_MAX_STEPS})
+    assert _use_eager(True, {}) and not _use_eager(False, quick)

@@ -127,6 +127,7 @@ def run_demo(out_dir, subjects=6, seed=0, epochs=3, steps_per_epoch=6, batch_siz
         init_weights=init, epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size,
         train_slices=train_slices, val_slices=val_slices, learning_rate=learning_rate, bn_momentum=bn_momentum,
         crop=crop, seed=seed, tensorboard=False, overwrite=True, verbose=verbose, export=export,
+        eager=False,  # the traced training step, as every real run (and the demo's defaults)
     )
     result, trained, weights = run["result"], run["summary"], run["weights"]
     times["training"], times["trained_eval"] = run["seconds"]["training"], run["seconds"]["evaluation"]

@@ -23,10 +23,10 @@ import copy
 import dataclasses
 import inspect
 
-#: 64 x 64 window of the slices used by QUICK runs (rows, columns of the 233 x 197
+#: 48 x 48 window of the slices used by QUICK runs (rows, columns of the 233 x 197
 #: slice): the left hemisphere around the middle-cerebral-artery territory, where the
-#: synthetic lesions lie; 10x fewer pixels than CLCI-Net's 224 x 176 window.
-QUICK_CROP = "72:136,32:96"
+#: synthetic lesions lie; 17x fewer pixels than CLCI-Net's 224 x 176 window.
+QUICK_CROP = "74:122,34:82"
 
 #: Defaults of the workflow settings that are not :class:`TrainConfig` fields.
 WORKFLOW_DEFAULTS = dict(
@@ -45,7 +45,7 @@ WORKFLOW_DEFAULTS = dict(
 QUICK_DATA = dict(n_synthetic=3, workers=1)
 
 #: QUICK values of the training notebooks (02): 3 synthetic subjects, one fold
-#: (1 training, 1 validation, 1 test subject), the 64 x 64 window, 2 epochs of one
+#: (1 training, 1 validation, 1 test subject), the 48 x 48 window, 2 epochs of one
 #: step of batch 2 on lesion slices, evaluation on the brain slices.
 QUICK_TRAINING = dict(
     data="synthetic", n_synthetic=3, split="kfold", k=3, folds=[0], val_fraction=0.5,

@@ -164,6 +164,39 @@ def _build_before_first_step():
     return BuildBeforeFirstStep()
 
 
+def _train_eagerly():
+    """A callback that runs the training and validation steps eagerly (no ``tf.function``).
+
+    Tracing a network's training step costs TensorFlow tens of CPU-seconds (a
+    minute for DenseUNet on a CPU); a run of one or two steps spends almost all
+    its time there, and eagerly the same steps take seconds. Same operations,
+    same results (up to float rounding); only worth it for a handful of steps.
+    """
+    import keras
+
+    class TrainEagerly(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.model.run_eagerly = True
+            self.model.make_train_function(force=True)
+
+    return TrainEagerly()
+
+
+#: ``eager="auto"`` trains eagerly when a run has at most this many training steps
+#: (``epochs * steps_per_epoch``, both given): QUICK runs, not the protocol's.
+EAGER_MAX_STEPS = 4
+
+
+def _use_eager(eager, options):
+    if eager != "auto":
+        return bool(eager)
+    steps = options.get("steps_per_epoch")
+    epochs = options.get("epochs")
+    if steps is None or epochs is None or options.get("strategy", "default") != "default":
+        return False
+    return int(epochs) * int(steps) <= EAGER_MAX_STEPS
+
+
 def _manifest_has(manifest, name):
     if not manifest or not name or not os.path.exists(manifest):
         return False
@@ -181,7 +214,8 @@ def _evaluation_default_slices():
 
 
 def train_and_evaluate(model_name, h5, split, out_dir, fold=None, part="test", eval_slices=None,
-                       manifest=None, progress=True, keep_model=False, network=None, **train_options):
+                       manifest=None, progress=True, keep_model=False, network=None, eager="auto",
+                       **train_options):
     """Train ``model_name`` on ``fold`` of ``split``, then score its exported weights per patient.
 
     The sequence of ``clci-keras train`` and ``clci-keras evaluate``:
@@ -207,6 +241,11 @@ def train_and_evaluate(model_name, h5, split, out_dir, fold=None, part="test", e
         network: a built network of the same model and input shape to load the
             exported weights into for the evaluation (default: a fresh one);
             it is returned as ``"network"``.
+        eager: run the training steps eagerly instead of tracing them into a
+            ``tf.function``; ``"auto"``: when the run has at most
+            :data:`EAGER_MAX_STEPS` steps (``epochs * steps_per_epoch``, e.g.
+            QUICK runs), where tracing costs far more than the steps. The
+            evaluation always uses the traced prediction function.
         **train_options: :class:`clci_keras.training.TrainConfig` fields
             (``epochs=``, ``crop=``, ...), ``callbacks=``, ``overwrite=``.
 
@@ -221,7 +260,8 @@ def train_and_evaluate(model_name, h5, split, out_dir, fold=None, part="test", e
 
     t = time.time()
     options = dict(train_options)
-    callbacks = list(options.pop("callbacks", ())) + [_build_before_first_step()]
+    callbacks = list(options.pop("callbacks", ()))
+    callbacks.append(_train_eagerly() if _use_eager(eager, options) else _build_before_first_step())
     result = train(model_name, h5, split, out_dir, fold=fold, manifest=manifest, callbacks=callbacks, **options)
     t_eval = time.time()
     run_dir = result["run_dir"]
@@ -285,7 +325,8 @@ def compare_models(model_names, h5, split, out_root, folds=(None,), part="test",
         out_root: the runs folder.
         folds: fold numbers (``[None]`` for a hold-out split).
         tables: which tables to write (1, 2); ``tables_dir`` ``None``: no table.
-        eval_slices, manifest, progress, **train_options: as :func:`train_and_evaluate`.
+        eval_slices, manifest, progress, **train_options: as :func:`train_and_evaluate`
+            (``eager=`` too).
 
     Returns:
         ``dict(runs=[train_and_evaluate results], tables={file name: path})``.
