@@ -70,9 +70,10 @@ def main(argv=None):
     load_s = (time.perf_counter() - t) / args.subjects
     rows.append(("read subjects into memory (clci crop)", f"{load_s:.3f} s/subject", ""))
 
-    ds = R.train_dataset(memory, idx, args.batch_size, seed=0, first_epoch=0, last_epoch=args.epochs + 1)
+    steps = R.steps_for(idx.size, args.batch_size)
+    ds = R.train_dataset(memory, idx, args.batch_size, seed=0, n_batches=(args.epochs + 1) * steps)
     it = iter(ds)
-    _rate(_take(it, R.steps_for(idx.size, args.batch_size)))  # warm-up: the first epoch
+    _rate(_take(it, steps))  # warm-up: the first epoch
     rate, n = _rate(it)
     rows.append((f"train, SliceReader(in_memory=True), shuffled epochs, batch {args.batch_size}",
                  f"{rate:,.0f} slices/s", f"{n} slices"))

@@ -81,7 +81,8 @@ def batches(ds, n=None):
 def _train(h5, subjects, batch_size, seed, epochs=1, in_memory=False, first_epoch=0):
     reader = SliceReader(h5, "clci", in_memory=in_memory, subjects=subjects if in_memory else None)
     idx = select_slices(h5, subjects, "all")
-    return train_dataset(reader, idx, batch_size, seed, first_epoch, first_epoch + epochs)
+    steps = steps_for(idx.size, batch_size)
+    return train_dataset(reader, idx, batch_size, seed, first_batch=first_epoch * steps, n_batches=epochs * steps)
 
 
 def test_train_dataset_shapes_and_determinism(synthetic_h5):
@@ -96,7 +97,7 @@ def test_train_dataset_shapes_and_determinism(synthetic_h5):
     assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(b1, again))
     other = batches(_train(synthetic_h5, [0, 2], 8, seed=4), 1)
     assert not np.array_equal(other[0][0], x)
-    # the next epoch reshuffles, and a run resumed at epoch 1 replays it exactly
+    # the walk goes on into a new shuffle, and a run resumed at epoch 1 replays it exactly
     assert not np.array_equal(b1[steps][0], x)
     resumed = batches(_train(synthetic_h5, [0, 2], 8, seed=3, first_epoch=1))
     assert all(np.array_equal(a[0], b[0]) for a, b in zip(b1[steps:], resumed))
@@ -210,3 +211,26 @@ def test_original_generator_file_is_readable(tmp_path):
     assert x.shape == (189, 224, 176, 1) and x.dtype == np.float32
     assert subject_table(path) == {0: (0, 189), 1: (189, 189)}
     assert len(batches(eval_dataset(SliceReader(path), np.arange(378), 189))) == 2
+
+
+def test_training_walk_wraps_around_like_x_net():
+    """No slice is dropped at a pass boundary: batches straddle passes, each pass a new shuffle."""
+    from clci_keras.data.reader import batch_indices, epoch_permutation, iter_batches
+
+    idx = np.arange(100, 123)  # 23 slices, batch 5: passes end mid-batch
+    b = batch_indices(idx, 5, seed=7, n_batches=14)  # 70 slices: 3 passes and a bit
+    flat = b.ravel()
+    for p in range(3):
+        chunk = flat[23 * p: 23 * (p + 1)]
+        assert sorted(chunk.tolist()) == idx.tolist()  # every slice once per pass
+        np.testing.assert_array_equal(chunk, idx[epoch_permutation(23, 7, p)])
+    assert not np.array_equal(flat[:23], flat[23:46])  # reshuffled on wrap-around
+    # batch k depends on (seed, k) alone: starting at batch 9 replays batches 9..13
+    np.testing.assert_array_equal(batch_indices(idx, 5, seed=7, first_batch=9, n_batches=5), b[9:])
+    # fewer slices than a batch: the batch spans several passes
+    small = next(iter_batches(np.arange(3), 8, seed=0))
+    assert small.size == 8 and set(small.tolist()) == {0, 1, 2}
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        next(iter_batches(idx, 0))
+    with pytest.raises(ValueError, match="no training slices"):
+        next(iter_batches(np.zeros(0), 4))

@@ -35,6 +35,9 @@ def add_arguments(parser):
     g.add_argument("--crop", help="crop window: clci (224x176), xnet (224x192) or 'r0:r1,c0:c1'")
     g.add_argument("--export", choices=("best", "last"), help="weights exported at the end (default: best)")
     g.add_argument("--bn-momentum", type=float, help="override BatchNorm momentum (default: keep 0.99)")
+    g.add_argument("--bn-update", choices=("keras2", "keras3"),
+                   help="BatchNorm moving-statistics update: Keras 2.2.4's (Bessel-corrected, zero-debiased; "
+                        "the original code's) or Keras 3's (default: keras2)")
     g.add_argument("--init-weights", metavar="W", help="start from these weights (any supported format)")
     h = p.add_argument_group("hardware and reproducibility")
     h.add_argument("--strategy", choices=STRATEGIES, help="tf.distribute strategy (default: default)")
@@ -61,7 +64,7 @@ def add_arguments(parser):
 OPTION_FIELDS = (
     "epochs", "batch_size", "val_batch_size", "learning_rate", "loss", "steps_per_epoch", "monitor",
     "reduce_lr_factor", "reduce_lr_patience", "reduce_lr_min_delta", "early_stopping_patience",
-    "train_slices", "val_slices", "crop", "export", "bn_momentum", "init_weights", "strategy",
+    "train_slices", "val_slices", "crop", "export", "bn_momentum", "bn_update", "init_weights", "strategy",
     "mixed_precision", "jit", "seed", "deterministic", "tensorboard",
 )
 

@@ -286,7 +286,7 @@ def load_subject_slices(h5_path, index, crop=DEFAULT_CROP, channel_axis=True):
 # Epochs and tf.data
 # ---------------------------------------------------------------------------
 def epoch_permutation(n, seed, epoch):
-    """The slice order of ``epoch``: a permutation of ``range(n)`` drawn from ``(seed, epoch)``."""
+    """The slice order of pass ``epoch`` over the slices: a permutation of ``range(n)`` drawn from ``(seed, epoch)``."""
     return np.random.default_rng([int(seed), int(epoch)]).permutation(n)
 
 
@@ -295,25 +295,60 @@ def steps_for(n_slices, batch_size):
     return max(1, int(n_slices) // int(batch_size))
 
 
-def train_dataset(reader, indices, batch_size, seed=0, first_epoch=0, last_epoch=1):
-    """Shuffled batches for epochs ``first_epoch .. last_epoch-1``, epoch after epoch.
+def iter_batches(indices, batch_size, seed=0, first_batch=0):
+    """X-Net's training walk, from batch ``first_batch`` on, without end.
 
-    Each epoch yields :func:`steps_for` full batches in the order of
-    :func:`epoch_permutation`, so a resumed run sees the same batches as an
-    uninterrupted one.
+    The slices are walked in a shuffled order; at the end of the list the walk
+    wraps around to a fresh shuffle, so a batch can straddle two passes and no
+    slice is dropped at an epoch boundary (X-Net's ``train_data_generator``).
+    Pass ``p``'s order is :func:`epoch_permutation` ``(n, seed, p)``, so batch
+    ``k`` depends on ``(seed, k)`` alone and a resumed run replays exactly.
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+    n, b = indices.size, int(batch_size)
+    if n == 0:
+        raise ValueError("no training slices to walk")
+    if b < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+    p, at = divmod(int(first_batch) * b, n)
+    order = indices[epoch_permutation(n, seed, p)]
+    while True:
+        parts, need = [], b
+        while need:
+            take = min(need, n - at)
+            parts.append(order[at:at + take])
+            at, need = at + take, need - take
+            if at == n:
+                p, at = p + 1, 0
+                order = indices[epoch_permutation(n, seed, p)]
+        yield np.concatenate(parts)
+
+
+def batch_indices(indices, batch_size, seed=0, first_batch=0, n_batches=1):
+    """Batches ``first_batch .. first_batch + n_batches - 1`` of :func:`iter_batches`, as a 2-D array."""
+    it = iter_batches(indices, batch_size, seed, first_batch)
+    return np.stack([next(it) for _ in range(int(n_batches))]) if n_batches else np.zeros((0, int(batch_size)), np.int64)
+
+
+def train_dataset(reader, indices, batch_size, seed=0, first_batch=0, n_batches=None):
+    """``tf.data`` batches ``first_batch ..`` of X-Net's wrap-around walk (:func:`iter_batches`).
+
+    ``n_batches``: how many (default: one epoch, :func:`steps_for`). Epoch
+    ``e`` of a run with ``s`` steps per epoch is batches ``e*s .. (e+1)*s - 1``,
+    so a run resumed at epoch ``e`` passes ``first_batch=e*s`` and sees the
+    batches an uninterrupted run would have.
     """
     import tensorflow as tf
 
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
     indices = np.asarray(indices, dtype=np.int64)
-    steps = steps_for(indices.size, batch_size)
-    order = [
-        np.resize(indices[epoch_permutation(indices.size, seed, e)], steps * batch_size)
-        for e in range(first_epoch, last_epoch)
-    ]
-    flat = np.concatenate(order) if order else np.zeros(0, np.int64)
-    ds = tf.data.Dataset.from_tensor_slices(flat.reshape(-1, int(batch_size)))
+    if n_batches is None:
+        n_batches = steps_for(indices.size, batch_size)
+    ds = tf.data.Dataset.from_generator(
+        lambda: iter_batches(indices, batch_size, seed, first_batch),
+        output_signature=tf.TensorSpec((int(batch_size),), tf.int64),
+    ).take(int(n_batches))
     return _map_read(tf, reader, ds)
 
 

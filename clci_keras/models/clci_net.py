@@ -31,7 +31,7 @@ import keras
 from keras import layers
 
 from clci_keras.models.common import (
-    BN_KWARGS,
+    batch_norm,
     KERNEL_INIT,
     output_activation,
     resolve_input,
@@ -64,7 +64,7 @@ def conv_bn_relu(x, filters, kernel_size=(3, 3), strides=(1, 1), dilation_rate=(
         kernel_initializer=KERNEL_INIT,
         name=f"{name}_conv",
     )(x)
-    x = layers.BatchNormalization(**BN_KWARGS, name=f"{name}_bn")(x)
+    x = batch_norm(f"{name}_bn")(x)
     return layers.Activation("relu", name=f"{name}_relu")(x)
 
 

@@ -19,6 +19,18 @@ KERNEL_INIT = "he_normal"
 BN_KWARGS = dict(axis=-1, momentum=0.99, epsilon=1e-3)
 
 
+def batch_norm(name, **kwargs):
+    """The models' BatchNormalization: Keras 2.2's defaults and moving-statistics update.
+
+    :class:`clci_keras.models.layers.BatchNormalization` with
+    ``BN_KWARGS`` (Keras 2.2.4's defaults: ``momentum=0.99``, ``epsilon=1e-3``);
+    the same four weights as ``keras.layers.BatchNormalization``.
+    """
+    from clci_keras.models.layers import BatchNormalization
+
+    return BatchNormalization(**{**BN_KWARGS, **kwargs}, name=name)
+
+
 # --------------------------------------------------------------------------
 # Arguments
 # --------------------------------------------------------------------------
@@ -139,7 +151,7 @@ def conv_bn_relu(x, filters, kernel_size=3, strides=1, dilation_rate=1, *, name,
         kernel_initializer=KERNEL_INIT,
         name=f"{name}_conv",
     )(x)
-    x = layers.BatchNormalization(**BN_KWARGS, name=f"{name}_bn")(x)
+    x = batch_norm(f"{name}_bn")(x)
     if relu:
         x = layers.Activation("relu", name=f"{name}_relu")(x)
     return x

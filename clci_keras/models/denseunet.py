@@ -41,7 +41,7 @@ import keras
 from keras import layers
 
 from clci_keras.models.common import (
-    BN_KWARGS,
+    batch_norm,
     KERNEL_INIT,
     conv_bn_relu,
     output_head,
@@ -62,7 +62,7 @@ BOTTLENECK_WIDTH = 4
 
 
 def _bn_relu_conv(x, filters, kernel_size, *, name):
-    x = layers.BatchNormalization(**BN_KWARGS, name=f"{name}_bn")(x)
+    x = batch_norm(f"{name}_bn")(x)
     x = layers.Activation("relu", name=f"{name}_relu")(x)
     return layers.Conv2D(
         filters,
@@ -144,7 +144,7 @@ def DenseUNet(
         if b < len(blocks):
             skips.append(x)  # 1/4, 1/8, 1/16
             x = transition(x, name=f"transition{b}")
-    x = layers.BatchNormalization(**BN_KWARGS, name="dense_final_bn")(x)
+    x = batch_norm("dense_final_bn")(x)
     x = layers.Activation("relu", name="dense_final_relu")(x)  # 1/32
 
     # Decoder: skips from deep to shallow, the last stage has none.

@@ -35,8 +35,8 @@ import keras
 from keras import layers
 
 from clci_keras.models.common import (
-    BN_KWARGS,
     KERNEL_INIT,
+    batch_norm as bn_layer,
     output_head,
     pad_to_multiple,
     resolve_input,
@@ -62,7 +62,7 @@ def _conv(x, filters, kernel_size, batch_norm, *, name):
         name=f"{name}_conv" if batch_norm else name,
     )(x)
     if batch_norm:
-        x = layers.BatchNormalization(**BN_KWARGS, name=f"{name}_bn")(x)
+        x = bn_layer(f"{name}_bn")(x)
     return layers.Activation("relu", name=f"{name}_relu")(x)
 
 

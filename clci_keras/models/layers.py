@@ -3,6 +3,8 @@
 * CLCI-Net (Keras-2 semantics): :func:`hard_sigmoid_keras2` (ConvLSTM gates),
   :class:`SequenceConcat` (two-step sequences for the ConvLSTM) and
   :class:`BilinearUpsampling` (TF-1 ``resize_bilinear``).
+* Training (Keras-2 semantics): :class:`BatchNormalization`, whose moving
+  statistics are updated as Keras 2.2.4 on TensorFlow 1.x did; every model uses it.
 * Comparison models: :class:`AdaptiveAveragePooling2D` (PyTorch-style bins,
   for PSPNet's pyramid on a 28×22 map), :class:`ResizeTo` (bilinear resize to
   a fixed size) and :class:`BilinearKernel` (bilinear initialiser for FCN's
@@ -277,3 +279,122 @@ class BilinearKernel(keras.initializers.Initializer):
 
     def get_config(self):
         return {}
+
+
+#: ``moving_update`` values of :class:`BatchNormalization`.
+BN_UPDATES = ("keras2", "keras3")
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class BatchNormalization(keras.layers.BatchNormalization):
+    """BatchNormalization whose moving statistics follow Keras 2.2.4 on TensorFlow 1.x.
+
+    It bears the name of Keras's own class on purpose: Keras 3 derives the
+    paths inside ``.weights.h5`` files from class names, so weights files
+    written with ``keras.layers.BatchNormalization`` (earlier versions of this
+    project) and with this layer are interchangeable. Its registered name is
+    ``clci_keras>BatchNormalization``.
+
+    Normalisation is Keras 3's (batch statistics in training, the moving ones
+    in inference); what changes is how a training step updates
+    ``moving_mean`` / ``moving_variance``. Keras 2.2.4 on TensorFlow
+    (``keras/layers/normalization.py`` ``BatchNormalization.call``,
+    ``keras/backend/tensorflow_backend.py`` ``normalize_batch_in_training``
+    and ``moving_average_update``) differs from Keras 3 in three ways:
+
+    1. **Bessel's correction by the fused kernel.** For a 4-D input normalised
+       over its last axis Keras 2.2.4 calls ``tf.nn.fused_batch_norm``, whose
+       returned batch variance is the biased one times ``n / max(n - 1, 1)``
+       (``fused_batch_norm_op.cc``, ``rest_size_adjust``); other ranks use
+       ``tf.nn.moments`` (biased). ``n`` is the number of values per channel.
+    2. **A second factor** ``n / (n - (1 + epsilon))`` on that variance, applied
+       by the layer itself before the moving average.
+    3. **Zero-debiased moving averages** (``assign_moving_average(...,
+       zero_debias=True)``): TensorFlow keeps a biased average ``b`` started
+       at 0 and a step count ``t``; after each step the moving value is
+       ``b / (1 - momentum**t)``. The initial 0 / 1 never leak in: after the
+       first step the moving statistics equal that batch's.
+
+    Only ``t`` is kept here (``b`` is ``moving * (1 - momentum**(t-1))``, the
+    same quantity); like TensorFlow 1's debiasing variables it is not a weight:
+    it is in ``layer.variables`` (so every backend updates it in a traced step)
+    but not in ``layer.weights``, weight files, legacy ``.h5`` files or
+    parameter counts, which stay those of ``keras.layers.BatchNormalization``.
+    A model whose weights are loaded starts again at ``t = 0``, as a fresh
+    Keras 2 session did; the trainer's resume points save and restore ``t``
+    (:func:`debias_steps`).
+
+    Args:
+        moving_update: ``"keras2"`` (the above; default) or ``"keras3"``
+            (``keras.layers.BatchNormalization``'s plain exponential average of
+            the biased batch variance).
+        **kwargs: as ``keras.layers.BatchNormalization``. ``renorm``, masks and
+            ``synchronized=True`` fall back to Keras 3's update.
+    """
+
+    def __init__(self, moving_update="keras2", **kwargs):
+        super().__init__(**kwargs)
+        if moving_update not in BN_UPDATES:
+            raise ValueError(f"`moving_update` must be one of {BN_UPDATES}, got moving_update={moving_update!r}")
+        self.moving_update = moving_update
+        self._debias_step = None
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        from keras.src.utils import tracking  # no public switch for untracked state
+
+        with tracking.DotNotTrackScope():
+            # Not an attribute Keras tracks, so not a weight (see the class docstring).
+            self._debias_step = keras.Variable(0.0, dtype="float32", trainable=False,
+                                               name="debias_step", aggregation="only_first_replica")
+        self._fused = len(input_shape) == 4 and self.axis in (3, -1)
+
+    @property
+    def variables(self):
+        out = super().variables
+        if self._debias_step is not None:
+            out = out + [self._debias_step]
+        return out
+
+    def call(self, inputs, training=None, mask=None):
+        if (not (training and self.trainable) or self.moving_update != "keras2" or mask is not None
+                or self.renorm or self.synchronized):
+            return super().call(inputs, training=training, mask=mask)
+        x = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
+        mean, variance = ops.moments(x, axes=self._reduction_axes)  # biased, as the fused op normalises
+        shape = ops.shape(x)
+        n = ops.cast(math.prod(shape[a] for a in self._reduction_axes), x.dtype)
+        fed = variance * (n / (n - (1.0 + self.epsilon)))
+        if self._fused:
+            fed = fed * (n / ops.maximum(n - 1.0, 1.0))
+        m = float(self.momentum)
+        t = ops.cast(self._debias_step, x.dtype)
+        before, after = 1.0 - ops.power(m, t), 1.0 - ops.power(m, t + 1.0)
+        for var, value in ((self.moving_mean, mean), (self.moving_variance, fed)):
+            old = ops.cast(var, x.dtype)
+            var.assign(ops.cast((m * before * old + (1.0 - m) * value) / after, var.dtype))
+        self._debias_step.assign(t + 1.0)
+        gamma = ops.cast(self.gamma, x.dtype) if self.scale else None
+        beta = ops.cast(self.beta, x.dtype) if self.center else None
+        out = ops.batch_normalization(x, mean, variance, axis=self.axis, offset=beta, scale=gamma,
+                                      epsilon=self.epsilon)
+        return ops.cast(out, self.compute_dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "moving_update": self.moving_update}
+
+
+def debias_steps(model):
+    """``{layer name: t}`` of every :class:`BatchNormalization` of ``model`` that is built."""
+    return {
+        layer.name: float(np.asarray(layer._debias_step))
+        for layer in model._flatten_layers(include_self=False)
+        if isinstance(layer, BatchNormalization) and layer._debias_step is not None
+    }
+
+
+def set_debias_steps(model, steps):
+    """Restore :func:`debias_steps` (layers not named in ``steps`` are left alone)."""
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, BatchNormalization) and layer.name in steps and layer._debias_step is not None:
+            layer._debias_step.assign(float(steps[layer.name]))

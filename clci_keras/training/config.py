@@ -53,6 +53,9 @@ class TrainConfig:
     export: str = "best"
     # BatchNorm momentum override (None keeps the architecture's 0.99)
     bn_momentum: float | None = None
+    # BatchNorm moving-statistics update: "keras2" (Keras 2.2.4 / TF 1: Bessel-corrected,
+    # zero-debiased; the original code's) or "keras3" (keras.layers.BatchNormalization's)
+    bn_update: str = "keras2"
     init_weights: str | None = None
     # reproducibility / hardware
     seed: int = 0
@@ -98,6 +101,8 @@ class TrainConfig:
             raise ValueError(f"`export` must be 'best' or 'last', got {self.export!r}")
         if self.bn_momentum is not None and not 0.0 <= self.bn_momentum < 1.0:
             raise ValueError(f"`bn_momentum` must be in [0, 1), got {self.bn_momentum!r}")
+        if self.bn_update not in ("keras2", "keras3"):
+            raise ValueError(f"`bn_update` must be 'keras2' or 'keras3', got {self.bn_update!r}")
         parse_slice_spec(self.train_slices)
         parse_slice_spec(self.val_slices)
         return self

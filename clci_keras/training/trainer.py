@@ -95,20 +95,27 @@ def _float32(fn):
 
 
 def compile_model(model, loss="dice", learning_rate=1e-4, jit=False, mixed_precision=False,
-                  bn_momentum=None):
+                  bn_momentum=None, bn_update=None):
     """Compile ``model`` as the original code: Adam, the Dice/BCE+Dice loss, Dice metric.
 
     Under mixed precision the loss and metric are computed in float32.
-    ``bn_momentum`` (if given) replaces every BatchNormalization's momentum.
+    ``bn_momentum`` (if given) replaces every BatchNormalization's momentum;
+    ``bn_update`` (if given: ``"keras2"`` or ``"keras3"``) sets how every
+    :class:`clci_keras.models.layers.BatchNormalization` updates its
+    moving statistics.
     """
     import keras
 
+    from clci_keras.models.layers import BatchNormalization as Keras2BN
     from clci_keras.models.losses import dice_coef, get_loss
 
-    if bn_momentum is not None:
-        for layer in model._flatten_layers(include_self=False):
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.momentum = float(bn_momentum)
+    for layer in model._flatten_layers(include_self=False):
+        if bn_momentum is not None and isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = float(bn_momentum)
+        if bn_update is not None and isinstance(layer, Keras2BN):
+            if bn_update not in ("keras2", "keras3"):
+                raise ValueError(f"`bn_update` must be 'keras2' or 'keras3', got {bn_update!r}")
+            layer.moving_update = bn_update
     loss_fn, metric = get_loss(loss), dice_coef
     if mixed_precision:
         loss_fn, metric = _float32(loss_fn), _float32(metric)
@@ -182,6 +189,8 @@ def _make_resume_callback(run_dir, tracked):
     import keras
     import numpy as np
 
+    from clci_keras.models.layers import debias_steps, set_debias_steps
+
     backup = os.path.join(run_dir, BACKUP_DIR)
 
     class ResumePoint(keras.callbacks.Callback):
@@ -209,6 +218,7 @@ def _make_resume_callback(run_dir, tracked):
             for key, value in state.get("seed_generators", {}).items():
                 if key in gens:
                     gens[key].state.assign(np.asarray(value, dtype=gens[key].state.dtype))
+            set_debias_steps(model, state.get("bn_debias_steps", {}))
             model._initial_epoch = epoch  # as BackupAndRestore: fit() starts at this epoch
 
         def on_epoch_end(self, epoch, logs=None):
@@ -225,6 +235,8 @@ def _make_resume_callback(run_dir, tracked):
             state["seed_generators"] = {
                 k: np.asarray(g.state.value).tolist() for k, g in _seed_generators(self.model).items()
             }
+            # Keras-2 BatchNorm debiasing steps are not weights either.
+            state["bn_debias_steps"] = debias_steps(self.model)
             name = f"epoch_{epoch + 1:04d}"
             final, tmp = os.path.join(backup, name), os.path.join(backup, name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
@@ -449,14 +461,11 @@ def _make_data(cfg, run_dir, split):
     # Subjects read into memory once when they fit (same batches as streaming).
     reader = R.SliceReader(cfg.h5, cfg.crop, in_memory="auto",
                            subjects=list(split["train"]) + val_subjects)
-    per_epoch = R.steps_for(train_idx.size, cfg.batch_size)
-    steps = cfg.steps_per_epoch or per_epoch
-    # epochs of data needed: `steps` batches per training epoch
-    data_epochs = math.ceil(cfg.epochs * steps / per_epoch) + 1
-    first_data_epoch = (first_epoch * steps) // per_epoch
-    train_ds = R.train_dataset(
-        reader, train_idx, cfg.batch_size, cfg.seed, first_data_epoch, data_epochs
-    ).skip((first_epoch * steps) % per_epoch)
+    steps = cfg.steps_per_epoch or R.steps_for(train_idx.size, cfg.batch_size)
+    # X-Net's wrap-around walk over the shuffled slices; epoch e = batches e*steps ..
+    # (one epoch spare, so that the iterator never runs dry at the last step)
+    train_ds = R.train_dataset(reader, train_idx, cfg.batch_size, cfg.seed,
+                               first_batch=first_epoch * steps, n_batches=(cfg.epochs - first_epoch + 1) * steps)
     val_ds = R.eval_dataset(reader, val_idx, cfg.val_batch_size) if val_idx.size else None
     return dict(reader=reader, train_idx=train_idx, val_idx=val_idx, val_subjects=val_subjects,
                 monitor=monitor, steps=steps, train_ds=train_ds, val_ds=val_ds)
@@ -469,7 +478,7 @@ def _build_compiled(cfg, input_shape):
     if cfg.init_weights:
         load_weights(model, cfg.init_weights)
     compile_model(model, cfg.loss, cfg.learning_rate, cfg.jit, cfg.mixed_precision != "off",
-                  cfg.bn_momentum)
+                  cfg.bn_momentum, cfg.bn_update)
     return model
 
 
