@@ -34,7 +34,7 @@ EXTRAS = {
     "gpu": ["tensorflow[and-cuda]>=2.16"],
     # tf-keras (Keras 2 line) builds Keras-2 reference models in the tests only;
     # it declares a dependency on plain `tensorflow`, so .ci/run installs it with --no-deps.
-    "test": ["pytest>=7.4", "nbclient>=0.9", "nbformat>=5.9", "ipykernel>=6.25", "papermill>=2.5",
+    "test": ["pytest>=7.4", "pytest-xdist>=3.5", "nbclient>=0.9", "nbformat>=5.9", "ipykernel>=6.25", "papermill>=2.5",
              "dipy>=1.7"],  # the registration tests (tests/test_register.py) run in CI
     # `clci-keras predict --register`: affine registration to MNI152 (docs/predict.md)
     "register": ["dipy>=1.7"],

@@ -8,6 +8,11 @@
   and its HDF5 file (intensity scheme "v2").
 
 Treat them as read-only; copy before modifying.
+
+The README's test command runs the files on two pytest-xdist workers, one file
+per worker at a time (``--dist loadfile``: a file's module fixtures, e.g. the
+notebook chain 01 -> 05, stay in one process). The longest files are handed
+out first (:data:`LONGEST_FIRST`) so that the two workers finish together.
 """
 import os
 
@@ -17,6 +22,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 SYNTH_R11_SUBJECTS = 4
 SYNTH_V2_SUBJECTS = 3
+
+#: Test files handed to the workers first, longest first (the rest keep their order).
+LONGEST_FIRST = ("test_notebooks.py", "test_training.py", "test_comparators.py", "test_clci_net.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order inside each file is kept
 
 
 @pytest.fixture(scope="session")
