@@ -1,12 +1,14 @@
 """Small helpers shared by every layer (a leaf module: imports nothing of clci_keras).
 
-* :func:`publish`: atomic rename of a finished temporary file to its path.
+* :func:`publish`: atomic rename of a finished temporary file to its path;
+  :func:`atomic_text`: write a text file that way.
 * :func:`check_writable_folder`: fail early, naming the folder, where outputs cannot be written.
 * :func:`progress_bar`: a tqdm bar on a terminal; plain lines (no carriage returns, no ANSI
   escapes) in log files and pipes.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
@@ -31,6 +33,28 @@ def publish(tmp, path):
     """
     os.chmod(tmp, umask_mode())
     os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_text(path, newline=None):
+    """Open ``path`` for writing text through a temporary file beside it.
+
+    On success the file is published (:func:`publish`: the user's umask, then
+    rename); on any error the temporary is removed and ``path`` is untouched.
+    The folder is created if needed.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", newline=newline) as f:
+            yield f
+        publish(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def check_writable_folder(folder, what="output folder"):

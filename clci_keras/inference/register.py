@@ -35,7 +35,6 @@ import datetime
 import functools
 import json
 import os
-import tempfile
 import time
 
 import numpy as np
@@ -205,21 +204,12 @@ class Registration:
 
     def save(self, path):
         """Write the transform as JSON (temporary file, then rename)."""
-        from clci_keras.fileio import publish
+        from clci_keras.fileio import atomic_text
 
         path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_dict(), f, indent=2)
-                f.write("\n")
-            publish(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        with atomic_text(path) as f:
+            json.dump(self.to_dict(), f, indent=2)
+            f.write("\n")
         return path
 
     @classmethod
