@@ -33,6 +33,14 @@ def add_arguments(parser):
     g.add_argument("--train-slices", help="all | brain | lesion | lesion+N (default: all)")
     g.add_argument("--val-slices", help="all | brain | lesion | lesion+N (default: all)")
     g.add_argument("--crop", help="crop window: clci (224x176), xnet (224x192) or 'r0:r1,c0:c1'")
+    g.add_argument("--input-mode", choices=("auto", "memory", "stream"),
+                   help="memory: subjects read once, X-Net's global shuffle; stream: whole-subject reads by "
+                        "worker processes, shuffled within windows of subjects; auto (default): memory when "
+                        "the subjects fit --max-memory-gb")
+    g.add_argument("--max-memory-gb", type=float, metavar="GB",
+                   help="memory budget of the input pipeline (default: half the RAM)")
+    g.add_argument("--stream-buffer", dest="stream_buffer_subjects", type=int, metavar="N",
+                   help="subjects per shuffling window when streaming (default: from the budget, <= 32)")
     g.add_argument("--export", choices=("best", "last"), help="weights exported at the end (default: best)")
     g.add_argument("--bn-momentum", type=float, help="override BatchNorm momentum (default: keep 0.99)")
     g.add_argument("--bn-update", choices=("keras2", "keras3"),
@@ -64,7 +72,7 @@ def add_arguments(parser):
 OPTION_FIELDS = (
     "epochs", "batch_size", "val_batch_size", "learning_rate", "loss", "steps_per_epoch", "monitor",
     "reduce_lr_factor", "reduce_lr_patience", "reduce_lr_min_delta", "early_stopping_patience",
-    "train_slices", "val_slices", "crop", "export", "bn_momentum", "bn_update", "init_weights", "strategy",
+    "train_slices", "val_slices", "crop", "input_mode", "max_memory_gb", "stream_buffer_subjects", "export", "bn_momentum", "bn_update", "init_weights", "strategy",
     "mixed_precision", "jit", "seed", "deterministic", "tensorboard",
 )
 

@@ -331,7 +331,13 @@ def batch_indices(indices, batch_size, seed=0, first_batch=0, n_batches=1):
 
 
 def train_dataset(reader, indices, batch_size, seed=0, first_batch=0, n_batches=None):
-    """``tf.data`` batches ``first_batch ..`` of X-Net's wrap-around walk (:func:`iter_batches`).
+    """``tf.data`` batches ``first_batch ..`` of the training walk.
+
+    In memory or with a :class:`SliceReader`: X-Net's wrap-around walk over
+    a global shuffle (:func:`iter_batches`). With a streaming reader
+    (:func:`open_reader`): the same walk over a shuffle within windows of
+    ``reader.buffer_subjects`` subjects (:func:`clci_keras.data.stream.iter_stream_batches`),
+    which loads each window ahead of use.
 
     ``n_batches``: how many (default: one epoch, :func:`steps_for`). Epoch
     ``e`` of a run with ``s`` steps per epoch is batches ``e*s .. (e+1)*s - 1``,
@@ -345,25 +351,61 @@ def train_dataset(reader, indices, batch_size, seed=0, first_batch=0, n_batches=
     indices = np.asarray(indices, dtype=np.int64)
     if n_batches is None:
         n_batches = steps_for(indices.size, batch_size)
+    if getattr(reader, "streaming", False):
+        from clci_keras.data.stream import iter_stream_batches
+
+        subjects, groups = _groups(reader, indices)
+
+        def walk():
+            return iter_stream_batches(groups, batch_size, seed, first_batch, reader.buffer_subjects,
+                                       on_window=lambda m: reader.prefetch([subjects[i] for i in m]))
+    else:
+        def walk():
+            return iter_batches(indices, batch_size, seed, first_batch)
     ds = tf.data.Dataset.from_generator(
-        lambda: iter_batches(indices, batch_size, seed, first_batch),
-        output_signature=tf.TensorSpec((int(batch_size),), tf.int64),
+        walk, output_signature=tf.TensorSpec((int(batch_size),), tf.int64)
     ).take(int(n_batches))
     return _map_read(tf, reader, ds)
 
 
 def eval_dataset(reader, indices, batch_size):
-    """Ordered batches of ``indices`` (the last one partial), one pass."""
+    """Ordered batches of ``indices`` (the last one partial), one pass.
+
+    A streaming reader loads the next ``reader.buffer_subjects`` subjects
+    ahead of the batch that first needs them.
+    """
     import tensorflow as tf
 
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
     indices = np.asarray(indices, dtype=np.int64)
     batches = [indices[i : i + int(batch_size)] for i in range(0, indices.size, int(batch_size))]
-    ds = tf.data.Dataset.from_generator(
-        lambda: iter(batches), output_signature=tf.TensorSpec((None,), tf.int64)
-    )
+    if getattr(reader, "streaming", False):
+        order = list(dict.fromkeys(reader.subject_of(indices)))  # subjects in visiting order
+        where = {s: k for k, s in enumerate(order)}
+        window = max(1, int(reader.buffer_subjects))
+
+        def walk():
+            done = -1  # subjects up to position done were asked for
+            for b in batches:
+                last = max(where[s] for s in reader.subject_of(b))
+                if last + window > done:
+                    ahead = order[last:last + 2 * window]
+                    reader.prefetch(ahead)
+                    done = last + 2 * window - 1
+                yield b
+    else:
+        def walk():
+            return iter(batches)
+    ds = tf.data.Dataset.from_generator(walk, output_signature=tf.TensorSpec((None,), tf.int64))
     return _map_read(tf, reader, ds)
+
+
+def _groups(reader, indices):
+    """``(subjects, [their slice indices])``, subjects in order of first appearance."""
+    subj = np.asarray(reader.subject_of(indices))
+    subjects = list(dict.fromkeys(subj.tolist()))
+    return subjects, [indices[subj == s] for s in subjects]
 
 
 def _map_read(tf, reader, ds):
@@ -379,3 +421,67 @@ def _map_read(tf, reader, ds):
     options.deterministic = True
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return ds.map(read).prefetch(2).with_options(options)
+
+
+# ---------------------------------------------------------------------------
+# In memory or streamed: the input plan
+# ---------------------------------------------------------------------------
+#: most subjects a streaming window shuffles across (memory: 3 windows are cached)
+MAX_BUFFER_SUBJECTS = 32
+INPUT_MODES = ("auto", "memory", "stream")
+
+
+def default_memory_budget():
+    """Half of the machine's physical memory, in bytes (the ``max_memory_gb=None`` budget)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):
+        return MEMORY_BUDGET
+
+
+def plan_input(h5_path, subjects, crop=DEFAULT_CROP, mode="auto", max_memory_gb=None, buffer_subjects=None):
+    """How training reads ``subjects``: in memory (X-Net's global shuffle) or streamed.
+
+    ``mode="auto"`` keeps the subjects in memory when they fit the budget
+    (``max_memory_gb``; default: half the physical memory) and streams them
+    otherwise. Streaming caches three windows of ``buffer_subjects``
+    subjects; by default the largest window (at most
+    :data:`MAX_BUFFER_SUBJECTS`) whose cache takes half the budget.
+
+    Returns a JSON-able dict: ``mode`` (``memory`` or ``stream``), ``bytes``
+    (the subjects in memory), ``budget_bytes``, ``subject_bytes``,
+    ``buffer_subjects`` (stream only).
+    """
+    if mode not in INPUT_MODES:
+        raise ValueError(f"input mode must be one of {INPUT_MODES}, got {mode!r}")
+    if max_memory_gb is not None and not float(max_memory_gb) > 0:
+        raise ValueError(f"max_memory_gb must be > 0, got {max_memory_gb!r}")
+    if buffer_subjects is not None and (isinstance(buffer_subjects, bool) or int(buffer_subjects) < 1):
+        raise ValueError(f"buffer_subjects must be >= 1, got {buffer_subjects!r}")
+    table = subject_table(h5_path)
+    rows, cols = get_crop(crop)
+    pixel_bytes = (rows.stop - rows.start) * (cols.stop - cols.start) * 5  # float32 image + uint8 label
+    counts = [_lookup(table, int(s), h5_path)[1] for s in subjects]
+    subject_bytes = max(counts, default=SLICES_PER_SUBJECT) * pixel_bytes
+    need = sum(counts) * pixel_bytes
+    budget = int(float(max_memory_gb) * 1024**3) if max_memory_gb is not None else default_memory_budget()
+    plan = {"mode": mode, "bytes": int(need), "budget_bytes": budget, "subject_bytes": int(subject_bytes)}
+    if mode == "auto":
+        plan["mode"] = "memory" if need <= budget else "stream"
+    if plan["mode"] == "stream":
+        fit = budget // 2 // (3 * subject_bytes)
+        plan["buffer_subjects"] = int(buffer_subjects or max(1, min(MAX_BUFFER_SUBJECTS, fit)))
+    return plan
+
+
+def open_reader(h5_path, crop, subjects, plan, workers=None):
+    """The reader of an input plan (:func:`plan_input`): a :class:`SliceReader` with
+    ``subjects`` in memory, or a :class:`clci_keras.data.stream.StreamingReader`."""
+    if plan["mode"] == "memory":
+        return SliceReader(h5_path, crop, in_memory=True, subjects=subjects)
+    from clci_keras.data.stream import StreamingReader
+
+    if workers is None:
+        workers = max(1, min(4, os.cpu_count() or 1))
+    b = int(plan["buffer_subjects"])
+    return StreamingReader(h5_path, crop, buffer_subjects=b, workers=workers)

@@ -49,6 +49,12 @@ class TrainConfig:
     # data selection (see clci_keras.data.reader)
     train_slices: str = "all"
     val_slices: str = "all"
+    # input: "memory" (X-Net's global shuffle), "stream" (whole-subject reads, shuffled within
+    # windows of subjects) or "auto" (memory when the subjects fit `max_memory_gb`, default half
+    # the RAM); the resolved plan is fixed at the first start (RUN_DIR/input_plan.json)
+    input_mode: str = "auto"
+    max_memory_gb: float | None = None
+    stream_buffer_subjects: int | None = None  # None: from the budget (clci_keras.data.reader.plan_input)
     # which weights are exported at the end: best on `monitor` or the last epoch
     export: str = "best"
     # BatchNorm momentum override (None keeps the architecture's 0.99)
@@ -103,6 +109,13 @@ class TrainConfig:
             raise ValueError(f"`bn_momentum` must be in [0, 1), got {self.bn_momentum!r}")
         if self.bn_update not in ("keras2", "keras3"):
             raise ValueError(f"`bn_update` must be 'keras2' or 'keras3', got {self.bn_update!r}")
+        if self.input_mode not in ("auto", "memory", "stream"):
+            raise ValueError(f"`input_mode` must be 'auto', 'memory' or 'stream', got {self.input_mode!r}")
+        if self.max_memory_gb is not None and not self.max_memory_gb > 0:
+            raise ValueError(f"`max_memory_gb` must be > 0, got {self.max_memory_gb!r}")
+        v = self.stream_buffer_subjects
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"`stream_buffer_subjects` must be a positive integer or None, got {v!r}")
         parse_slice_spec(self.train_slices)
         parse_slice_spec(self.val_slices)
         return self

@@ -458,9 +458,21 @@ def _make_data(cfg, run_dir, split):
         print(f"resuming {run_dir} after epoch {first_epoch}")
     _truncate_csv(os.path.join(run_dir, "log.csv"), first_epoch)
 
-    # Subjects read into memory once when they fit (same batches as streaming).
-    reader = R.SliceReader(cfg.h5, cfg.crop, in_memory="auto",
-                           subjects=list(split["train"]) + val_subjects)
+    # In memory when the subjects fit the budget, else streamed; the plan of the first start is
+    # kept, so that a resumed run (even on another machine) replays the same batches.
+    subjects = list(split["train"]) + val_subjects
+    plan_path = os.path.join(run_dir, "input_plan.json")
+    if first_epoch and os.path.exists(plan_path):
+        with open(plan_path) as f:
+            plan = json.load(f)
+    else:
+        plan = R.plan_input(cfg.h5, subjects, cfg.crop, cfg.input_mode, cfg.max_memory_gb,
+                            cfg.stream_buffer_subjects)
+        _write_json_atomic(plan_path, plan)
+    print(f"input: {plan['mode']} ({plan['bytes'] / 1024**3:.1f} GiB of slices, budget "
+          f"{plan['budget_bytes'] / 1024**3:.1f} GiB" + (f", windows of {plan['buffer_subjects']} subjects"
+                                                         if plan["mode"] == "stream" else "") + ")")
+    reader = R.open_reader(cfg.h5, cfg.crop, subjects, plan)
     steps = cfg.steps_per_epoch or R.steps_for(train_idx.size, cfg.batch_size)
     # X-Net's wrap-around walk over the shuffled slices; epoch e = batches e*steps ..
     # (one epoch spare, so that the iterator never runs dry at the last step)
@@ -468,7 +480,7 @@ def _make_data(cfg, run_dir, split):
                                first_batch=first_epoch * steps, n_batches=(cfg.epochs - first_epoch + 1) * steps)
     val_ds = R.eval_dataset(reader, val_idx, cfg.val_batch_size) if val_idx.size else None
     return dict(reader=reader, train_idx=train_idx, val_idx=val_idx, val_subjects=val_subjects,
-                monitor=monitor, steps=steps, train_ds=train_ds, val_ds=val_ds)
+                monitor=monitor, steps=steps, train_ds=train_ds, val_ds=val_ds, input_plan=plan)
 
 
 def _build_compiled(cfg, input_shape):
@@ -545,6 +557,7 @@ def _finish(cfg, run_dir, model, split, data, strategy):
         "train_slices": int(data["train_idx"].size),
         "val_slices": int(data["val_idx"].size),
         "replicas": int(strategy.num_replicas_in_sync),
+        "input_plan": data.get("input_plan"),
         "data": dataset_info(cfg.h5),
         "params": int(model.count_params()),
     }
