@@ -6,9 +6,8 @@ Times ``train_dataset`` over a :class:`clci_keras.data.stream.StreamingReader`
 subjects, after a warm-up of ``--warmup`` slices. In the same run, for a
 ratio, the per-batch h5py reader (``SliceReader`` streamed, a global
 shuffle) over ``--baseline-slices`` slices. Memory: peak RSS of the
-training process and of each reader process, sampled every 50 ms from
-/proc (shared-memory pages count in every process that touches them, so
-the sum is an upper bound).
+training process and of each reader process, and the peak of their summed
+PSS (shared-memory pages counted once), sampled every 50 ms (PSS every 0.5 s) from /proc.
 
 Usage (ATLAS 2.0 scale: ``clci-keras synth --layout v2 --subjects 655`` then ``prep``)::
 
@@ -25,38 +24,66 @@ import _harness
 from _harness import RESULTS
 
 
-def _rss_mb(pid):
+def _status_mb(pid, field, path="status"):
     try:
-        with open(f"/proc/{pid}/status") as f:
+        with open(f"/proc/{pid}/{path}") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
     return 0.0
 
 
-def _children(pid):
+def _rss_mb(pid):
+    return _status_mb(pid, "VmRSS")
+
+
+def _is_tracker(pid):
+    """multiprocessing's resource tracker (not a reader)."""
     try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(c) for c in f.read().split()]
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"resource_tracker" in f.read()
     except OSError:
-        return []
+        return True
+
+
+def _pss_mb(pid):
+    """Proportional set size: shared pages split among the processes that map them."""
+    return _status_mb(pid, "Pss", "smaps_rollup")
+
+
+def _children(pid):
+    """Child processes of every thread of ``pid`` (pool workers are children of the thread that
+    started them)."""
+    out = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return out
 
 
 class PeakRSS(threading.Thread):
-    """Peak RSS (MB) of this process and of each child, sampled every 50 ms."""
+    """Peak RSS (MB) of this process and of each child, and peak PSS summed over them (the
+    memory the run takes, shared pages counted once), sampled every 50 ms."""
 
     def __init__(self):
         super().__init__(daemon=True)
-        self.parent, self.children, self._halt = 0.0, {}, threading.Event()
+        self.parent, self.children, self.pss, self._halt = 0.0, {}, 0.0, threading.Event()
 
     def run(self):
-        me = os.getpid()
+        me, tick = os.getpid(), 0
         while not self._halt.wait(0.05):
             self.parent = max(self.parent, _rss_mb(me))
-            for c in _children(me):
+            kids = [c for c in _children(me) if not _is_tracker(c)]
+            for c in kids:
                 self.children[c] = max(self.children.get(c, 0.0), _rss_mb(c))
+            tick += 1
+            if tick % 10 == 0:  # smaps_rollup walks the page tables: every 0.5 s
+                self.pss = max(self.pss, _pss_mb(me) + sum(_pss_mb(c) for c in kids))
 
     def stop(self):
         self._halt.set()
@@ -125,12 +152,13 @@ def main(argv=None):
         ("ratio streamed / per-batch", f"{rate / base_rate:.1f}x", "same run"),
         ("peak RSS, training process", f"{rss.parent:,.0f} MB", ""),
         ("peak RSS, reader processes", ", ".join(f"{m:,.0f} MB" for m in workers_mb), "shared cache pages included"),
-        ("peak RSS, sum (upper bound)", f"{rss.parent + sum(workers_mb):,.0f} MB", ""),
+        ("peak PSS, all processes", f"{rss.pss:,.0f} MB", "shared pages counted once: the run's memory"),
         ("training-process CPU per slice (gather + tf.data)", f"{1e3 * parent_cpu / n:.2f} ms", ""),
         ("start to end of warm-up", f"{first_s:.1f} s", "workers' start and first windows"),
     ]
     text = "| quantity | value | note |\n|---|---|---|\n" + "\n".join(f"| {a} | {b} | {c} |" for a, b, c in rows)
     print(text)
+    print(f"malloc tuned for the pipeline: {R.keep_freed_memory()}")
     if args.append:
         _harness.append_atomic(
             RESULTS,
@@ -146,3 +174,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+    os._exit(0)  # an endless tf.data generator can hold up interpreter shutdown

@@ -34,6 +34,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import threading
 
 import numpy as np
 
@@ -356,16 +357,29 @@ def train_dataset(reader, indices, batch_size, seed=0, first_batch=0, n_batches=
 
         subjects, groups = _groups(reader, indices)
 
-        def walk():
-            return iter_stream_batches(groups, batch_size, seed, first_batch, reader.buffer_subjects,
+        def walk(start):
+            return iter_stream_batches(groups, batch_size, seed, start, reader.buffer_subjects,
                                        on_window=lambda m: reader.prefetch([subjects[i] for i in m]))
     else:
-        def walk():
-            return iter_batches(indices, batch_size, seed, first_batch)
-    ds = tf.data.Dataset.from_generator(
-        walk, output_signature=tf.TensorSpec((int(batch_size),), tf.int64)
-    ).take(int(n_batches))
-    return _map_read(tf, reader, ds)
+        def walk(start):
+            return iter_batches(indices, batch_size, seed, start)
+    # Batch k of the dataset is batch first_batch + k of the walk. One numpy_function per batch
+    # finds its slices and reads them (cheaper than a from_generator stage feeding a read stage);
+    # the walk is followed in order, so it is restarted only when the dataset is iterated anew.
+    state = {"next": None, "walk": None}
+    lock = threading.Lock()
+
+    def read_batch(k):
+        k = int(k)
+        with lock:
+            if state["next"] != k:
+                state["walk"] = walk(int(first_batch) + k)
+            idx = next(state["walk"])
+            state["next"] = k + 1
+            return reader.read(idx)
+
+    ds = tf.data.Dataset.range(int(n_batches))
+    return _map_read(tf, reader, ds, read_batch, int(batch_size))
 
 
 def eval_dataset(reader, indices, batch_size):
@@ -408,13 +422,51 @@ def _groups(reader, indices):
     return subjects, [indices[subj == s] for s in subjects]
 
 
-def _map_read(tf, reader, ds):
+#: glibc malloc settings for the input pipeline (bytes): freed batch buffers stay with the
+#: process instead of going back to the kernel, so the next batch does not page-fault them in.
+MALLOC_TRIM_THRESHOLD = 256 * 1024**2
+MALLOC_TOP_PAD = 64 * 1024**2
+
+
+@functools.lru_cache(maxsize=1)
+def keep_freed_memory():
+    """Tune glibc's malloc for the batch pipeline, once per process; True if applied.
+
+    Each batch allocates and frees megabytes (the gathered arrays, TensorFlow's
+    copies). With glibc's defaults the freed memory is trimmed back to the kernel
+    and the next batch page-faults it in again: ~1 ms of CPU per 224 x 176 slice on
+    these 2 cores, more than the reading itself. Keeping up to
+    :data:`MALLOC_TRIM_THRESHOLD` of freed memory and growing the heap by
+    :data:`MALLOC_TOP_PAD` cut the tf.data cost ~4x (benchmarks/RESULTS.md). Skipped
+    where the user set ``MALLOC_TRIM_THRESHOLD_`` / ``MALLOC_TOP_PAD_`` or
+    ``CLCI_KERAS_MALLOPT=0``, and off glibc.
+    """
+    if os.environ.get("CLCI_KERAS_MALLOPT", "1") == "0":
+        return False
+    if any(k in os.environ for k in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_top_pad = -1, -2  # <malloc.h>
+        return bool(libc.mallopt(m_trim_threshold, MALLOC_TRIM_THRESHOLD)
+                    and libc.mallopt(m_top_pad, MALLOC_TOP_PAD))
+    except (OSError, AttributeError):  # not glibc
+        return False
+
+
+def _map_read(tf, reader, ds, read_fn=None, batch_size=None):
+    """``ds`` (index batches, or batch numbers for ``read_fn``) mapped to ``(x, y)`` batches."""
+    keep_freed_memory()
     shape = reader.shape
 
     def read(idx):
-        x, y = tf.numpy_function(reader.read, [idx], [tf.float32, tf.float32], stateful=False)
-        x.set_shape((None, *shape))
-        y.set_shape((None, *shape))
+        # read_fn keeps the walk's state: stateful, so tf.data never runs it in parallel
+        x, y = tf.numpy_function(read_fn or reader.read, [idx], [tf.float32, tf.float32],
+                                 stateful=read_fn is not None)
+        x.set_shape((batch_size, *shape))
+        y.set_shape((batch_size, *shape))
         return x, y
 
     options = tf.data.Options()

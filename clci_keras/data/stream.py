@@ -8,7 +8,7 @@ contiguous read and decoded on that worker's core:
 * ``clci-keras prep`` writes one HDF5 chunk per slice, data and label chunks
   of slice ``i`` next to each other, slices in file order, so a subject's 189
   slices are one contiguous byte range of the file. A worker finds that range
-  from the chunk index (``get_chunk_info_by_coord``), reads it with one
+  from the chunk index (read once, :func:`chunk_index`), reads it with one
   ``pread``, inflates each chunk (libdeflate through the ``deflate`` package
   when installed, ~4x faster than zlib; zlib otherwise), undoes HDF5's byte
   shuffle and crops on the fly straight into a shared-memory slot. Files of
@@ -148,6 +148,9 @@ def _worker_init(h5_path, shm_name, geometry, parent_pid):
     from multiprocessing import shared_memory
 
     from clci_keras.data.preprocess import _die_with_parent
+    from clci_keras.data.reader import keep_freed_memory
+
+    keep_freed_memory()  # each subject's read and inflated chunks reuse freed memory, no page faults
 
     # Exit when the training process is gone (killed): polling, not PR_SET_PDEATHSIG, whose
     # signal follows the *thread* that started the worker, and tf.data's threads come and go.
@@ -179,60 +182,94 @@ def _layout(ds):
     return ds.compression == "gzip", bool(ds.shuffle) and ds.dtype.itemsize > 1
 
 
-def _chunk_ranges(ds, off, count):
-    """``[(byte offset, size)]`` of slices ``off .. off+count-1``; None if any chunk is
-    unallocated or had a filter skipped (then h5py decodes the subject)."""
-    out = []
-    for i in range(off, off + count):
-        info = ds.id.get_chunk_info_by_coord((i, 0, 0))
-        if info.byte_offset is None or info.filter_mask:
-            return None
-        out.append((int(info.byte_offset), int(info.size)))
-    return out
+def chunk_index(ds):
+    """``(byte offsets, sizes)`` of every slice's chunk (int64 arrays in slice order), from one
+    pass over HDF5's chunk index; None when the layout is not prep's or a chunk is missing or had
+    a filter skipped (then h5py decodes). (``get_chunk_info_by_coord`` per chunk costs ~6 ms
+    on a 124k-chunk file; the one pass ~1 s.)"""
+    if _layout(ds) is None or not hasattr(ds.id, "chunk_iter"):
+        return None
+    n = ds.shape[0]
+    offsets, sizes = np.full(n, -1, np.int64), np.zeros(n, np.int64)
+    bad = []
+
+    def visit(info):
+        i = info.chunk_offset[0]
+        offsets[i], sizes[i] = info.byte_offset, info.size
+        if info.filter_mask:
+            bad.append(i)
+
+    ds.id.chunk_iter(visit)
+    if bad or (offsets < 0).any():
+        return None
+    return offsets, sizes
 
 
-def _inflate_all(view, start, ranges, layout, nbytes, inflate):
-    """The subject's chunks, inflated, as a ``(count, nbytes)`` uint8 array."""
-    out = np.empty((len(ranges), nbytes), np.uint8)
-    for i, (o, n) in enumerate(ranges):
-        raw = view[o - start:o - start + n]
-        out[i] = np.frombuffer(inflate(raw, nbytes) if layout[0] else raw, np.uint8)
-    return out
+def _read_range(start, size):
+    """Bytes ``start .. start+size`` of the file, read into the worker's reused buffer."""
+    buf = _W.get("buf")
+    if buf is None or len(buf) < size:
+        buf = _W["buf"] = bytearray(max(size, 2 * len(buf or b"")))
+    view = memoryview(buf)[:size]
+    got = 0
+    while got < size:  # preadv may return short reads
+        n = os.preadv(_W["fd"], [view[got:]], start + got)
+        if n <= 0:
+            raise OSError(f"{_W['file'].filename}: unexpected end of file at byte {start + got}")
+        got += n
+    return view
 
 
-def _worker_load(slot, off, count, rows, cols):
-    """Load slices ``off .. off+count-1`` cropped into ``slot``; returns the path taken."""
+def _worker_load(slot, off, count, rows, cols, ranges=None):
+    """Load slices ``off .. off+count-1`` cropped into ``slot``; returns the path taken.
+
+    ``ranges``: ``(data ranges, label ranges)``, each ``[(byte offset, size)]`` per slice
+    (:func:`chunk_index`), or None to let h5py decode.
+    """
     x_slot, y_slot = _slot_views(_W["shm"].buf, _W["geometry"], slot)
     data, label = _W["data"], _W["label"]
     (r0, r1), (c0, c1) = rows, cols
     big_h, big_w = data.shape[1:]
     dl, ll = _W["layouts"]
-    dr = _chunk_ranges(data, off, count) if dl and ll else None
-    lr = _chunk_ranges(label, off, count) if dr is not None else None
-    if lr is None:  # any other layout: h5py decodes (same values, slower)
+    if ranges is None or dl is None or ll is None:  # any other layout: h5py decodes (same values, slower)
         x_slot[:count] = data[off:off + count, r0:r1, c0:c1]
         y_slot[:count] = label[off:off + count, r0:r1, c0:c1] > 0
         return "h5py"
+    dr, lr = ranges
     start = min(dr[0][0], lr[0][0])
-    end = max(dr[-1][0] + dr[-1][1], lr[-1][0] + lr[-1][1])
-    view = memoryview(os.pread(_W["fd"], end - start, start))  # the subject: one contiguous read
-    k = data.dtype.itemsize
-    raw = _inflate_all(view, start, dr, dl, big_h * big_w * k, _W["inflate"])
-    if dl[1]:  # undo the byte shuffle: byte plane j of a chunk holds byte j of every value
-        planes = raw.reshape(count, k, big_h, big_w)
-        xb = x_slot[:count].view(np.uint8).reshape(count, r1 - r0, c1 - c0, k)
-        for j in range(k):
-            xb[..., j] = planes[:, j, r0:r1, c0:c1]
-    else:
-        x_slot[:count] = raw.view(data.dtype).reshape(count, big_h, big_w)[:, r0:r1, c0:c1]
-    lab = _inflate_all(view, start, lr, ll, big_h * big_w, _W["inflate"]).reshape(count, big_h, big_w)
-    np.greater(lab[:, r0:r1, c0:c1], 0, out=y_slot[:count].view(bool))
+    end = max(max(o + n for o, n in dr), max(o + n for o, n in lr))
+    view = _read_range(start, end - start)  # the subject: one contiguous read
+    inflate, k = _W["inflate"], data.dtype.itemsize
+    xb = x_slot.view(np.uint8).reshape(x_slot.shape[0], r1 - r0, c1 - c0, k)
+    yb = y_slot.view(bool)
+    for i in range(count):  # slice by slice: each inflated chunk is read once, while in cache
+        (o, n), (lo, ln) = dr[i], lr[i]
+        raw = view[o - start:o - start + n]
+        a = np.frombuffer(inflate(raw, big_h * big_w * k) if dl[0] else raw, np.uint8)
+        if dl[1]:  # undo the byte shuffle: byte plane j of a chunk holds byte j of every value
+            planes = a.reshape(k, big_h, big_w)
+            for j in range(k):
+                xb[i, :, :, j] = planes[j, r0:r1, c0:c1]
+        else:
+            x_slot[i] = a.view(data.dtype).reshape(big_h, big_w)[r0:r1, c0:c1]
+        raw = view[lo - start:lo - start + ln]
+        lab = np.frombuffer(inflate(raw, big_h * big_w) if ll[0] else raw, np.uint8).reshape(big_h, big_w)
+        np.greater(lab[r0:r1, c0:c1], 0, out=yb[i])
     return "chunks"
 
 
 # ---------------------------------------------------------------------------
 # Parent side
 # ---------------------------------------------------------------------------
+def _aligned(shape, dtype=np.float32, align=64):
+    """An empty array whose data starts on an ``align``-byte boundary: ``tf.numpy_function``
+    wraps such arrays without copying them (TensorFlow copies misaligned ones)."""
+    n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    buf = np.empty(n + align, np.uint8)
+    start = -buf.ctypes.data % align
+    return buf[start:start + n].view(dtype).reshape(shape)
+
+
 class StreamingReader:
     """Cropped ``(x, y)`` slices by global index from a cache of whole subjects.
 
@@ -283,6 +320,11 @@ class StreamingReader:
                                                name=f"{_SHM_PREFIX}{os.getpid()}_{id(self):x}")
         self._x, self._y = (np.ndarray((self.cache_subjects, max_count, h, w), t, self._shm.buf, o)
                             for t, o in ((np.float32, 0), (np.uint8, self.cache_subjects * max_count * h * w * 4)))
+        import h5py
+
+        with h5py.File(self.h5_path, "r") as f:
+            data_index, label_index = chunk_index(f["data"]), chunk_index(f["label"])
+        self._chunks = (data_index, label_index) if data_index and label_index else None
         self._pool = ProcessPoolExecutor(
             int(workers), mp_context=mp.get_context("spawn"), initializer=_worker_init,
             initargs=(self.h5_path, self._shm.name, self.geometry, os.getpid()))
@@ -327,8 +369,13 @@ class StreamingReader:
             self._free.append(self._slot.pop(victim))
         slot = self._free.pop()
         off, count = self.table[s]
+        ranges = None
+        if self._chunks is not None:
+            (do, ds), (lo, ls) = self._chunks
+            part = slice(off, off + count)
+            ranges = (list(zip(do[part].tolist(), ds[part].tolist())), list(zip(lo[part].tolist(), ls[part].tolist())))
         fut = self._pool.submit(_worker_load, slot, off, count,
-                                (self.rows.start, self.rows.stop), (self.cols.start, self.cols.stop))
+                                (self.rows.start, self.rows.stop), (self.cols.start, self.cols.stop), ranges)
         fut.slot = slot
         self._pending[s] = fut
         self.loads[s] += 1
@@ -375,15 +422,15 @@ class StreamingReader:
         idx = np.asarray(indices, np.int64).reshape(-1)
         subj = self.subject_of(idx)
         h, w, _ = self.shape
-        x = np.empty((idx.size, h, w, 1), np.float32)
-        y = np.empty((idx.size, h, w, 1), np.float32)
+        x, y = _aligned((idx.size, h, w, 1)), _aligned((idx.size, h, w, 1))
         for s in dict.fromkeys(subj):
             slot = self._ready(s)  # pinned: not evicted until copied
             try:
-                rows = [k for k, t in enumerate(subj) if t == s]
-                local = idx[rows] - self.table[s][0]
-                x[rows, ..., 0] = self._x[slot][local]
-                y[rows, ..., 0] = self._y[slot][local]
+                xs, ys, off = self._x[slot], self._y[slot], self.table[s][0]
+                for k, t in enumerate(subj):  # slice by slice: one copy each, no temporaries
+                    if t == s:
+                        x[k, ..., 0] = xs[idx[k] - off]
+                        y[k, ..., 0] = ys[idx[k] - off]
             finally:
                 with self._lock:
                     self._pinned[s] -= 1
