@@ -33,6 +33,7 @@ SUBCOMMANDS = {
     "evaluate": ("clci_keras.cli.evaluate", "per-patient 3D scores of trained or published weights"),
     "weights": ("clci_keras.cli.weights", "list published weights (catalogue) and trained ones (manifest)"),
     "tables": ("clci_keras.cli.tables", "regenerate the paper's Tables 1 and 2 from run folders"),
+    "recipe": ("clci_keras.cli.recipe", "write the Table-1 recipe (prep, split, models x folds, tables) as sh or Slurm"),
     "demo": ("clci_keras.cli.demo", "synthetic end-to-end demo: data, training, evaluation, figure"),
     "predict": ("clci_keras.cli.predict", "segment NIfTI T1 scans into NIfTI lesion masks"),
 }

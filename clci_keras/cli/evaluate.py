@@ -35,6 +35,9 @@ def add_arguments(parser):
     p.add_argument("--allow-missing", action="store_true",
                    help="a split naming subject ids the HDF5 file lacks: score the ids present and say how many "
                         "are missing (default: fail and list them)")
+    p.add_argument("--max-subjects", type=positive_int, default=None, metavar="N",
+                   help="DRY RUN: score only the first N subjects of the part (recorded as a partial "
+                        "evaluation in summary_<part>.json; tables mark it)")
     p.add_argument("--manifest", help="weights manifest whose entry gets the scores")
     p.add_argument("--name", help="manifest entry name")
     p.add_argument("--quiet", action="store_true",
@@ -49,6 +52,8 @@ def _run_preset(args):
     given = [f"--{k}" for k in PRESET_FIXED if getattr(args, k) is not None]
     if given:
         raise ValueError(f"--preset {args.preset} fixes {', '.join(given)}; leave them out")
+    if args.max_subjects is not None:
+        raise ValueError(f"--preset {args.preset} scores its whole published test set; leave out --max-subjects")
     if args.manifest or args.name:
         raise ValueError("--manifest / --name do not apply to --preset (published weights are catalogued, "
                          "see `clci-keras weights`)")
@@ -91,8 +96,11 @@ def run(args) -> int:
         s = evaluate_run(args.weights, opts["model"], args.h5, args.split, part=opts["part"], out_dir=args.out,
                          fold=args.fold, crop=args.crop or "clci", batch_size=args.batch_size,
                          threshold=opts["threshold"], slices=opts["slices"], progress=not args.quiet,
-                         manifest=args.manifest, manifest_name=args.name, allow_missing=args.allow_missing)
+                         manifest=args.manifest, manifest_name=args.name, allow_missing=args.allow_missing,
+                         max_subjects=args.max_subjects)
     except (OSError, ValueError) as e:
         return report("evaluate", e)
-    print(f"{opts['model']} on {len(s['subjects'])} {opts['part']} patients: {format_summary(s['scores'])}")
+    partial = (f" (PARTIAL, --max-subjects {args.max_subjects}: {len(s['subjects'])} of {s['part_subjects']})"
+               if s["partial"] else "")
+    print(f"{opts['model']} on {len(s['subjects'])} {opts['part']} patients{partial}: {format_summary(s['scores'])}")
     return 0

@@ -7,6 +7,7 @@ HELP = "train a model on an HDF5 file and a split"
 
 
 def add_arguments(parser):
+    from clci_keras.cli import positive_int
     from clci_keras.training.config import PRECISIONS, STRATEGIES, TrainConfig
 
     d = TrainConfig()
@@ -25,6 +26,9 @@ def add_arguments(parser):
                    help=f"Adam learning rate (default: {d.learning_rate})")
     g.add_argument("--loss", choices=("dice", "bce_dice"), help=f"loss (default: {d.loss})")
     g.add_argument("--steps-per-epoch", type=int, help="batches per epoch (default: training slices // batch)")
+    g.add_argument("--max-steps", type=positive_int, metavar="N",
+                   help="DRY RUN, not the protocol: one epoch of at most N training steps and N validation "
+                        "batches (recorded in config.json and result.json; tables mark such runs)")
     g.add_argument("--monitor", help=f"checkpoint/LR/early-stopping quantity (default: {d.monitor})")
     g.add_argument("--reduce-lr-factor", type=float, help=f"(default: {d.reduce_lr_factor})")
     g.add_argument("--reduce-lr-patience", type=int, help=f"(default: {d.reduce_lr_patience})")
@@ -70,7 +74,7 @@ def add_arguments(parser):
 
 
 OPTION_FIELDS = (
-    "epochs", "batch_size", "val_batch_size", "learning_rate", "loss", "steps_per_epoch", "monitor",
+    "epochs", "batch_size", "val_batch_size", "learning_rate", "loss", "steps_per_epoch", "max_steps", "monitor",
     "reduce_lr_factor", "reduce_lr_patience", "reduce_lr_min_delta", "early_stopping_patience",
     "train_slices", "val_slices", "crop", "input_mode", "max_memory_gb", "stream_buffer_subjects", "export", "bn_momentum", "bn_update", "init_weights", "strategy",
     "mixed_precision", "jit", "seed", "deterministic", "tensorboard",
@@ -122,5 +126,6 @@ def run(args) -> int:
         return report("train", e)
     print(f"done: {result['epochs_run']} epochs, best {result['monitor']} = {result['best_value']} "
           f"(epoch {None if result['best_epoch'] is None else result['best_epoch'] + 1}); "
-          f"weights: {result['run_dir']}/{result['weights']}")
+          f"weights: {result['run_dir']}/{result['weights']}"
+          + (f" [DRY RUN: --max-steps {result['max_steps']}]" if result.get("dry_run") else ""))
     return 0

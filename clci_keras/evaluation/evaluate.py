@@ -17,6 +17,10 @@ Outputs of :func:`evaluate_run` in ``out_dir``:
 ``scores_<part>.csv``    one row per patient: subject index/id/site, every score and count,
                          and the ATLAS 2.0 challenge scores (``atlas2_*``, :func:`atlas2_scores`)
 ``summary_<part>.json``  mean ± std of every score, plus the model, weights and data provenance
+
+``max_subjects=N`` scores only the first N subjects of the part (a dry run's check that the
+evaluation works, not a result): the summary then says ``"partial": true`` and records
+``max_subjects`` and ``part_subjects`` (how many the part has); tables mark such rows.
 """
 from __future__ import annotations
 
@@ -159,7 +163,8 @@ def format_summary(summary, names=("dsc", "precision", "recall", "voe", "rvd", "
 
 def evaluate_run(weights, model_name, h5_path, split_path, part="test", out_dir=None, fold=None,
                  crop="clci", batch_size=8, threshold=0.5, slices="all", progress=True,
-                 manifest=None, manifest_name=None, model=None, tag=None, allow_missing=False):
+                 manifest=None, manifest_name=None, model=None, tag=None, allow_missing=False,
+                 max_subjects=None):
     """Evaluate weights on a split part; write ``scores_<part>.csv`` and ``summary_<part>.json``.
 
     Args:
@@ -175,6 +180,8 @@ def evaluate_run(weights, model_name, h5_path, split_path, part="test", out_dir=
         tag: suffix of the output names (``scores_<part>_<tag>.csv``).
         allow_missing: an id split (e.g. the preset ``spin_traintest``) naming
             subjects the HDF5 file lacks: score those present instead of failing.
+        max_subjects: score only the first ``max_subjects`` subjects of the part
+            (dry runs); the summary records it (``partial``, ``part_subjects``).
 
     Returns:
         The summary dict (also written to JSON).
@@ -189,6 +196,11 @@ def evaluate_run(weights, model_name, h5_path, split_path, part="test", out_dir=
     subjects = list(split.get(part) or [])
     if not subjects:
         raise ValueError(f"{split_path}: split has no {part!r} subjects")
+    part_subjects = len(subjects)
+    if max_subjects is not None:
+        if isinstance(max_subjects, bool) or not isinstance(max_subjects, int) or max_subjects < 1:
+            raise ValueError(f"`max_subjects` must be a positive integer or None, got {max_subjects!r}")
+        subjects = subjects[:max_subjects]
     if model is None:
         from clci_keras.models import build_model, load_weights
 
@@ -208,6 +220,9 @@ def evaluate_run(weights, model_name, h5_path, split_path, part="test", out_dir=
         "part": part,
         "fold": fold,
         "subjects": [int(s) for s in subjects],
+        "part_subjects": part_subjects,
+        "max_subjects": max_subjects,
+        "partial": len(subjects) < part_subjects,
         "threshold": threshold,
         "slices": slices,
         "crop": crop,
@@ -224,5 +239,6 @@ def evaluate_run(weights, model_name, h5_path, split_path, part="test", out_dir=
 
         update_entry(manifest, manifest_name, metrics={
             part: {k: v["mean"] for k, v in summary["scores"].items()} | {"subjects": len(subjects)}
+            | ({"partial": True, "part_subjects": part_subjects} if summary["partial"] else {})
         })
     return summary

@@ -13,6 +13,14 @@ Each table is written as CSV, Markdown and LaTeX. Every measured row names
 the data it was measured on (file, number of test patients, folds) and rows
 measured on synthetic data are marked ``[SYNTHETIC]`` (CSV column
 ``synthetic``), because their values say nothing about ATLAS.
+
+*Dry runs* (``clci-keras recipe --dry``: training capped by ``--max-steps``,
+recorded in the run's ``config.json``, or an evaluation of ``--max-subjects``
+of the part, ``"partial": true`` in the summary) check that the recipe runs;
+their numbers mean nothing. Their rows are marked ``[DRY RUN]`` (CSV column
+``dry_run``, LaTeX ‡) and say what was capped. A model whose runs mix dry and
+real ones is refused (``ValueError`` naming both), since pooling them would
+give a number that is neither.
 """
 from __future__ import annotations
 
@@ -75,14 +83,33 @@ def collect_runs(root, part="test"):
         csv_path = os.path.join(run, f"scores_{part}.csv")
         rows = _read_rows(csv_path) if os.path.exists(csv_path) else []
         info = found.setdefault(model, {"runs": [], "rows": [], "data": summary.get("data", {}),
-                                        "synthetic": False, "folds": [], "summaries": []})
+                                        "synthetic": False, "folds": [], "summaries": [], "dry": []})
         info["runs"].append(run)
+        info["dry"].append(_dry_run(cfg, summary))
         info["rows"].extend(rows)
         info["summaries"].append(summary)
         info["synthetic"] |= bool(summary.get("data", {}).get("synthetic"))
         if summary.get("fold", cfg.get("fold")) is not None:
             info["folds"].append(summary.get("fold", cfg.get("fold")))
+    for model, info in found.items():
+        dry = [r for r, d in zip(info["runs"], info["dry"]) if d]
+        if dry and len(dry) < len(info["runs"]):
+            real = [r for r in info["runs"] if r not in dry]
+            raise ValueError(f"{root}: model {model!r} has dry runs ({', '.join(dry)}) beside real ones "
+                             f"({', '.join(real)}); move the dry runs (--max-steps / --max-subjects) elsewhere")
+        info["dry_run"] = bool(dry)
     return found
+
+
+def _dry_run(cfg, summary):
+    """What was capped in a dry run (``{}``: a real run): ``max_steps`` of training,
+    ``scored``/``of`` test patients of a partial evaluation."""
+    out = {}
+    if cfg.get("max_steps") is not None:
+        out["max_steps"] = cfg["max_steps"]
+    if summary.get("partial"):
+        out["scored"], out["of"] = len(summary.get("subjects") or []), summary.get("part_subjects")
+    return out
 
 
 def _read_rows(path):
@@ -116,7 +143,17 @@ def _data_label(info, n):
     folds = f", folds {sorted(set(info['folds']))}" if info["folds"] else ""
     layout = d.get("layout", "")
     tag = "SYNTHETIC " if info["synthetic"] else ""
-    return f"{tag}{name} ({layout}{', ' if layout else ''}{n} test patients{folds})"
+    dry = ""
+    if info.get("dry_run"):
+        tag += "DRY RUN "
+        steps = sorted({d["max_steps"] for d in info["dry"] if "max_steps" in d})
+        partial = [d for d in info["dry"] if "scored" in d]
+        if steps:
+            dry += f"; training capped at {'/'.join(map(str, steps))} steps"
+        if partial:
+            of = sum(d["of"] or 0 for d in partial)
+            dry += f"; {sum(d['scored'] for d in partial)} of {of} test patients scored"
+    return f"{tag}{name} ({layout}{', ' if layout else ''}{n} test patients{folds}{dry})"
 
 
 def build_table(which, runs):
@@ -141,12 +178,14 @@ def build_table(which, runs):
                 row[f"measured_{key}"] = v
             row["measured_on"] = _data_label(info, n)
             row["synthetic"] = info["synthetic"]
+            row["dry_run"] = info.get("dry_run", False)
             row["runs"] = len(info["runs"])
         else:
             for key, _, _ in COLUMNS:
                 row[f"measured_{key}"] = None
             row["measured_on"] = "not run"
             row["synthetic"] = None
+            row["dry_run"] = None
             row["runs"] = 0
         out.append(row)
     return out
@@ -167,10 +206,14 @@ def to_markdown(rows, which):
     head.append("measured on")
     lines = [f"**{title}.** Paper: {PAPER}. Ours: per-patient 3D scores, mean over test patients; "
              "VOE and RVD in %, RVD signed. Rows marked [SYNTHETIC] were measured on synthetic "
-             "data and are not comparable with the paper.", "",
+             "data and are not comparable with the paper."
+             + (" Rows marked [DRY RUN] come from dry runs (training capped by --max-steps, a few test "
+                "patients scored): they show that the recipe runs, their numbers mean nothing."
+                if any(r.get("dry_run") for r in rows) else ""), "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [("[SYNTHETIC] " if r["synthetic"] else "") + r["method"]]
+        cells = [("[SYNTHETIC] " if r["synthetic"] else "") + ("[DRY RUN] " if r.get("dry_run") else "")
+                 + r["method"]]
         if int(which) == 2:
             cells += ["✓" if r[k] else "" for k in ("aspp", "clf", "inference")]
         for key, _, dec in COLUMNS:
@@ -198,11 +241,14 @@ def to_latex(rows, which):
     caption = ("Comparison with five methods" if int(which) == 1 else "Ablation study") + (
         f". Paper: {PAPER}. Ours: per-patient 3D scores; VOE, RVD in \\%. "
         r"$^\dagger$ measured on synthetic data, not comparable with the paper.")
+    if any(r.get("dry_run") for r in rows):
+        caption += r" $^\ddagger$ dry run (training capped, few patients scored): not a result."
     lines = [r"\begin{table}[t]", r"\centering", r"\scriptsize",
              rf"\caption{{{caption}}}", rf"\begin{{tabular}}{{{cols}}}", r"\hline",
              " & ".join(head1) + r" \\", " & ".join(head2) + r" \\", r"\hline"]
     for r in rows:
-        cells = [_tex(r["method"]) + (r"$^\dagger$" if r["synthetic"] else "")]
+        cells = [_tex(r["method"]) + (r"$^\dagger$" if r["synthetic"] else "")
+                 + (r"$^\ddagger$" if r.get("dry_run") else "")]
         if n_sw:
             cells += [r"\checkmark" if r[k] else "" for k in ("aspp", "clf", "inference")]
         for key, _, dec in COLUMNS:

@@ -39,6 +39,9 @@ class TrainConfig:
     val_batch_size: int = 9
     epochs: int = 100
     steps_per_epoch: int | None = None  # None: training slices // batch_size
+    # dry run (None: the protocol): one epoch of at most `max_steps` training steps and at most
+    # `max_steps` validation batches; recorded so that such a run is never taken for a real one
+    max_steps: int | None = None
     monitor: str = "val_loss"
     reduce_lr_factor: float = 0.2
     reduce_lr_patience: int = 3
@@ -93,6 +96,9 @@ class TrainConfig:
                 raise ValueError(f"`{name}` must be a positive integer, got {name}={v!r}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ValueError(f"`steps_per_epoch` must be >= 1 or None, got {self.steps_per_epoch!r}")
+        if self.max_steps is not None and (isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int)
+                                           or self.max_steps < 1):
+            raise ValueError(f"`max_steps` must be a positive integer or None, got {self.max_steps!r}")
         if not self.learning_rate > 0:
             raise ValueError(f"`learning_rate` must be > 0, got {self.learning_rate!r}")
         if self.loss not in ("dice", "bce_dice"):

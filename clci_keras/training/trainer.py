@@ -30,6 +30,9 @@ import time
 from clci_keras.training.config import TrainConfig
 
 BACKUP_DIR = "backup"
+#: A dry run (``max_steps``) of at most this many steps runs its steps eagerly, not traced into a
+#: graph (tens of CPU-seconds per model), as the workflows' short runs (``EAGER_MAX_STEPS``).
+DRY_EAGER_MAX_STEPS = 4
 BEST_CKPT = "best.weights.h5"
 STATE_FILE = "callback_state.json"
 
@@ -395,19 +398,27 @@ def _fit(cfg, run_dir, extra_callbacks):
     with strategy.scope():
         model = _build_compiled(cfg, data["reader"].shape)
     cbs = _callbacks(cfg, run_dir, data["monitor"]) + list(extra_callbacks)
+    epochs, steps = cfg.epochs, data["steps"]
+    val_steps = math.ceil(data["val_idx"].size / cfg.val_batch_size) if data["val_ds"] is not None else None
+    if cfg.max_steps is not None:  # dry run: one epoch of <= max_steps steps and validation batches
+        epochs, steps = 1, min(steps, cfg.max_steps)
+        val_steps = None if val_steps is None else min(val_steps, cfg.max_steps)
+        # a few steps: tracing them would cost more than running them
+        model.run_eagerly = cfg.max_steps <= DRY_EAGER_MAX_STEPS and cfg.strategy == "default"
     print(
         f"training {cfg.model} on {len(split['train'])} subjects ({data['train_idx'].size} slices, "
         f"{cfg.train_slices}), validating on {len(data['val_subjects'])} ({data['val_idx'].size} "
-        f"slices); {data['steps']} steps of batch {cfg.batch_size} per epoch, up to {cfg.epochs} epochs"
+        f"slices); {steps} steps of batch {cfg.batch_size} per epoch, up to {epochs} epochs"
+        + ("" if cfg.max_steps is None else f" (DRY RUN, max_steps={cfg.max_steps}: not the protocol"
+                                            + ("; steps run eagerly)" if model.run_eagerly else ")"))
     )
     try:
         model.fit(
             data["train_ds"],
-            epochs=cfg.epochs,
-            steps_per_epoch=data["steps"],
+            epochs=epochs,
+            steps_per_epoch=steps,
             validation_data=data["val_ds"],
-            validation_steps=(math.ceil(data["val_idx"].size / cfg.val_batch_size)
-                              if data["val_ds"] is not None else None),
+            validation_steps=val_steps,
             callbacks=cbs,
             shuffle=False,  # the dataset is already in its per-epoch order
             verbose=cfg.verbose,
@@ -417,6 +428,8 @@ def _fit(cfg, run_dir, extra_callbacks):
     iterations = int(np.asarray(model.optimizer.iterations))
     result = _finish(cfg, run_dir, model, split, data, strategy)
     result["optimizer_iterations"] = iterations
+    result["max_steps"], result["dry_run"] = cfg.max_steps, cfg.max_steps is not None
+    result["validation_batches_per_epoch"] = val_steps
     result["seconds_this_session"] = round(time.time() - t_start, 1)
     if cfg.manifest:
         result["manifest_entry"] = _register(cfg, model, os.path.join(run_dir, result["weights"]), result)
