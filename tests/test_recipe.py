@@ -4,8 +4,8 @@
 The content tests only write text. One test runs an emitted dry `sh` recipe end to end at tiny
 scale (4 synthetic subjects, 2 folds of which fold 0 runs, a 32 x 32 window, the Baseline U-Net:
 synth, prep, split, train, evaluate, tables), then the Slurm scripts of the same recipe without
-Slurm, which find every step done. About 60-70 CPU-seconds, most of them TensorFlow's start-up in
-the three processes that import it.
+Slurm, which find every step done. About 80 CPU-seconds, most of them TensorFlow's start-up and
+the tracing of the training step in the two processes that import it.
 """
 import csv
 import json
@@ -157,7 +157,7 @@ def test_tables_mark_dry_runs_and_refuse_to_pool_them_with_real_ones(tmp_path):
         collect_runs(root)
 
 
-def test_dry_sh_recipe_runs_end_to_end_and_its_slurm_scripts_resume_it_without_slurm(tmp_path):
+def test_dry_sh_recipe_runs_end_to_end_and_its_slurm_scripts_find_it_done(tmp_path):
     cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     work = tmp_path / "work"
     opts = ["recipe", "--work-dir", str(work), "--synth", "4", "--num-folds", "2", "--folds", "0",
@@ -186,8 +186,8 @@ def test_dry_sh_recipe_runs_end_to_end_and_its_slurm_scripts_resume_it_without_s
     else:
         assert not (work / "times_dry.tsv").exists()
 
-    # The Slurm scripts of the same recipe, run without Slurm, after it: every step is skipped (the
-    # data steps and the evaluation by the script, the training by `clci-keras train`), the weights stay.
+    # The Slurm scripts of the same recipe, run without Slurm, after it: the data steps and the
+    # evaluation are skipped, the tables rewritten; the weights stay.
     assert main(opts + ["--emit", "slurm"]) == 0
     slurm = work / "slurm_dry"
     weights = run / "baseline_weights.h5"
@@ -196,17 +196,27 @@ def test_dry_sh_recipe_runs_end_to_end_and_its_slurm_scripts_resume_it_without_s
     assert prep.returncode == 0, prep.stderr[-3000:]
     for done in ("synthetic_src/clci_keras_synthetic.json", "atlas.h5", "splits/kfold2.json"):
         assert f"skipped (already done): {work / done}" in prep.stdout
-    task = subprocess.run(["bash", str(slurm / "train.sbatch")], env=dict(_env(), SLURM_ARRAY_TASK_ID="0"),
-                          capture_output=True, text=True)
-    assert task.returncode == 0, task.stderr[-3000:]
-    assert "run already complete" in task.stdout and f"skipped (already done): {run / 'summary_test.json'}" in task.stdout
-    assert os.path.getmtime(weights) == stamp
-    bad = subprocess.run(["bash", str(slurm / "train.sbatch")], env=dict(_env(), SLURM_ARRAY_TASK_ID="1"),
-                         capture_output=True, text=True)
-    assert bad.returncode == 2 and "no job number 1: this recipe has 0-0" in bad.stderr
     os.remove(work / "tables_dry" / "table1.md")
     tables = subprocess.run(["bash", str(slurm / "tables.sbatch")], env=_env(), capture_output=True, text=True)
     assert tables.returncode == 0 and (work / "tables_dry" / "table1.md").exists()
+    # Array task 0 is that job: with a stand-in for clci-keras (a real `train` would only import
+    # TensorFlow to say "run already complete"), it trains into the same run folder and skips the
+    # evaluation, which is done; task 1 does not exist.
+    fake, calls = tmp_path / "fake-clci", tmp_path / "calls.txt"
+    fake.write_text(f'#!/usr/bin/env bash\necho "$*" >> {calls}\n')
+    os.chmod(fake, 0o755)
+    assert main(opts[:-1] + [str(fake), "--emit", "slurm", "-o", str(tmp_path / "slurm_fake")]) == 0
+    task = subprocess.run(["bash", str(tmp_path / "slurm_fake" / "train.sbatch")],
+                          env=dict(_env(), SLURM_ARRAY_TASK_ID="0"), capture_output=True, text=True)
+    assert task.returncode == 0, task.stderr[-3000:]
+    (call,) = calls.read_text().splitlines()
+    assert call.startswith(f"train --model baseline --h5 {work / 'atlas.h5'} --split {work / 'splits' / 'kfold2.json'} "
+                           f"--fold 0 --out {run} ") and call.endswith(f"--crop {TINY_CROP} --max-steps 2")
+    assert f"skipped (already done): {run / 'summary_test.json'}" in task.stdout
+    assert os.path.getmtime(weights) == stamp
+    bad = subprocess.run(["bash", str(tmp_path / "slurm_fake" / "train.sbatch")],
+                         env=dict(_env(), SLURM_ARRAY_TASK_ID="1"), capture_output=True, text=True)
+    assert bad.returncode == 2 and "no job number 1: this recipe has 0-0" in bad.stderr
     cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
     print(f"end-to-end recipe: {cpu:.0f} CPU-s in subprocesses")

@@ -30,9 +30,6 @@ import time
 from clci_keras.training.config import TrainConfig
 
 BACKUP_DIR = "backup"
-#: A dry run (``max_steps``) of at most this many steps runs its steps eagerly, not traced into a
-#: graph (tens of CPU-seconds per model), as the workflows' short runs (``EAGER_MAX_STEPS``).
-DRY_EAGER_MAX_STEPS = 4
 BEST_CKPT = "best.weights.h5"
 STATE_FILE = "callback_state.json"
 
@@ -403,14 +400,11 @@ def _fit(cfg, run_dir, extra_callbacks):
     if cfg.max_steps is not None:  # dry run: one epoch of <= max_steps steps and validation batches
         epochs, steps = 1, min(steps, cfg.max_steps)
         val_steps = None if val_steps is None else min(val_steps, cfg.max_steps)
-        # a few steps: tracing them would cost more than running them
-        model.run_eagerly = cfg.max_steps <= DRY_EAGER_MAX_STEPS and cfg.strategy == "default"
     print(
         f"training {cfg.model} on {len(split['train'])} subjects ({data['train_idx'].size} slices, "
         f"{cfg.train_slices}), validating on {len(data['val_subjects'])} ({data['val_idx'].size} "
         f"slices); {steps} steps of batch {cfg.batch_size} per epoch, up to {epochs} epochs"
-        + ("" if cfg.max_steps is None else f" (DRY RUN, max_steps={cfg.max_steps}: not the protocol"
-                                            + ("; steps run eagerly)" if model.run_eagerly else ")"))
+        + ("" if cfg.max_steps is None else f" (DRY RUN, max_steps={cfg.max_steps}: not the protocol)")
     )
     try:
         model.fit(
