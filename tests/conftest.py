@@ -24,7 +24,8 @@ SYNTH_R11_SUBJECTS = 4
 SYNTH_V2_SUBJECTS = 3
 
 #: Test files handed to the workers first, longest first (the rest keep their order).
-LONGEST_FIRST = ("test_notebooks.py", "test_training.py", "test_comparators.py", "test_clci_net.py")
+LONGEST_FIRST = ("test_notebooks.py", "test_training.py", "test_comparators.py", "test_clci_net.py",
+                 "test_multiworker.py")
 
 
 def pytest_collection_modifyitems(config, items):

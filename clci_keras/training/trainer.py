@@ -52,7 +52,8 @@ def make_strategy(name="default", devices=None):
 
     ``mirrored`` replicates over ``devices`` (default: all local GPUs, else the
     CPU); ``multiworker`` reads the cluster from the ``TF_CONFIG`` environment
-    variable. The batch size given to :func:`train` is the global batch.
+    variable or, without it, from a Slurm job step (:func:`cluster_source`).
+    The batch size given to :func:`train` is the global batch.
     """
     import tensorflow as tf
 
@@ -60,9 +61,9 @@ def make_strategy(name="default", devices=None):
         return tf.distribute.get_strategy()
     if name == "mirrored":
         return tf.distribute.MirroredStrategy(devices=devices)
-    if name == "multiworker":
-        if "TF_CONFIG" not in os.environ:
-            raise ValueError("strategy 'multiworker' needs the TF_CONFIG environment variable")
+    if name == "multiworker":  # before any other TensorFlow op of the process
+        if cluster_source() == "slurm":
+            return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=slurm_cluster_resolver())
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise ValueError(f"unknown strategy {name!r}; choose default, mirrored or multiworker")
 
@@ -316,6 +317,214 @@ def _truncate_csv(path, epochs_done):
 
 
 # ---------------------------------------------------------------------------
+# Multi-worker training (MultiWorkerMirroredStrategy)
+# ---------------------------------------------------------------------------
+#: The private run folders of the workers other than the chief, inside RUN_DIR.
+WORKERS_DIR = ".workers"
+#: The variables of a process started by ``srun`` that :func:`slurm_cluster_resolver` reads.
+SLURM_STEP_VARS = ("SLURM_JOB_ID", "SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_STEP_NODELIST",
+                   "SLURM_STEP_TASKS_PER_NODE")
+#: Port of every worker under Slurm (TensorFlow's default; use TF_CONFIG for others).
+SLURM_PORT = 8888
+
+
+def cluster_source(environ=None):
+    """Where ``strategy="multiworker"`` finds its cluster: ``"TF_CONFIG"`` or ``"slurm"``.
+
+    ``TF_CONFIG`` (one per process: the whole cluster and this task) comes
+    first; without it, a process that ``srun`` started inside a Slurm job is
+    placed by :func:`slurm_cluster_resolver`. Anything else is a ``ValueError``
+    that names ``TF_CONFIG``.
+    """
+    env = os.environ if environ is None else environ
+    if env.get("TF_CONFIG"):
+        return "TF_CONFIG"
+    if all(env.get(k) for k in SLURM_STEP_VARS):
+        return "slurm"
+    hint = (" (this Slurm job's process was not started by srun: run one srun task per node)"
+            if env.get("SLURM_JOB_ID") else "")
+    raise ValueError(
+        "strategy 'multiworker' needs the TF_CONFIG environment variable in every worker process, e.g. "
+        'TF_CONFIG=\'{"cluster": {"worker": ["host0:12345", "host1:12345"]}, "task": {"type": "worker", '
+        '"index": 0}}\', or a Slurm job step' + hint + "; see docs/training.md, Multi-worker training")
+
+
+def worker_role(environ=None):
+    """``{"task_type", "task_id", "chief"}`` of this process in its multi-worker cluster.
+
+    The chief is the ``chief`` task when the cluster has one, else worker 0
+    (under Slurm: ``SLURM_PROCID`` 0), as ``tf.distribute`` decides it.
+    """
+    env = os.environ if environ is None else environ
+    if cluster_source(env) == "slurm":
+        task_id = int(env["SLURM_PROCID"])
+        return {"task_type": "worker", "task_id": task_id, "chief": task_id == 0}
+    try:
+        conf = json.loads(env["TF_CONFIG"])
+        cluster, task = conf["cluster"], conf["task"]
+        task_type, task_id = str(task["type"]), int(task.get("index", 0))
+        size = len(cluster.get(task_type) or ())
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"TF_CONFIG is not a cluster description ({type(e).__name__}: {e}): "
+                         f"{env['TF_CONFIG']!r}") from None
+    if task_type not in ("chief", "worker") or not 0 <= task_id < size:
+        raise ValueError(f"TF_CONFIG: task {task_type!r} {task_id} is not a 'chief' or 'worker' task of its "
+                         f"cluster {sorted(cluster)}; multi-worker training runs those only")
+    return {"task_type": task_type, "task_id": task_id,
+            "chief": task_type == "chief" or ("chief" not in cluster and task_id == 0)}
+
+
+def slurm_cluster_resolver(port=SLURM_PORT):
+    """``tf.distribute.cluster_resolver.SlurmClusterResolver`` of this Slurm job step.
+
+    One worker per Slurm task (run one task per node: it uses all of the node's
+    GPUs), task ``SLURM_PROCID`` listening on ``port`` of its node. On a node
+    without ``CUDA_VISIBLE_DEVICES`` and ``nvidia-smi`` (CPU only) the resolver,
+    which would ask ``nvidia-smi`` for the GPU count, gets one placeholder per
+    task and leaves ``CUDA_VISIBLE_DEVICES`` alone.
+    """
+    import tensorflow as tf
+
+    options = {}
+    if "CUDA_VISIBLE_DEVICES" not in os.environ and shutil.which("nvidia-smi") is None:
+        options = dict(gpus_per_node=int(os.environ["SLURM_STEP_NUM_TASKS"]), gpus_per_task=1,
+                       auto_set_gpu=False)
+    return tf.distribute.cluster_resolver.SlurmClusterResolver(port_base=int(port), **options)
+
+
+def _all_replicas(strategy, value):
+    """``value`` (an int) of every replica of the cluster, in replica order.
+
+    A collective: every worker calls it at the same point, or they all wait.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    local = strategy.run(lambda: tf.constant([int(value)], tf.int64))
+    return [int(v) for v in np.asarray(strategy.gather(local, axis=0))]
+
+
+def _join_cluster(strategy, run_dir, role):
+    """This worker's run folder: ``run_dir`` for the chief, a private one for the others.
+
+    Every worker runs every callback, so every worker writes a log, checkpoints
+    and resume points; only the chief writes into ``run_dir``. Another worker
+    works in ``run_dir/.workers/<task type>_<index>``, emptied at each start
+    and seeded with a copy of the chief's resume point (and log, best
+    checkpoint), so that all resume after the same epoch with the same weights
+    and states. This needs ``run_dir`` on a file system that every worker
+    reads; the workers check that they agree on the epoch (a ``ResumeError``
+    otherwise, on every worker).
+    """
+    if bool(strategy.extended.should_checkpoint) != role["chief"]:
+        raise ValueError(f"tf.distribute and TF_CONFIG disagree on which task is the chief ({role})")
+    _all_replicas(strategy, 0)  # barrier: the chief has prepared run_dir (train())
+    folder = run_dir
+    if not role["chief"]:
+        folder = os.path.join(run_dir, WORKERS_DIR, f"{role['task_type']}_{role['task_id']}")
+        shutil.rmtree(folder, ignore_errors=True)
+        os.makedirs(os.path.join(folder, BACKUP_DIR))
+        epoch, point = _resume_point(run_dir)
+        if point is not None:  # the chief writes nothing before the next epoch ends, which needs us
+            name = os.path.basename(point)
+            shutil.copytree(point, os.path.join(folder, BACKUP_DIR, name))
+            for f in ("log.csv", BEST_CKPT):
+                if os.path.exists(os.path.join(run_dir, f)):
+                    shutil.copy2(os.path.join(run_dir, f), os.path.join(folder, f))
+            _write_json_atomic(os.path.join(folder, BACKUP_DIR, POINTER), {"epoch": epoch, "dir": name})
+    epochs = _all_replicas(strategy, _resume_point(folder)[0])
+    if len(set(epochs)) > 1:
+        raise ResumeError(f"the workers would resume after different epochs ({epochs}, one per replica): "
+                          f"{run_dir} must be one folder that every worker reads (a shared file system)")
+    return folder
+
+
+def _build_on_a_local_batch(model, strategy):
+    """Let ``fit`` build ``model`` under a ``tf.distribute`` strategy (Keras 3.15 fails twice).
+
+    Under a strategy, ``fit`` and ``evaluate`` first build the model on one
+    batch from their iterator (``_maybe_symbolic_build``), and
+
+    * from the 2nd epoch on, ``evaluate`` asks its cached validation iterator,
+      exhausted by then, again: ``StopIteration`` (``mirrored`` runs of more
+      than one epoch with validation data failed so); the model is built by
+      then and needs no batch;
+    * it merges the replicas' parts of that batch with
+      ``strategy.reduce("MEAN", (x, y), axis=None)``, which
+      MultiWorkerMirroredStrategy cannot do for a tuple (``Attempt to convert
+      a value (PerReplica...)``); only shapes matter, so the first local
+      replica's part is used.
+    """
+    import tensorflow as tf
+
+    build = model._maybe_symbolic_build
+
+    def local_build(iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, batches in iterator:
+                with contextlib.suppress(StopIteration):
+                    data_batch = tf.nest.map_structure(lambda v: strategy.experimental_local_results(v)[0],
+                                                       next(batches))
+                break
+        return build(iterator=None, data_batch=data_batch)
+
+    model._maybe_symbolic_build = local_build
+    return model
+
+
+def _adapt_to_multiworker(model, strategy):
+    """Make ``model.fit`` run under ``MultiWorkerMirroredStrategy`` and keep the workers' weights equal.
+
+    Measured with two local CPU workers (Keras 3.15, TensorFlow 2.21;
+    tests/test_multiworker.py checks the first and last points):
+
+    * Data: Keras passes the dataset through
+      ``strategy.experimental_distribute_dataset``, which splits every global
+      batch of ``batch_size`` slices (:func:`clci_keras.data.reader.train_dataset`,
+      auto-shard policy DATA) into per-replica batches of
+      ``batch_size / replicas``: worker 0 trains on the first half of each
+      batch, worker 1 on the second. Each worker still reads every global
+      batch whole (the shard is taken after the read) and drops the rest.
+    * The model is built on a local batch (:func:`_build_on_a_local_batch`).
+    * Every step's logs are reduced with ``strategy.reduce("MEAN", value,
+      axis=0)``, which fails for scalar logs (``Invalid reduction dimension 0
+      for input with 0 dimensions``). The steps here return them with shape
+      ``(1,)``, so that the same call gives their mean over all replicas. The
+      epoch logs that the callbacks see are the metrics' totals over all
+      replicas: equal on every worker, so that every worker makes the same
+      learning-rate, early-stopping and checkpoint decisions.
+    * BatchNormalization's moving mean and variance are mirrored variables
+      without aggregation: each worker's copy followed its own half-batches
+      (measured: after one epoch of 2 steps 1.056 on one worker, 1.076 on the
+      other, while kernels and Adam moments were equal). After every training step the
+      floating-point non-trainable variables are set to their mean over all
+      replicas (as ``tf.keras``' ``ON_READ`` / ``MEAN`` moving statistics), so
+      every worker holds the same weights.
+    """
+    import tensorflow as tf
+
+    _build_on_a_local_batch(model, strategy)
+    train_step, test_step = model.train_step, model.test_step
+    synced = [v for v in model.non_trainable_variables if "float" in str(v.dtype)]
+
+    def vector(logs):
+        return tf.nest.map_structure(lambda v: tf.reshape(v, [1]) if v.shape.rank == 0 else v, logs)
+
+    def synced_train_step(data):
+        logs = train_step(data)
+        if synced:
+            means = tf.distribute.get_replica_context().all_reduce(
+                "MEAN", [tf.identity(v.value) for v in synced])
+            for v, m in zip(synced, means):
+                v.assign(m)
+        return vector(logs)
+
+    model.train_step = synced_train_step
+    model.test_step = lambda data: vector(test_step(data))
+    return model
+
+
+# ---------------------------------------------------------------------------
 # train()
 # ---------------------------------------------------------------------------
 def train(model_name="clci_net", h5_path=None, split_path=None, out_dir=None, fold=None,
@@ -335,6 +544,9 @@ def train(model_name="clci_net", h5_path=None, split_path=None, out_dir=None, fo
 
     Returns:
         The ``result.json`` dict.
+
+    With ``strategy="multiworker"`` every worker process calls this with the
+    same arguments; only the chief writes ``out_dir`` (:func:`_join_cluster`).
     """
     base = config.to_dict() if config is not None else TrainConfig().to_dict()
     given = dict(model=model_name, h5=h5_path, split=split_path, out_dir=out_dir, fold=fold)
@@ -353,13 +565,17 @@ def train(model_name="clci_net", h5_path=None, split_path=None, out_dir=None, fo
 
     if cfg.split:  # refuse a split made for another file before anything is written
         load_split(cfg.split, cfg.fold, h5=cfg.h5)
+    # Multi-worker: the other workers only read what the chief writes (nothing, with overwrite).
+    role = worker_role() if cfg.strategy == "multiworker" else None
+    chief = role is None or role["chief"]
     run_dir = cfg.out_dir
     cfg_path = os.path.join(run_dir, "config.json")
     result_path = os.path.join(run_dir, "result.json")
-    if overwrite and os.path.isdir(run_dir):
-        shutil.rmtree(run_dir)
-    os.makedirs(run_dir, exist_ok=True)
-    if os.path.exists(cfg_path):
+    if chief and overwrite and os.path.isdir(run_dir):
+        _remove_folder(run_dir, retries=2 if role else 0)
+    if chief:
+        os.makedirs(run_dir, exist_ok=True)
+    if (chief or not overwrite) and os.path.exists(cfg_path):
         with open(cfg_path) as f:
             old = TrainConfig.from_dict(json.load(f))
         diff = cfg.differences(old)
@@ -369,31 +585,67 @@ def train(model_name="clci_net", h5_path=None, split_path=None, out_dir=None, fo
                 + ", ".join(f"{k}: {getattr(old, k)!r} -> {getattr(cfg, k)!r}" for k in diff)
                 + "; use another output folder or overwrite=True (--overwrite)"
             )
-        if os.path.exists(result_path):
-            with open(result_path) as f:
-                result = json.load(f)
+        result = _read_result(result_path)
+        if result is not None:
             if result.get("epochs_run", 0) >= cfg.epochs or result.get("stopped_early"):
                 print(f"{run_dir}: run already complete; nothing to do (--overwrite to retrain)")
                 return result
-            os.remove(result_path)  # more epochs asked for: continue
-    cfg.save(cfg_path)
+            if chief:
+                os.remove(result_path)  # more epochs asked for: continue
+    if chief:
+        cfg.save(cfg_path)
     with precision_policy(cfg.mixed_precision):
-        return _fit(cfg, run_dir, list(callbacks))
+        return _fit(cfg, run_dir, list(callbacks), role)
 
 
-def _fit(cfg, run_dir, extra_callbacks):
-    """Build, fit and export; returns the ``result.json`` dict."""
+def _remove_folder(path, retries=0):
+    """``shutil.rmtree``, retried ``retries`` times (another worker's write probe may come and go)."""
+    for attempt in range(retries + 1):
+        if not os.path.lexists(path):
+            return
+        try:
+            shutil.rmtree(path)
+            return
+        except OSError:
+            if attempt == retries:
+                raise
+            time.sleep(0.5)
+
+
+def _read_result(path):
+    """``result.json`` as a dict; None when there is none (or the chief has just removed it)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
+def _fit(cfg, run_dir, extra_callbacks, role=None):
+    """Build, fit and export; returns the ``result.json`` dict.
+
+    ``role``: this process's :func:`worker_role` under ``multiworker`` (else
+    None); a worker other than the chief works in its private folder.
+    """
     import numpy as np
 
     t_start = time.time()
+    # First: MultiWorkerMirroredStrategy must be created before any other TensorFlow op.
+    strategy = make_strategy(cfg.strategy, cfg.devices)
     set_seed(cfg.seed, cfg.deterministic)
     if not cfg.split:
         raise ValueError("a split file is required (clci-keras split)")
     split = load_split(cfg.split, cfg.fold, h5=cfg.h5)
+    chief = role is None or role["chief"]
+    if role is not None:
+        run_dir = _join_cluster(strategy, run_dir, role)
     data = _make_data(cfg, run_dir, split)
-    strategy = make_strategy(cfg.strategy, cfg.devices)
     with strategy.scope():
         model = _build_compiled(cfg, data["reader"].shape)
+    if role is not None:
+        _adapt_to_multiworker(model, strategy)
+    elif cfg.strategy != "default":
+        _build_on_a_local_batch(model, strategy)
     cbs = _callbacks(cfg, run_dir, data["monitor"]) + list(extra_callbacks)
     epochs, steps = cfg.epochs, data["steps"]
     val_steps = math.ceil(data["val_idx"].size / cfg.val_batch_size) if data["val_ds"] is not None else None
@@ -425,6 +677,14 @@ def _fit(cfg, run_dir, extra_callbacks):
     result["max_steps"], result["dry_run"] = cfg.max_steps, cfg.max_steps is not None
     result["validation_batches_per_epoch"] = val_steps
     result["seconds_this_session"] = round(time.time() - t_start, 1)
+    if role is not None:
+        result["worker"] = dict(role)
+    if not chief:  # the chief's RUN_DIR holds the run; this worker's folder goes
+        result["run_dir"] = os.path.abspath(cfg.out_dir)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):  # if the other workers are done too
+            os.rmdir(os.path.dirname(run_dir))
+        return result
     if cfg.manifest:
         result["manifest_entry"] = _register(cfg, model, os.path.join(run_dir, result["weights"]), result)
     tmp = os.path.join(run_dir, "result.json.tmp")
