@@ -18,7 +18,7 @@ and peak memory (GNU ``/usr/bin/time``, where installed) are appended to
 A *dry* recipe (``dry=True``) caps training at ``max_steps`` steps
 (``train --max-steps``) and scores ``max_subjects`` test patients per fold
 (``evaluate --max-subjects``): it checks that the whole recipe runs at full
-size, in minutes; the runs record the caps and the tables mark them
+size (minutes per job instead of hours); the runs record the caps and the tables mark them
 ``[DRY RUN]``. Its runs, tables and times go to ``runs_dry/``, ``tables_dry/``
 and ``times_dry.tsv``, so that the real recipe in the same work folder reuses
 the HDF5 file and the split but none of the dry runs.
