@@ -2,7 +2,12 @@
 precision, the weights manifest, and a mirrored step on two logical CPUs.
 
 Models are trained on a tiny window ('r0:r1,c0:c1' crop) of a small
-hand-made HDF5 file so that each fit takes seconds.
+hand-made HDF5 file so that each fit takes seconds. The tests of what the
+trainer writes and reads between epochs (resume points, kills, a split
+without validation subjects) run the steps eagerly (:func:`eager`): tracing
+a network's step costs far more CPU than the handful of steps, and the files
+do not depend on it. The CLI run (bf16) and the mirrored step trace theirs,
+as real runs do.
 """
 import csv
 import json
@@ -74,6 +79,13 @@ def fast(**kw):
     return opts
 
 
+def eager():
+    """Callbacks that run the training and validation steps eagerly (the notebooks' QUICK runs' helper)."""
+    from clci_keras.experiments.workflows import _train_eagerly
+
+    return [_train_eagerly()]
+
+
 def _log(run):
     with open(os.path.join(run, "log.csv")) as f:
         return list(csv.DictReader(f))
@@ -120,7 +132,7 @@ def test_resume_continues_exactly_where_it_stopped(tiny, tmp_path):
     # min_delta 10: val_loss never "improves" after epoch 1 -> LR x0.2 after epochs 2 and 3.
     opts = fast(epochs=3, reduce_lr_patience=1, reduce_lr_min_delta=10.0, early_stopping_patience=50)
 
-    ref = train(MODEL, h5, split, str(tmp_path / "ref"), **opts)
+    ref = train(MODEL, h5, split, str(tmp_path / "ref"), callbacks=eager(), **opts)
 
     class KillAfterSecondEpoch(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -129,11 +141,11 @@ def test_resume_continues_exactly_where_it_stopped(tiny, tmp_path):
 
     run = str(tmp_path / "run")
     with pytest.raises(Interrupt):
-        train(MODEL, h5, split, run, callbacks=[KillAfterSecondEpoch()], **opts)
+        train(MODEL, h5, split, run, callbacks=[KillAfterSecondEpoch(), *eager()], **opts)
     assert len(_log(run)) == 2 and not os.path.exists(os.path.join(run, "result.json"))
     assert json.load(open(os.path.join(run, "backup", "latest.json")))["epoch"] == 2
 
-    res = train(MODEL, h5, split, run, **opts)  # the same command again
+    res = train(MODEL, h5, split, run, callbacks=eager(), **opts)  # the same command again
     log, ref_log = _log(run), _log(str(tmp_path / "ref"))
     assert [r["epoch"] for r in log] == ["0", "1", "2"]
     lrs = [float(r["learning_rate"]) for r in log]
@@ -250,7 +262,7 @@ def test_training_without_validation_subjects(tiny, tmp_path):
     save_split({"train": [0, 1], "val": [], "test": [3], "subject_ids": ["s0", "s1", "s2", "s3"],
                 "mode": "holdout"}, split)
     run = str(tmp_path / "run")
-    result = train(MODEL, h5, split, run, **fast(epochs=1, steps_per_epoch=1))
+    result = train(MODEL, h5, split, run, callbacks=eager(), **fast(epochs=1, steps_per_epoch=1))
     assert result["monitor"] == "loss" and result["best_epoch"] == 0 and result["val_subjects"] == 0
     assert os.path.exists(os.path.join(run, f"{MODEL}_weights.h5"))
     training_curves(os.path.join(run, "log.csv"), str(tmp_path / "curves.png"))
@@ -292,12 +304,12 @@ def test_a_kill_anywhere_in_the_epoch_end_sequence_loses_nothing(tiny, tmp_path,
         if point == "best_checkpoint":  # make epoch 2 an improvement, so that it is written
             m.setattr(keras.callbacks.ModelCheckpoint, "_should_save_model", lambda *a: True)
         with pytest.raises(Interrupt):
-            train(MODEL, h5, split, run, **opts)
+            train(MODEL, h5, split, run, callbacks=eager(), **opts)
     best = os.path.join(run, "best.weights.h5")
     assert os.path.exists(best)  # epoch 1's, intact
     with h5py.File(best):
         pass
-    res = train(MODEL, h5, split, run, **opts)  # the same command again
+    res = train(MODEL, h5, split, run, callbacks=eager(), **opts)  # the same command again
     assert res["epochs_run"] == 2 and [r["epoch"] for r in _log(run)] == ["0", "1"]
     assert res["optimizer_iterations"] == 4 and not os.path.exists(os.path.join(run, "backup"))
     with h5py.File(best):
