@@ -14,9 +14,9 @@ twice: 01 makes the one synthetic HDF5 file (3 subjects) that 02-05 use; 02
 trains CLCI-Net; 03 trains the other five Table 1 models into 02's runs
 folder with 02's split (CLCI-Net's run is reused, as the notebooks reuse
 finished runs); 04 trains the two ablation variants there (Baseline and
-CLCI-Net reused); 05 visualises those six runs (loading every network's
-exported Keras 2 ``.h5``) plus CLCI-Net's ``.h5`` again as the authors'
-weights. The work is bounded (settings of QUICK mode); the execution
+CLCI-Net reused); 05 visualises two of those runs (:data:`VIS_MODELS`,
+loading their exported Keras 2 ``.h5``) plus CLCI-Net's ``.h5`` again as the
+authors' weights. The work is bounded (settings of QUICK mode); the execution
 timeout is only a guard against a hung kernel.
 """
 import ast
@@ -34,6 +34,12 @@ NOTEBOOKS = ("01_prepare_data", "02_train_clci_net", "03_five_method_comparison"
              "05_visualization")
 TABLE1 = ("fcn8s", "pspnet", "deeplabv3plus", "denseunet", "baseline", "clci_net")
 TABLE2 = ("baseline", "clci_aspp", "clci_aspp_clf", "clci_net")
+#: Runs visualised by 05: two models (a network per model, one after the other) and the
+#: authors' weights of one of them (its network reused). Every Table 1 run's exported
+#: ``.h5`` is already loaded into a fresh network and predicted on the same patient by 03
+#: (``train_and_evaluate``: the same ``build_model`` + ``load_weights`` + ``evaluate_model``
+#: as 05's ``Methods``); here each method's scores must equal those of its run.
+VIS_MODELS = ("baseline", "clci_net")
 #: Guard against a hung kernel only: far above a QUICK cell on the slowest machine.
 CELL_TIMEOUT_S = 3600
 
@@ -329,7 +335,8 @@ def test_04_ablation_reusing_table1_runs(table1_run, quick_h5, shared_runs, tmp_
 def test_05_visualization(table1_run, quick_h5, shared_runs, tmp_path):
     runs, _ = shared_runs
     original = runs / "clci_net" / "fold0" / "clci_net_weights.h5"  # Keras 2 layout, as the authors'
-    execute("05_visualization", tmp_path, DATA=quick_h5, RUNS_DIR=str(runs), ORIGINAL_WEIGHTS=str(original))
+    execute("05_visualization", tmp_path, DATA=quick_h5, RUNS_DIR=str(runs), MODELS=list(VIS_MODELS),
+            ORIGINAL_WEIGHTS=str(original))
     figs = sorted(p.name for p in (tmp_path / "figures").glob("*.png"))
     assert "dice_vs_lesion_volume.png" in figs
     assert any(f.startswith("overlay_subject") for f in figs), figs
@@ -338,14 +345,15 @@ def test_05_visualization(table1_run, quick_h5, shared_runs, tmp_path):
         assert_png(tmp_path / "figures" / f)
     scores = read_csv(tmp_path / "tables" / "per_patient_scores.csv")
     methods = {r["method"] for r in scores}
-    assert methods == set(TABLE1) | {"clci_net (authors)"}
+    assert methods == set(VIS_MODELS) | {"clci_net (authors)"}
     assert all(r["data"] == "QUICK SYNTHETIC" and 0 <= float(r["dsc"]) <= 1 for r in scores)
     # The same weights loaded through both routes give the same scores.
     dsc = {r["method"]: r["dsc"] for r in scores}
     assert dsc["clci_net"] == dsc["clci_net (authors)"]
-    # ... and the scores of the run's own evaluation (a fresh network, then).
-    run_scores = read_csv(runs / "clci_net" / "fold0" / "scores_test.csv")
-    assert float(dsc["clci_net"]) == pytest.approx(float(run_scores[0]["dsc"]), abs=1e-6)
+    # ... and the scores of each run's own evaluation (a fresh network, then).
+    for m in VIS_MODELS:
+        run_scores = read_csv(runs / m / "fold0" / "scores_test.csv")
+        assert float(dsc[m]) == pytest.approx(float(run_scores[0]["dsc"]), abs=1e-6), m
     sizes = read_csv(tmp_path / "tables" / "dice_by_lesion_size.csv")
     assert {r["size"] for r in sizes} == {"small", "medium", "large"}
     failures = read_csv(tmp_path / "tables" / "failure_cases.csv")
