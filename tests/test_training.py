@@ -1,13 +1,10 @@
 """Training loop: config, slice selection, resume after interruption, mixed
 precision, the weights manifest, and a mirrored step on two logical CPUs.
 
-Models are trained on a tiny window ('r0:r1,c0:c1' crop) of a small
-hand-made HDF5 file so that each fit takes seconds. The tests of what the
-trainer writes and reads between epochs (resume points, kills, a split
-without validation subjects) run the steps eagerly (:func:`eager`): tracing
-a network's step costs far more CPU than the handful of steps, and the files
-do not depend on it. The CLI run (bf16) and the mirrored step trace theirs,
-as real runs do.
+A tiny registered model (:func:`train_tiny`) is trained on a tiny window
+('r0:r1,c0:c1' crop) of a small hand-made HDF5 file so that each fit takes
+seconds, its steps traced as in real runs; the kill-point tests, which check
+the files of the epoch-end sequence (eight runs), step eagerly (:func:`eager`).
 """
 import csv
 import json
@@ -26,7 +23,40 @@ from clci_keras.models.manifest import read_manifest, sha256
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CROP = "96:128,80:112"  # 32 x 32 window around the lesions below
-MODEL = "baseline"  # CLCI-Net with its three modules off: the quickest to build
+MODEL = "train_tiny"  # registered below: what the trainer does does not depend on the network's size
+
+
+def train_tiny(input_shape=(32, 32, 1), num_class=1, name="train_tiny"):
+    """A two-level U-Net of the models' own blocks (Conv2D + Keras 2.2 BatchNormalization + ReLU), 841 weights.
+
+    The trainer (resume points, BatchNorm debiasing, exports, mixed precision, replicas)
+    treats every registered model alike; the real networks' ~30-50M weights only made each
+    step, checkpoint and trace cost seconds to minutes of CPU. They are trained by the
+    trainer in tests/test_demo.py (Baseline, traced) and tests/test_notebooks.py (every model).
+    """
+    import keras
+
+    from clci_keras.models.clci_net import conv_bn_relu
+
+    inputs = keras.Input(input_shape)
+    a = conv_bn_relu(inputs, 4, name="a")
+    b = conv_bn_relu(keras.layers.MaxPooling2D(name="pool")(a), 8, name="b")
+    up = keras.layers.UpSampling2D(name="up")(b)
+    c = conv_bn_relu(keras.layers.Concatenate(name="skip")([a, up]), 4, name="c")
+    act = "sigmoid" if num_class == 1 else "softmax"
+    outputs = keras.layers.Conv2D(num_class, 1, activation=act, name="out")(c)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def _register():
+    from clci_keras.models import list_models, register_model
+
+    if MODEL not in list_models():
+        register_model(MODEL, train_tiny, description="test model (tests/test_training.py)",
+                       reference="tests/test_training.py")
+
+
+_register()
 
 
 def write_tiny_h5(path, n_subjects=4, seed=0):
@@ -132,7 +162,7 @@ def test_resume_continues_exactly_where_it_stopped(tiny, tmp_path):
     # min_delta 10: val_loss never "improves" after epoch 1 -> LR x0.2 after epochs 2 and 3.
     opts = fast(epochs=3, reduce_lr_patience=1, reduce_lr_min_delta=10.0, early_stopping_patience=50)
 
-    ref = train(MODEL, h5, split, str(tmp_path / "ref"), callbacks=eager(), **opts)
+    ref = train(MODEL, h5, split, str(tmp_path / "ref"), **opts)
 
     class KillAfterSecondEpoch(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -141,11 +171,11 @@ def test_resume_continues_exactly_where_it_stopped(tiny, tmp_path):
 
     run = str(tmp_path / "run")
     with pytest.raises(Interrupt):
-        train(MODEL, h5, split, run, callbacks=[KillAfterSecondEpoch(), *eager()], **opts)
+        train(MODEL, h5, split, run, callbacks=[KillAfterSecondEpoch()], **opts)
     assert len(_log(run)) == 2 and not os.path.exists(os.path.join(run, "result.json"))
     assert json.load(open(os.path.join(run, "backup", "latest.json")))["epoch"] == 2
 
-    res = train(MODEL, h5, split, run, callbacks=eager(), **opts)  # the same command again
+    res = train(MODEL, h5, split, run, **opts)  # the same command again
     log, ref_log = _log(run), _log(str(tmp_path / "ref"))
     assert [r["epoch"] for r in log] == ["0", "1", "2"]
     lrs = [float(r["learning_rate"]) for r in log]
@@ -262,7 +292,7 @@ def test_training_without_validation_subjects(tiny, tmp_path):
     save_split({"train": [0, 1], "val": [], "test": [3], "subject_ids": ["s0", "s1", "s2", "s3"],
                 "mode": "holdout"}, split)
     run = str(tmp_path / "run")
-    result = train(MODEL, h5, split, run, callbacks=eager(), **fast(epochs=1, steps_per_epoch=1))
+    result = train(MODEL, h5, split, run, **fast(epochs=1, steps_per_epoch=1))
     assert result["monitor"] == "loss" and result["best_epoch"] == 0 and result["val_subjects"] == 0
     assert os.path.exists(os.path.join(run, f"{MODEL}_weights.h5"))
     training_curves(os.path.join(run, "log.csv"), str(tmp_path / "curves.png"))
