@@ -20,12 +20,24 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+
+def pytest_configure(config):
+    """The malloc settings the library's entry points apply (train, predict_slices), for every test.
+
+    Tests that train or predict through Keras directly then allocate as the library
+    does (no page faults for each freed step buffer); outcomes do not depend on it.
+    """
+    from clci_keras.data.reader import keep_freed_memory
+
+    keep_freed_memory()
+
+
 SYNTH_R11_SUBJECTS = 4
 SYNTH_V2_SUBJECTS = 3
 
 #: Test files handed to the workers first, longest first (the rest keep their order).
-LONGEST_FIRST = ("test_notebooks.py", "test_training.py", "test_comparators.py", "test_clci_net.py",
-                 "test_multiworker.py")
+LONGEST_FIRST = ("test_notebooks.py", "test_comparators.py", "test_clci_net.py", "test_training.py",
+                 "test_recipe.py", "test_multiworker.py")
 
 
 def pytest_collection_modifyitems(config, items):

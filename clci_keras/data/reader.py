@@ -422,36 +422,47 @@ def _groups(reader, indices):
     return subjects, [indices[subj == s] for s in subjects]
 
 
-#: glibc malloc settings for the input pipeline (bytes): freed batch buffers stay with the
-#: process instead of going back to the kernel, so the next batch does not page-fault them in.
+#: glibc malloc settings (bytes): freed buffers stay with the process instead of going back
+#: to the kernel, so the next batch, step or prediction does not page-fault them in again.
 MALLOC_TRIM_THRESHOLD = 256 * 1024**2
 MALLOC_TOP_PAD = 64 * 1024**2
+#: Allocations below this come from the heap (reused), not from a fresh ``mmap`` each time;
+#: 32 MiB is glibc's maximum. Setting any of these fixes glibc's adaptive threshold at its
+#: 128 KiB start, so it is set explicitly.
+MALLOC_MMAP_THRESHOLD = 32 * 1024**2
 
 
 @functools.lru_cache(maxsize=1)
 def keep_freed_memory():
-    """Tune glibc's malloc for the batch pipeline, once per process; True if applied.
+    """Tune glibc's malloc for batches, training steps and predictions, once per process.
 
     Each batch allocates and frees megabytes (the gathered arrays, TensorFlow's
-    copies). With glibc's defaults the freed memory is trimmed back to the kernel
-    and the next batch page-faults it in again: ~1 ms of CPU per 224 x 176 slice on
-    these 2 cores, more than the reading itself. Keeping up to
-    :data:`MALLOC_TRIM_THRESHOLD` of freed memory and growing the heap by
-    :data:`MALLOC_TOP_PAD` cut the tf.data cost ~4x (benchmarks/RESULTS.md). Skipped
-    where the user set ``MALLOC_TRIM_THRESHOLD_`` / ``MALLOC_TOP_PAD_`` or
-    ``CLCI_KERAS_MALLOPT=0``, and off glibc.
+    copies), and each training step or prediction allocates and frees its
+    activations and gradients. With glibc's defaults large blocks are fresh
+    ``mmap``\ s and freed memory is trimmed back to the kernel, so every batch or
+    step page-faults it in again: ~1 ms of CPU per 224 x 176 slice in the input
+    pipeline on these 2 cores, more than the reading itself, and a sixth of the CPU
+    of an eager training step + evaluation of DeepLabv3+ (kernel time 23 -> 10 s).
+    Keeping up to :data:`MALLOC_TRIM_THRESHOLD` of freed memory, growing the heap by
+    :data:`MALLOC_TOP_PAD` and serving blocks below :data:`MALLOC_MMAP_THRESHOLD`
+    from the heap cut the tf.data cost ~4x (benchmarks/RESULTS.md). Called by the
+    input pipeline, the stream readers and :func:`clci_keras.models.predict_slices`.
+    Skipped where the user set ``MALLOC_TRIM_THRESHOLD_`` / ``MALLOC_TOP_PAD_`` /
+    ``MALLOC_MMAP_THRESHOLD_`` or ``CLCI_KERAS_MALLOPT=0``, and off glibc. Returns
+    True if applied.
     """
     if os.environ.get("CLCI_KERAS_MALLOPT", "1") == "0":
         return False
-    if any(k in os.environ for k in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")):
+    if any(k in os.environ for k in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_THRESHOLD_")):
         return False
     try:
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_top_pad = -1, -2  # <malloc.h>
+        m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3  # <malloc.h>
         return bool(libc.mallopt(m_trim_threshold, MALLOC_TRIM_THRESHOLD)
-                    and libc.mallopt(m_top_pad, MALLOC_TOP_PAD))
+                    and libc.mallopt(m_top_pad, MALLOC_TOP_PAD)
+                    and libc.mallopt(m_mmap_threshold, MALLOC_MMAP_THRESHOLD))
     except (OSError, AttributeError):  # not glibc
         return False
 

@@ -13,6 +13,8 @@ import numbers
 import keras
 import numpy as np
 
+from clci_keras.data.reader import keep_freed_memory
+
 
 def lesion_probability(output):
     """Lesion probability ``(N, H, W)`` float32 from a model output ``(N, H, W, C)``.
@@ -58,6 +60,7 @@ def predict_slices(model, x, batch_size=8, progress=None):
     elif x.ndim != 4:
         raise ValueError(f"`x` must be slices (N, H, W) or (N, H, W, C), got shape {x.shape}")
     n = len(x)
+    keep_freed_memory()  # each batch reuses the last one's freed memory (no page faults)
     out = np.empty(x.shape[:3], dtype="float32")
     if n == 0:
         return out
