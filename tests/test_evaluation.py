@@ -60,6 +60,15 @@ def test_predict_subject_matches_a_direct_model_call(synthetic_h5):
     np.testing.assert_array_equal(gt, y[..., 0])
     with pytest.raises(ValueError, match="'most'"):
         predict_subject(model, synthetic_h5, 2, slices="most")
+    # A slab: only slices 30..49 predicted (the same numbers), the rest "no lesion".
+    slab, _ = predict_subject(model, synthetic_h5, 2, batch_size=7, slices="30:50")
+    np.testing.assert_array_equal(slab[30:50], prob[30:50])
+    assert not slab[:30].any() and not slab[50:].any()
+    for bad in ("50:30", "a:b", "3:", "-1:4"):
+        with pytest.raises(ValueError, match=f"unknown evaluation slices '{bad}'"):
+            predict_subject(model, synthetic_h5, 2, slices=bad)
+    with pytest.raises(ValueError, match="'150:200' ends past the subject's 189 slices"):
+        predict_subject(model, synthetic_h5, 2, slices="150:200")
 
 
 def test_nifti_prediction_uses_the_lesion_channel_of_a_two_class_model():

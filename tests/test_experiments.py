@@ -65,7 +65,7 @@ def test_workflow_and_evaluation_defaults():
     assert d["val_fraction"] == 0.1 and d["folds"] == "all"
     s = ex.resolve_settings({"K": None, "EVAL_SLICES": None, "FOLDS": None}, quick=True,
                             quick_values=ex.QUICK_TABLES)
-    assert s == {"K": 3, "EVAL_SLICES": "brain", "FOLDS": [0]}
+    assert s == {"K": 3, "EVAL_SLICES": ex.QUICK_EVAL_SLICES, "FOLDS": [0]}
 
 
 def test_quick_values_are_not_shared_between_runs():

@@ -9,13 +9,13 @@ from clci_keras.evaluation.evaluate import write_scores
 from clci_keras.reports.tables import TABLE1, build_table, collect_runs, to_latex, write_tables
 
 
-def _fake_run(root, name, model, dscs, synthetic, fold=None):
+def _fake_run(root, name, model, dscs, synthetic, fold=None, slices="all"):
     run = os.path.join(root, name)
     os.makedirs(run)
     rows = [{"subject_index": i, "subject_id": f"s{i}", "site": "x", "dsc": d, "precision": 0.5,
              "recall": 0.25, "voe": 40.0, "rvd": -10.0 * (i + 1)} for i, d in enumerate(dscs)]
     write_scores(rows, os.path.join(run, "scores_test.csv"))
-    summary = {"model": model, "fold": fold, "part": "test",
+    summary = {"model": model, "fold": fold, "part": "test", "slices": slices,
                "data": {"h5": f"/data/{'demo' if synthetic else 'ATLAS'}.h5", "layout": "r1.1",
                         "synthetic": synthetic},
                "scores": {}}
@@ -65,3 +65,12 @@ def test_latex_escapes_specials():
              **{f"{p}_{k}": None for p in ("paper", "measured") for k in ("dsc", "precision", "recall", "voe", "rvd")}}]
     tex = to_latex(rows, 1)
     assert r"A\_B \& 50\%" in tex and r"x\_y" in tex and "--" in tex
+
+
+def test_a_slab_evaluation_is_said_in_measured_on(tmp_path):
+    root = str(tmp_path / "runs")
+    _fake_run(root, "clci", "clci_net", [0.5], synthetic=True, slices="64:112")
+    _fake_run(root, "base", "baseline", [0.3], synthetic=True, slices="brain")
+    t1 = {r["model"]: r for r in build_table(1, collect_runs(root))}
+    assert t1["clci_net"]["measured_on"].endswith("; only slices 64:112 predicted)")
+    assert "only slices" not in t1["baseline"]["measured_on"]  # brain: scores unchanged unless outside the brain

@@ -48,6 +48,16 @@ def positive_int(value):
     return _int_at_least(value, 1)
 
 
+def eval_slices_arg(value):
+    """argparse ``type``: evaluation slices ``all``, ``brain`` or a slab ``A:B``."""
+    from clci_keras.evaluation.evaluate import check_eval_slices
+
+    try:
+        return check_eval_slices(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def nonnegative_int(value):
     """argparse ``type``: an integer >= 0."""
     return _int_at_least(value, 0)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 
+from clci_keras.cli import eval_slices_arg
+
 HELP = "synthetic end-to-end demo: data, training, evaluation, figure"
 
 
@@ -29,7 +31,7 @@ def add_arguments(parser):
     p.add_argument("--bn-momentum", type=float, default=d["bn_momentum"], help=f"(default: {d['bn_momentum']})")
     p.add_argument("--export", choices=("best", "last"), default=d["export"],
                    help=f"weights evaluated: last epoch or best on validation (default: {d['export']})")
-    p.add_argument("--eval-slices", choices=("all", "brain"), default=d["eval_slices"],
+    p.add_argument("--eval-slices", type=eval_slices_arg, default=d["eval_slices"], metavar="all|brain|A:B",
                    help=f"(default: {d['eval_slices']})")
     p.add_argument("--crop", default=d["crop"], help=f"crop window (default: {d['crop']} = 224x176)")
     p.add_argument("--overwrite", action="store_true", help="reuse a non-empty DIR (its data and run are replaced)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from clci_keras.cli import positive_int
+from clci_keras.cli import eval_slices_arg, positive_int
 
 HELP = "per-patient 3D scores of trained or published weights"
 
@@ -30,8 +30,9 @@ def add_arguments(parser):
                         "departs from the published protocol)")
     p.add_argument("--batch-size", type=positive_int, default=8, help="prediction batch (default: 8)")
     p.add_argument("--threshold", type=float, default=None, help="probability threshold (default: 0.5)")
-    p.add_argument("--slices", choices=("all", "brain"), default=None,
-                   help="all 189 slices (original; default) or only the MNI brain z-range (faster)")
+    p.add_argument("--slices", type=eval_slices_arg, default=None, metavar="all|brain|A:B",
+                   help="all 189 slices (original; default), only the MNI brain z-range (faster), or a slab "
+                        "A:B of each subject's slices (quick checks; the rest count as no lesion)")
     p.add_argument("--allow-missing", action="store_true",
                    help="a split naming subject ids the HDF5 file lacks: score the ids present and say how many "
                         "are missing (default: fail and list them)")

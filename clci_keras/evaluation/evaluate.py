@@ -10,7 +10,10 @@ keeps 224 of 233 rows and 176 of 197 columns) are not scored, as in the original
 Option ``slices="brain"`` predicts only the axial slices inside the MNI152
 brain mask's z-range (155 of 189) and sets the others to "no lesion"; it is a
 speed option for CPUs (the demo uses it) and changes scores only if a model
-predicts lesions outside the brain.
+predicts lesions outside the brain. Option ``slices="A:B"`` predicts only a
+slab, the subject's slices ``A`` to ``B - 1`` in the file's order (the same
+local indices as "brain"), and sets the others to "no lesion": for quick
+checks (the notebooks' QUICK runs), not for scores to report; tables say so.
 
 Outputs of :func:`evaluate_run` in ``out_dir``:
 
@@ -40,7 +43,7 @@ from clci_keras.evaluation.metrics import (
     summarize,
 )
 
-EVAL_SLICES = ("all", "brain")
+EVAL_SLICES = ("all", "brain")  # and slabs "A:B"
 
 
 def _subject_meta(h5_path):
@@ -49,15 +52,40 @@ def _subject_meta(h5_path):
     return {int(s["index"]): s for s in read_subjects(h5_path)}
 
 
+def check_eval_slices(slices):
+    """``slices`` if it is ``all``, ``brain`` or a slab ``"A:B"`` (0 <= A < B), else ``ValueError``."""
+    if slices in EVAL_SLICES:
+        return slices
+    if slab_bounds(slices) is None:
+        raise ValueError(f"unknown evaluation slices {slices!r}; choose 'all', 'brain' or a slab 'A:B' "
+                         "(slices A to B-1 of each subject, 0 <= A < B)")
+    return slices
+
+
+def slab_bounds(slices):
+    """``(A, B)`` of a slab ``"A:B"`` (0 <= A < B), ``None`` for anything else."""
+    if not isinstance(slices, str) or slices.count(":") != 1:
+        return None
+    a, b = slices.split(":")
+    if not (a.strip().isdigit() and b.strip().isdigit()):
+        return None
+    a, b = int(a), int(b)
+    return (a, b) if a < b else None
+
+
 def _eval_slices(count, slices):
-    """Local indices of a subject's slices that are predicted (``all`` or ``brain``)."""
+    """Local indices of a subject's slices that are predicted (``all``, ``brain`` or ``A:B``)."""
     from clci_keras.data.reader import brain_slice_indices
 
-    if slices not in EVAL_SLICES:
-        raise ValueError(f"unknown evaluation slices {slices!r}; choose 'all' or 'brain'")
+    check_eval_slices(slices)
     if slices == "all":
         return np.arange(count)
-    return np.asarray(brain_slice_indices(count), dtype=np.int64)
+    if slices == "brain":
+        return np.asarray(brain_slice_indices(count), dtype=np.int64)
+    a, b = slab_bounds(slices)
+    if b > count:
+        raise ValueError(f"evaluation slab {slices!r} ends past the subject's {count} slices")
+    return np.arange(a, b)
 
 
 def predict_subject(model, h5_path, index, crop="clci", batch_size=8, slices="all", reader=None,
@@ -65,7 +93,7 @@ def predict_subject(model, h5_path, index, crop="clci", batch_size=8, slices="al
     """Predict one patient; returns ``(prob, gt)`` of shape ``(count, H, W)``.
 
     ``prob`` is the lesion probability (float32 in [0, 1]; the lesion channel
-    of a multi-class model), 0 for slices skipped by ``slices="brain"``;
+    of a multi-class model), 0 for slices skipped by ``slices="brain"`` or a slab;
     ``gt`` uint8 {0, 1}; both in the crop window.
     """
     from clci_keras.data.reader import SliceReader
@@ -174,7 +202,8 @@ def evaluate_run(weights, model_name, h5_path, split_path, part="test", out_dir=
         h5_path, split_path, fold: the data and the split (``part`` = ``test``,
             ``val`` or ``train``).
         out_dir: output folder (default: the folder of ``weights``).
-        slices: ``all`` (original protocol) or ``brain`` (faster, see module doc).
+        slices: ``all`` (original protocol), ``brain`` (faster) or a slab ``"A:B"``
+            (quick checks), see the module doc.
         manifest, manifest_name: if given, the summary is stored in that
             manifest entry's ``metrics[part]``.
         tag: suffix of the output names (``scores_<part>_<tag>.csv``).
@@ -190,6 +219,7 @@ def evaluate_run(weights, model_name, h5_path, split_path, part="test", out_dir=
     from clci_keras.data.slicing import crop_shape
     from clci_keras.data.splits import load_split
 
+    check_eval_slices(slices)
     split = load_split(split_path, fold=fold, h5=h5_path, parts=(part,), allow_missing=allow_missing)
     if part not in ("train", "val", "test"):
         raise ValueError(f"`part` must be train, val or test, got {part!r}")

@@ -31,6 +31,13 @@ import inspect
 #: quarter less CPU for a QUICK run's training steps and evaluation).
 QUICK_CROP = "70:118,35:67"
 
+#: Slab of each subject's slices that QUICK runs predict and score (file order, as the
+#: evaluation's ``"A:B"``): 48 of the 155 brain slices, every slice with lesion voxels of
+#: the QUICK subjects inside :data:`QUICK_CROP` (67-106, 94-111 and 83-108); the rest
+#: count as "no lesion". A third of the prediction work of ``"brain"``, for each
+#: network of 02-05 (tables mark such rows).
+QUICK_EVAL_SLICES = "64:112"
+
 #: Defaults of the workflow settings that are not :class:`TrainConfig` fields.
 WORKFLOW_DEFAULTS = dict(
     data="outputs/01_prepare_data/atlas.h5",  # where notebook 01 writes the HDF5 file
@@ -52,18 +59,18 @@ QUICK_DATA = dict(n_synthetic=3, workers=1)
 #: step of batch 2 on lesion slices, the last epoch's weights exported (the protocol
 #: exports the best epoch's: reloading that checkpoint, optimizer state included, costs
 #: more CPU than a QUICK step; after one epoch, as in 03 and 04, they are the same
-#: weights), evaluation on the brain slices.
+#: weights), evaluation on the slab :data:`QUICK_EVAL_SLICES`.
 QUICK_TRAINING = dict(
     data="synthetic", n_synthetic=3, split="kfold", k=3, folds=[0], val_fraction=0.5,
     epochs=2, steps_per_epoch=1, batch_size=2, train_slices="lesion", val_slices="lesion",
-    crop=QUICK_CROP, learning_rate=1e-3, bn_momentum=0.9, export="last", eval_slices="brain",
+    crop=QUICK_CROP, learning_rate=1e-3, bn_momentum=0.9, export="last", eval_slices=QUICK_EVAL_SLICES,
 )
 
 #: QUICK values of the table notebooks (03, 04): as :data:`QUICK_TRAINING`, one epoch.
 QUICK_TABLES = {**QUICK_TRAINING, "epochs": 1}
 
 #: QUICK values of notebook 05 (visualization).
-QUICK_VISUALIZATION = dict(eval_slices="brain", n_overlay=1, n_failures=1)
+QUICK_VISUALIZATION = dict(eval_slices=QUICK_EVAL_SLICES, n_overlay=1, n_failures=1)
 
 #: :class:`TrainConfig` fields that a workflow passes itself (not training options).
 _NOT_TRAIN_OPTIONS = ("model", "h5", "split", "out_dir", "fold")
