@@ -22,7 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def pytest_configure(config):
-    """The malloc settings the library's entry points apply (train, predict_slices), for every test.
+    """Malloc settings of the library for every test; xdist hands out files in LONGEST_FIRST order.
 
     Tests that train or predict through Keras directly then allocate as the library
     does (no page faults for each freed step buffer); outcomes do not depend on it.
@@ -30,14 +30,20 @@ def pytest_configure(config):
     from clci_keras.data.reader import keep_freed_memory
 
     keep_freed_memory()
+    # pytest-xdist >= 3.2 hands out files with the most tests first (--loadscope-reorder, its
+    # default); the files are handed out in LONGEST_FIRST order instead.
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
 
 
 SYNTH_R11_SUBJECTS = 4
 SYNTH_V2_SUBJECTS = 3
 
-#: Test files handed to the workers first, longest first (the rest keep their order).
-LONGEST_FIRST = ("test_notebooks.py", "test_comparators.py", "test_clci_net.py", "test_training.py",
-                 "test_recipe.py", "test_multiworker.py")
+#: Test files handed to the workers first, longest first (the rest keep their order); measured
+#: with ``--durations=0`` on the 2-core AVX2 machine (benchmarks/RESULTS.md, CI section).
+LONGEST_FIRST = ("test_notebooks.py", "test_comparators.py", "test_clci_net.py", "test_cli.py",
+                 "test_recipe.py", "test_training.py", "test_predict.py", "test_register.py",
+                 "test_multiworker.py", "test_batchnorm.py")
 
 
 def pytest_collection_modifyitems(config, items):
