@@ -19,10 +19,6 @@ import os
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-# Two workers on two cores: one TensorFlow compute thread per process (inherited by the notebook
-# kernels and CLI subprocesses), so that spinning thread pools do not fight over the cores.
-for _var in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
 
 
 def pytest_configure(config):
