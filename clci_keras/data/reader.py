@@ -445,8 +445,9 @@ def keep_freed_memory():
     of an eager training step + evaluation of DeepLabv3+ (kernel time 23 -> 10 s).
     Keeping up to :data:`MALLOC_TRIM_THRESHOLD` of freed memory, growing the heap by
     :data:`MALLOC_TOP_PAD` and serving blocks below :data:`MALLOC_MMAP_THRESHOLD`
-    from the heap cut the tf.data cost ~4x (benchmarks/RESULTS.md). Called by the
-    input pipeline, the stream readers and :func:`clci_keras.models.predict_slices`.
+    from the heap cut the tf.data cost ~4x (benchmarks/RESULTS.md). Called by
+    :func:`clci_keras.training.train`, the input pipeline, the stream readers and
+    :func:`clci_keras.models.predict_slices`.
     Skipped where the user set ``MALLOC_TRIM_THRESHOLD_`` / ``MALLOC_TOP_PAD_`` /
     ``MALLOC_MMAP_THRESHOLD_`` or ``CLCI_KERAS_MALLOPT=0``, and off glibc. Returns
     True if applied.

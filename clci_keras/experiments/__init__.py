@@ -58,7 +58,8 @@ from clci_keras.experiments.workflows import (
 __all__ = [
     "prepare_data", "make_split", "train_and_evaluate", "compare_models", "ablation", "run_demo",
     "resolve_settings", "protocol_defaults", "train_options", "run_dir_for", "mark_synthetic",
-    "DEMO_DEFAULTS", "QUICK_CROP", "QUICK_EVAL_SLICES", "QUICK_DATA", "QUICK_TRAINING", "QUICK_TABLES", "QUICK_VISUALIZATION",
+    "DEMO_DEFAULTS", "QUICK_CROP", "QUICK_DATA", "QUICK_EVAL_SLICES", "QUICK_TRAINING", "QUICK_TABLES",
+    "QUICK_VISUALIZATION",
     "WORKFLOW_DEFAULTS", "TABLE1_MODELS", "TABLE2_MODELS",
     "SIZE_BINS_ML", "Methods", "data_label", "describe_data", "dice_by_size", "failure_cases", "find_runs",
     "is_synthetic", "pooled_scores", "score_summary", "size_classes", "split_subjects",

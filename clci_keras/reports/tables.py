@@ -153,7 +153,9 @@ def _data_label(info, n):
         if partial:
             of = sum(d["of"] or 0 for d in partial)
             dry += f"; {sum(d['scored'] for d in partial)} of {of} test patients scored"
-    slabs = sorted({str(x.get("slices")) for x in info.get("summaries", [])} - {"all", "brain", "None"})
+    from clci_keras.evaluation.evaluate import slab_bounds
+
+    slabs = sorted({x["slices"] for x in info.get("summaries", []) if slab_bounds(x.get("slices"))})
     if slabs:  # evaluate --slices A:B: the rest of each volume counted as no lesion
         dry += f"; only slices {'/'.join(slabs)} predicted"
     return f"{tag}{name} ({layout}{', ' if layout else ''}{n} test patients{folds}{dry})"
