@@ -7,6 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
+from clci_keras.data import batches as B
 from clci_keras.data import reader as R
 from clci_keras.data.stream import StreamingReader, iter_stream_batches, stream_windows
 
@@ -125,18 +126,18 @@ def test_streamed_training_batches_follow_the_walk_and_resume_exactly(synthetic_
     idx = R.select_slices(synthetic_h5, [0, 1, 2, 3], "lesion", crop="74:122,34:82")
     with StreamingReader(synthetic_h5, "74:122,34:82", buffer_subjects=1, cache_subjects=2, workers=1) as r:
         steps = R.steps_for(idx.size, 8)
-        first = [(x.numpy(), y.numpy()) for x, y in R.train_dataset(r, idx, 8, seed=5, n_batches=steps + 2)]
+        first = [(x.numpy(), y.numpy()) for x, y in B.train_dataset(r, idx, 8, seed=5, n_batches=steps + 2)]
         assert sum(r.loads.values()) >= 4  # windows of one subject: each loaded in turn
-        subjects, groups = R._groups(r, idx)
+        subjects, groups = B._groups(r, idx)
         walk = iter_stream_batches(groups, 8, 5, 0, 1)
         for x, y in first:  # the dataset serves the walk's slices
             xr, yr = r.read(next(walk))
             np.testing.assert_array_equal(x, xr)
             np.testing.assert_array_equal(y, yr)
-        resumed = [x.numpy() for x, _ in R.train_dataset(r, idx, 8, seed=5, first_batch=steps, n_batches=2)]
+        resumed = [x.numpy() for x, _ in B.train_dataset(r, idx, 8, seed=5, first_batch=steps, n_batches=2)]
         for a, b in zip(first[steps:], resumed):
             np.testing.assert_array_equal(a[0], b)
-        ev = np.concatenate([x.numpy() for x, _ in R.eval_dataset(r, idx, 9)])
+        ev = np.concatenate([x.numpy() for x, _ in B.eval_dataset(r, idx, 9)])
     np.testing.assert_array_equal(ev, R.SliceReader(synthetic_h5, "74:122,34:82").read(idx)[0])
 
 

@@ -1,7 +1,8 @@
 """ATLAS data path: synthetic data, HDF5 preprocessing, splits and the one HDF5 reader.
 
-Importing this package does not import TensorFlow (the reader's ``tf.data``
-functions import it when called).
+Importing this package imports neither Keras nor TensorFlow; the ``fit``
+input (:mod:`clci_keras.data.batches`: ``train_dataset``, ``eval_dataset``)
+imports Keras when first used.
 """
 from clci_keras.data.atlas import (
     AtlasDataError,
@@ -26,13 +27,11 @@ from clci_keras.data.reader import (
     brain_slice_indices,
     brain_z_range,
     dataset_info,
-    eval_dataset,
     iter_batches,
     load_subject_slices,
     parse_slice_spec,
     select_slices,
     subject_table,
-    train_dataset,
 )
 from clci_keras.data.slicing import (
     crop_shape,
@@ -69,3 +68,11 @@ __all__ = [
     "save_split", "generate_dataset", "generate_subject", "check_split_matches_h5", "list_split_presets",
     "preset_split", "read_id_list", "resolve_split", "split_from_lists",
 ]
+
+
+def __getattr__(name):
+    if name in ("train_dataset", "eval_dataset"):
+        from clci_keras.data import batches
+
+        return getattr(batches, name)
+    raise AttributeError(f"module 'clci_keras.data' has no attribute {name!r}")

@@ -10,10 +10,10 @@ notebooks, benchmarks — goes through this module:
 * :class:`SliceReader` — cropped ``(x, y)`` arrays by global slice index,
   streamed from the file (default) or from memory (``in_memory=True``: the
   selected subjects are read once, each as one contiguous block);
-* :func:`train_dataset` / :func:`eval_dataset` — ``tf.data`` batches over a
-  reader: training in shuffled epochs whose order depends only on
-  ``(seed, epoch)``, so a resumed run replays exactly the batches an
-  uninterrupted run would see; evaluation in order, one pass;
+* :func:`iter_batches` — the training walk over shuffled passes whose order
+  depends only on ``(seed, pass)``, so a resumed run replays exactly the
+  batches an uninterrupted run would see (the ``fit`` input over a reader is
+  :mod:`clci_keras.data.batches`, on every backend);
 * :func:`load_subject_slices` — one patient's slices as numpy arrays;
 * :func:`dataset_info` — the file's provenance (attributes, synthetic flag).
 
@@ -27,14 +27,13 @@ Slice specs (:func:`select_slices`):
 ``lesion+N``   lesion slices plus ``N`` other slices per subject drawn (seeded)
                from the brain z-range; a quick-training option (demo).
 
-TensorFlow is imported only inside the ``*_dataset`` functions.
+Neither Keras nor TensorFlow is imported.
 """
 from __future__ import annotations
 
 import functools
 import os
 import re
-import threading
 
 import numpy as np
 
@@ -284,7 +283,7 @@ def load_subject_slices(h5_path, index, crop=DEFAULT_CROP, channel_axis=True):
 
 
 # ---------------------------------------------------------------------------
-# Epochs and tf.data
+# Epochs: the training walk
 # ---------------------------------------------------------------------------
 def epoch_permutation(n, seed, epoch):
     """The slice order of pass ``epoch`` over the slices: a permutation of ``range(n)`` drawn from ``(seed, epoch)``."""
@@ -331,97 +330,6 @@ def batch_indices(indices, batch_size, seed=0, first_batch=0, n_batches=1):
     return np.stack([next(it) for _ in range(int(n_batches))]) if n_batches else np.zeros((0, int(batch_size)), np.int64)
 
 
-def train_dataset(reader, indices, batch_size, seed=0, first_batch=0, n_batches=None):
-    """``tf.data`` batches ``first_batch ..`` of the training walk.
-
-    In memory or with a :class:`SliceReader`: X-Net's wrap-around walk over
-    a global shuffle (:func:`iter_batches`). With a streaming reader
-    (:func:`open_reader`): the same walk over a shuffle within windows of
-    ``reader.buffer_subjects`` subjects (:func:`clci_keras.data.stream.iter_stream_batches`),
-    which loads each window ahead of use.
-
-    ``n_batches``: how many (default: one epoch, :func:`steps_for`). Epoch
-    ``e`` of a run with ``s`` steps per epoch is batches ``e*s .. (e+1)*s - 1``,
-    so a run resumed at epoch ``e`` passes ``first_batch=e*s`` and sees the
-    batches an uninterrupted run would have.
-    """
-    import tensorflow as tf
-
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
-    indices = np.asarray(indices, dtype=np.int64)
-    if n_batches is None:
-        n_batches = steps_for(indices.size, batch_size)
-    if getattr(reader, "streaming", False):
-        from clci_keras.data.stream import iter_stream_batches
-
-        subjects, groups = _groups(reader, indices)
-
-        def walk(start):
-            return iter_stream_batches(groups, batch_size, seed, start, reader.buffer_subjects,
-                                       on_window=lambda m: reader.prefetch([subjects[i] for i in m]))
-    else:
-        def walk(start):
-            return iter_batches(indices, batch_size, seed, start)
-    # Batch k of the dataset is batch first_batch + k of the walk. One numpy_function per batch
-    # finds its slices and reads them (cheaper than a from_generator stage feeding a read stage);
-    # the walk is followed in order, so it is restarted only when the dataset is iterated anew.
-    state = {"next": None, "walk": None}
-    lock = threading.Lock()
-
-    def read_batch(k):
-        k = int(k)
-        with lock:
-            if state["next"] != k:
-                state["walk"] = walk(int(first_batch) + k)
-            idx = next(state["walk"])
-            state["next"] = k + 1
-            return reader.read(idx)
-
-    ds = tf.data.Dataset.range(int(n_batches))
-    return _map_read(tf, reader, ds, read_batch, int(batch_size))
-
-
-def eval_dataset(reader, indices, batch_size):
-    """Ordered batches of ``indices`` (the last one partial), one pass.
-
-    A streaming reader loads the next ``reader.buffer_subjects`` subjects
-    ahead of the batch that first needs them.
-    """
-    import tensorflow as tf
-
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
-    indices = np.asarray(indices, dtype=np.int64)
-    batches = [indices[i : i + int(batch_size)] for i in range(0, indices.size, int(batch_size))]
-    if getattr(reader, "streaming", False):
-        order = list(dict.fromkeys(reader.subject_of(indices)))  # subjects in visiting order
-        where = {s: k for k, s in enumerate(order)}
-        window = max(1, int(reader.buffer_subjects))
-
-        def walk():
-            done = -1  # subjects up to position done were asked for
-            for b in batches:
-                last = max(where[s] for s in reader.subject_of(b))
-                if last + window > done:
-                    ahead = order[last:last + 2 * window]
-                    reader.prefetch(ahead)
-                    done = last + 2 * window - 1
-                yield b
-    else:
-        def walk():
-            return iter(batches)
-    ds = tf.data.Dataset.from_generator(walk, output_signature=tf.TensorSpec((None,), tf.int64))
-    return _map_read(tf, reader, ds)
-
-
-def _groups(reader, indices):
-    """``(subjects, [their slice indices])``, subjects in order of first appearance."""
-    subj = np.asarray(reader.subject_of(indices))
-    subjects = list(dict.fromkeys(subj.tolist()))
-    return subjects, [indices[subj == s] for s in subjects]
-
-
 #: glibc malloc settings (bytes): freed buffers stay with the process instead of going back
 #: to the kernel, so the next batch, step or prediction does not page-fault them in again.
 MALLOC_TRIM_THRESHOLD = 256 * 1024**2
@@ -445,7 +353,7 @@ def keep_freed_memory():
     of an eager training step + evaluation of DeepLabv3+ (kernel time 23 -> 10 s).
     Keeping up to :data:`MALLOC_TRIM_THRESHOLD` of freed memory, growing the heap by
     :data:`MALLOC_TOP_PAD` and serving blocks below :data:`MALLOC_MMAP_THRESHOLD`
-    from the heap cut the tf.data cost ~4x (benchmarks/RESULTS.md). Called by
+    from the heap cut the input pipeline's cost ~4x (benchmarks/RESULTS.md). Called by
     :func:`clci_keras.training.train`, the input pipeline, the stream readers and
     :func:`clci_keras.models.predict_slices`.
     Skipped where the user set ``MALLOC_TRIM_THRESHOLD_`` / ``MALLOC_TOP_PAD_`` /
@@ -466,25 +374,6 @@ def keep_freed_memory():
                     and libc.mallopt(m_mmap_threshold, MALLOC_MMAP_THRESHOLD))
     except (OSError, AttributeError):  # not glibc
         return False
-
-
-def _map_read(tf, reader, ds, read_fn=None, batch_size=None):
-    """``ds`` (index batches, or batch numbers for ``read_fn``) mapped to ``(x, y)`` batches."""
-    keep_freed_memory()
-    shape = reader.shape
-
-    def read(idx):
-        # read_fn keeps the walk's state: stateful, so tf.data never runs it in parallel
-        x, y = tf.numpy_function(read_fn or reader.read, [idx], [tf.float32, tf.float32],
-                                 stateful=read_fn is not None)
-        x.set_shape((batch_size, *shape))
-        y.set_shape((batch_size, *shape))
-        return x, y
-
-    options = tf.data.Options()
-    options.deterministic = True
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return ds.map(read).prefetch(2).with_options(options)
 
 
 # ---------------------------------------------------------------------------

@@ -480,7 +480,7 @@ def _adapt_to_multiworker(model, strategy):
 
     * Data: Keras passes the dataset through
       ``strategy.experimental_distribute_dataset``, which splits every global
-      batch of ``batch_size`` slices (:func:`clci_keras.data.reader.train_dataset`,
+      batch of ``batch_size`` slices (:func:`clci_keras.data.batches.train_dataset`,
       auto-shard policy DATA) into per-replica batches of
       ``batch_size / replicas``: worker 0 trains on the first half of each
       batch, worker 1 on the second. Each worker still reads every global
@@ -703,6 +703,7 @@ def _make_data(cfg, run_dir, split):
     """Slice selection and the training / validation datasets, from the resume point."""
     import numpy as np
 
+    from clci_keras.data import batches
     from clci_keras.data import reader as R
 
     train_idx = R.select_slices(cfg.h5, split["train"], cfg.train_slices, cfg.crop, cfg.seed)
@@ -746,9 +747,9 @@ def _make_data(cfg, run_dir, split):
     steps = cfg.steps_per_epoch or R.steps_for(train_idx.size, cfg.batch_size)
     # X-Net's wrap-around walk over the shuffled slices; epoch e = batches e*steps ..
     # (one epoch spare, so that the iterator never runs dry at the last step)
-    train_ds = R.train_dataset(reader, train_idx, cfg.batch_size, cfg.seed,
-                               first_batch=first_epoch * steps, n_batches=(cfg.epochs - first_epoch + 1) * steps)
-    val_ds = R.eval_dataset(reader, val_idx, cfg.val_batch_size) if val_idx.size else None
+    train_ds = batches.train_dataset(reader, train_idx, cfg.batch_size, cfg.seed, first_batch=first_epoch * steps,
+                                     n_batches=(cfg.epochs - first_epoch + 1) * steps)
+    val_ds = batches.eval_dataset(reader, val_idx, cfg.val_batch_size) if val_idx.size else None
     return dict(reader=reader, train_idx=train_idx, val_idx=val_idx, val_subjects=val_subjects,
                 monitor=monitor, steps=steps, train_ds=train_ds, val_ds=val_ds, input_plan=plan)
 

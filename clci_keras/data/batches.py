@@ -1,0 +1,243 @@
+"""Training and evaluation batches for ``fit``, the same on every Keras backend.
+
+One batch source for in-memory and streamed data. A source is random access:
+``source[k]`` is batch ``k`` as ``(x, y)`` float32 arrays ``(n, H, W, 1)``, and
+``len(source)`` the number of batches.
+
+* :class:`TrainBatches` — the training walk (X-Net's wrap-around walk over a
+  global shuffle, :func:`clci_keras.data.reader.iter_batches`; with a
+  streaming reader, the same walk over a shuffle within windows of subjects,
+  :func:`clci_keras.data.stream.iter_stream_batches`). Batch ``k`` of a run
+  depends on ``(seed, first_batch + k)`` alone, so a resumed run replays the
+  batches an uninterrupted run would have seen, on every backend.
+* :class:`EvalBatches` — ordered batches, one pass, the last one partial.
+
+:func:`fit_input` hands a source to ``fit`` / ``evaluate``: on the TensorFlow
+backend as a ``tf.data`` pipeline (one ``numpy_function`` per batch, two
+batches prefetched: the streamed input's measured speed), on JAX and PyTorch
+as a :class:`keras.utils.PyDataset` whose worker threads read ahead. The
+sources use neither Keras nor TensorFlow.
+
+``shard=(i, n)`` keeps part ``i`` of ``n`` equal parts of every batch: the
+process-local part of a global batch under multi-process data parallelism
+(:mod:`clci_keras.training.distribute`).
+"""
+from __future__ import annotations
+
+import threading
+
+import keras
+import numpy as np
+
+from clci_keras.data.reader import epoch_permutation, keep_freed_memory, steps_for
+
+
+def _check_batch_size(batch_size):
+    if isinstance(batch_size, bool) or int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+    return int(batch_size)
+
+
+def _check_shard(shard, batch_size):
+    if shard is None:
+        return None
+    i, n = (int(v) for v in shard)
+    if not 0 <= i < n or batch_size % n:
+        raise ValueError(f"shard {shard!r}: part i of n needs 0 <= i < n and n dividing the batch size "
+                         f"{batch_size}")
+    return i, n
+
+
+def _groups(reader, indices):
+    """``(subjects, [their slice indices])``, subjects in order of first appearance."""
+    subj = np.asarray(reader.subject_of(indices))
+    subjects = list(dict.fromkeys(subj.tolist()))
+    return subjects, [indices[subj == s] for s in subjects]
+
+
+class TrainBatches:
+    """Batches ``first_batch .. first_batch + n_batches - 1`` of the training walk.
+
+    ``n_batches`` defaults to one epoch (:func:`clci_keras.data.reader.steps_for`).
+    Epoch ``e`` of a run with ``s`` steps per epoch is batches ``e*s .. (e+1)*s - 1``.
+    In memory any batch is computed directly; a streamed walk is followed in
+    order (a reader loads each window of subjects ahead of use), so asking for
+    an earlier batch restarts it and a later one advances it.
+    """
+
+    def __init__(self, reader, indices, batch_size, seed=0, first_batch=0, n_batches=None, shard=None):
+        self.batch_size = _check_batch_size(batch_size)
+        self.indices = np.asarray(indices, dtype=np.int64)
+        if self.indices.size == 0:
+            raise ValueError("no training slices to walk")
+        self.reader, self.seed, self.first_batch = reader, int(seed), int(first_batch)
+        self.n_batches = steps_for(self.indices.size, batch_size) if n_batches is None else int(n_batches)
+        self.shard = _check_shard(shard, self.batch_size)
+        self.streaming = bool(getattr(reader, "streaming", False))
+        self._lock = threading.Lock()  # the streamed walk's state, and a streaming reader's reads
+        self._walk, self._next, self._orders = None, None, {}
+        if self.streaming:
+            self._subjects, self._groups = _groups(reader, self.indices)
+
+    def __len__(self):
+        return self.n_batches
+
+    def _order(self, p):
+        """The slice order of pass ``p`` (the last few kept)."""
+        order = self._orders.get(p)
+        if order is None:
+            order = self.indices[epoch_permutation(self.indices.size, self.seed, p)]
+            if len(self._orders) >= 4:
+                self._orders.pop(next(iter(self._orders)), None)
+            self._orders[p] = order
+        return order
+
+    def batch_indices(self, k):
+        """The global slice indices of batch ``k`` (before sharding)."""
+        k = int(k)
+        if not 0 <= k < self.n_batches:
+            raise IndexError(f"batch {k} of {self.n_batches}")
+        if self.streaming:
+            return self._streamed(k)
+        n, b = self.indices.size, self.batch_size
+        p, at = divmod((self.first_batch + k) * b, n)
+        parts, need = [], b
+        while need:  # a batch may straddle two (or, for tiny inputs, more) passes
+            take = min(need, n - at)
+            parts.append(self._order(p)[at:at + take])
+            need, p, at = need - take, p + 1, 0
+        return np.concatenate(parts)
+
+    def _streamed(self, k):
+        from clci_keras.data.stream import iter_stream_batches
+
+        if self._next is None or k < self._next:
+            self._walk = iter_stream_batches(
+                self._groups, self.batch_size, self.seed, self.first_batch + k, self.reader.buffer_subjects,
+                on_window=lambda m: self.reader.prefetch([self._subjects[i] for i in m]))
+            self._next = k
+        while self._next < k:  # skipped batches: only their windows are announced
+            next(self._walk)
+            self._next += 1
+        self._next += 1
+        return next(self._walk)
+
+    def __getitem__(self, k):
+        if self.streaming:
+            with self._lock:
+                idx = self._part(self.batch_indices(k))
+                return self.reader.read(idx)
+        return self.reader.read(self._part(self.batch_indices(k)))
+
+    def _part(self, idx):
+        if self.shard is None:
+            return idx
+        i, n = self.shard
+        step = idx.size // n
+        return idx[i * step:(i + 1) * step]
+
+
+class EvalBatches:
+    """Ordered batches of ``indices`` (the last one partial), one pass.
+
+    A streaming reader loads the next ``reader.buffer_subjects`` subjects
+    ahead of the batch that first needs them.
+    """
+
+    def __init__(self, reader, indices, batch_size, shard=None):
+        b = _check_batch_size(batch_size)
+        indices = np.asarray(indices, dtype=np.int64)
+        self.reader = reader
+        self.batches = [indices[i:i + b] for i in range(0, indices.size, b)]
+        self.shard = _check_shard(shard, b)
+        if self.shard is not None and indices.size % b:
+            raise ValueError(f"sharded evaluation needs whole batches: {indices.size} slices, batch {b}")
+        self.streaming = bool(getattr(reader, "streaming", False))
+        self._lock = threading.Lock()
+        if self.streaming:
+            order = list(dict.fromkeys(reader.subject_of(indices)))  # subjects in visiting order
+            self._order, self._where = order, {s: k for k, s in enumerate(order)}
+            self._window = max(1, int(reader.buffer_subjects))
+            self._done = -1  # subjects up to this position were asked for
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __getitem__(self, k):
+        k = int(k)
+        if not 0 <= k < len(self.batches):
+            raise IndexError(f"batch {k} of {len(self.batches)}")
+        idx = self.batches[k]
+        if self.shard is not None:
+            i, n = self.shard
+            step = idx.size // n
+            idx = idx[i * step:(i + 1) * step]
+        if not self.streaming:
+            return self.reader.read(idx)
+        with self._lock:
+            if k == 0:
+                self._done = -1
+            last = max(self._where[s] for s in self.reader.subject_of(self.batches[k]))
+            if last + self._window > self._done:
+                self.reader.prefetch(self._order[last:last + 2 * self._window])
+                self._done = last + 2 * self._window - 1
+            return self.reader.read(idx)
+
+
+def fit_input(source, workers=2):
+    """``source`` as ``fit`` / ``evaluate`` input on the current Keras backend.
+
+    TensorFlow: a ``tf.data.Dataset`` (``range`` -> one stateful
+    ``numpy_function`` per batch -> ``prefetch(2)``, auto-shard policy DATA
+    for ``tf.distribute``). JAX and PyTorch: a :class:`keras.utils.PyDataset`
+    read ahead by ``workers`` threads (``workers=1``: read in the training
+    thread). Batches come in the source's order either way.
+    """
+    keep_freed_memory()
+    if keras.backend.backend() == "tensorflow":
+        return _tf_dataset(source)
+    return SourceDataset(source, workers=workers)
+
+
+def _tf_dataset(source):
+    import tensorflow as tf
+
+    def read(k):
+        # stateful: tf.data never runs it in parallel, so a streamed walk is followed in order
+        x, y = tf.numpy_function(lambda i: source[int(i)], [k], [tf.float32, tf.float32], stateful=True)
+        shape = tuple(source.reader.shape)
+        fixed = getattr(source, "batch_size", None)
+        if fixed is not None and source.shard is not None:
+            fixed //= source.shard[1]
+        x.set_shape((fixed, *shape))
+        y.set_shape((fixed, *shape))
+        return x, y
+
+    options = tf.data.Options()
+    options.deterministic = True
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return tf.data.Dataset.range(len(source)).map(read).prefetch(2).with_options(options)
+
+
+class SourceDataset(keras.utils.PyDataset):
+    """A batch source as a Keras ``PyDataset``: batches in order, ``workers`` threads read ahead."""
+
+    def __init__(self, source, workers=2):
+        super().__init__(workers=int(workers), use_multiprocessing=False, max_queue_size=2)
+        self.source = source
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, k):
+        return self.source[k]
+
+
+def train_dataset(reader, indices, batch_size, seed=0, first_batch=0, n_batches=None, shard=None, workers=2):
+    """:class:`TrainBatches` as ``fit`` input (:func:`fit_input`)."""
+    return fit_input(TrainBatches(reader, indices, batch_size, seed, first_batch, n_batches, shard), workers)
+
+
+def eval_dataset(reader, indices, batch_size, shard=None, workers=2):
+    """:class:`EvalBatches` as ``evaluate`` / validation input (:func:`fit_input`)."""
+    return fit_input(EvalBatches(reader, indices, batch_size, shard), workers)
