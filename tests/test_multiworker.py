@@ -246,7 +246,7 @@ def test_two_workers_resume_after_a_kill_and_end_with_identical_weights(tiny, tm
 
 def test_where_multiworker_finds_its_cluster(monkeypatch):
     """TF_CONFIG first, else a Slurm job step (srun), else an error naming TF_CONFIG; nothing is launched."""
-    from clci_keras.training import trainer
+    from clci_keras.training import distribution as trainer, tf_distribute
 
     worker = {"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 1}}
     slurm = {"SLURM_JOB_ID": "7", "SLURM_PROCID": "1", "SLURM_STEP_NUM_TASKS": "2",
@@ -275,8 +275,8 @@ def test_where_multiworker_finds_its_cluster(monkeypatch):
     for k, v in slurm.items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    monkeypatch.setattr(trainer.shutil, "which", lambda name: None)
-    resolver = trainer.slurm_cluster_resolver()
+    monkeypatch.setattr(tf_distribute.shutil, "which", lambda name: None)
+    resolver = tf_distribute.slurm_cluster_resolver()
     assert resolver.cluster_spec().as_dict() == {"worker": ["node01:8888", "node02:8888"]}
     assert resolver.get_task_info() == ("worker", 1)
     assert "CUDA_VISIBLE_DEVICES" not in os.environ

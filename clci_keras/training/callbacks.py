@@ -1,0 +1,153 @@
+"""The trainer's callbacks: resume point, atomic best checkpoint, TensorBoard scalars.
+
+All three run on every Keras backend; none needs TensorFlow.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import keras
+import numpy as np
+
+from clci_keras.models.layers import debias_steps, set_debias_steps
+from clci_keras.training import run_folder as rf
+
+#: Callback attributes saved with the resume point (``BackupAndRestore`` keeps none).
+RESUME_FIELDS = {
+    "ReduceLROnPlateau": ("wait", "best", "cooldown_counter"),
+    "EarlyStopping": ("wait", "best", "best_epoch", "stopped_epoch"),
+    "AtomicModelCheckpoint": ("best",),
+}
+
+
+def seed_generators(model):
+    """``{layer path/attribute: SeedGenerator}`` of every layer (e.g. Dropout's RNG)."""
+    out = {}
+    for layer in model._flatten_layers(include_self=False):
+        for attr, value in vars(layer).items():
+            if isinstance(value, keras.random.SeedGenerator):
+                out[f"{layer.name}/{attr}"] = value
+    return out
+
+
+def _to_float(value):
+    """A scalar of any backend (tensor, variable, NumPy or Python number) as a Python float."""
+    return float(np.asarray(keras.ops.convert_to_numpy(value)).item())
+
+
+def _finite_or_none(value):
+    value = float(value)
+    return value if np.isfinite(value) else None  # None: +-inf, as the callback initialised it
+
+
+class ResumePoint(keras.callbacks.Callback):
+    """The resume point of ``run_dir``, written at each epoch end and restored at the start.
+
+    Each epoch's point is a complete folder ``backup/epoch_NNNN`` (weights with
+    the optimiser state, the ``tracked`` callbacks' states, learning rate,
+    dropout RNG states, Keras-2 BatchNormalization debiasing steps), committed
+    by :func:`clci_keras.training.run_folder.commit_resume_point`. A process
+    killed at any moment leaves the previous point intact
+    (``keras.callbacks.BackupAndRestore`` overwrites its one weights file in
+    place, so a kill during that write loses the run). Put it last, so that it
+    saves the states after the other callbacks updated them.
+    """
+
+    def __init__(self, run_dir, tracked=()):
+        super().__init__()
+        self.run_dir = run_dir
+        self.tracked = list(tracked)
+
+    def on_train_begin(self, logs=None):
+        epoch, folder = rf.resume_point(self.run_dir)
+        if folder is None:
+            return
+        model = self.model
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        try:
+            model.load_weights(os.path.join(folder, rf.WEIGHTS_FILE))
+            with open(os.path.join(folder, rf.STATE_FILE)) as f:
+                state = json.load(f)
+        except Exception as e:  # h5py/OSError/JSON errors: name the file
+            raise rf.ResumeError(f"{folder}: cannot restore the resume point ({type(e).__name__}: {e})") from e
+        for cb in self.tracked:
+            for field, value in state.get(type(cb).__name__, {}).items():
+                if value is not None:
+                    setattr(cb, field, value)
+        if "learning_rate" in state:
+            model.optimizer.learning_rate = state["learning_rate"]
+        gens = seed_generators(model)
+        for key, value in state.get("seed_generators", {}).items():
+            if key in gens:
+                gens[key].state.assign(np.asarray(value, dtype=gens[key].state.dtype))
+        set_debias_steps(model, state.get("bn_debias_steps", {}))
+        model._initial_epoch = epoch  # as BackupAndRestore does: fit() starts at this epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        state = {"epoch": epoch + 1}
+        for cb in self.tracked:
+            fields = RESUME_FIELDS.get(type(cb).__name__, ())
+            state[type(cb).__name__] = {f: _finite_or_none(getattr(cb, f)) for f in fields
+                                        if getattr(cb, f, None) is not None}
+        state["learning_rate"] = _to_float(self.model.optimizer.learning_rate)
+        state["seed_generators"] = {k: keras.ops.convert_to_numpy(g.state.value).tolist()
+                                    for k, g in seed_generators(self.model).items()}
+        state["bn_debias_steps"] = debias_steps(self.model)
+
+        def write(folder):
+            self.model.save_weights(os.path.join(folder, rf.WEIGHTS_FILE))
+            with open(os.path.join(folder, rf.STATE_FILE), "w") as f:
+                json.dump(state, f)
+
+        rf.commit_resume_point(self.run_dir, epoch + 1, write)
+
+
+class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
+    """``ModelCheckpoint`` that writes ``NAME.partial.weights.h5``, then renames it to ``NAME.weights.h5``."""
+
+    def _save_model(self, epoch, batch, logs):
+        final = self.filepath
+        self.filepath = final[: -len(".weights.h5")] + ".partial.weights.h5"
+        try:
+            super()._save_model(epoch, batch, logs)
+            if os.path.exists(self.filepath):
+                os.replace(self.filepath, final)
+        finally:
+            self.filepath = final
+
+
+class ScalarLogs(keras.callbacks.Callback):
+    """Per-epoch scalars in TensorBoard's format, on every backend.
+
+    Writes what ``keras.callbacks.TensorBoard`` writes by default for the
+    epochs (``LOG_DIR/train`` and ``LOG_DIR/validation``, tags ``epoch_loss``,
+    ``epoch_dice_coef``, ``epoch_learning_rate``) through
+    ``tensorboard.summary.Writer``, which needs no TensorFlow; Keras' callback
+    imports TensorFlow (departure: no graph, which that callback also writes).
+    """
+
+    def __init__(self, log_dir):
+        super().__init__()
+        self.log_dir = log_dir
+        self._writers = {}
+
+    def _writer(self, part):
+        if part not in self._writers:
+            from tensorboard.summary import Writer
+
+            self._writers[part] = Writer(os.path.join(self.log_dir, part))
+        return self._writers[part]
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key, value in (logs or {}).items():
+            part, name = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
+            self._writer(part).add_scalar(f"epoch_{name}", _to_float(value), step=epoch)
+        for w in self._writers.values():
+            w.flush()
+
+    def on_train_end(self, logs=None):
+        for w in self._writers.values():
+            w.close()
+        self._writers = {}
