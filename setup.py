@@ -1,7 +1,16 @@
 """Installation script for clci_keras.
 
-CPU machines: ``pip install -e .[cpu,test]`` (tensorflow-cpu).
-GPU machines: ``pip install -e .[gpu,test]`` (tensorflow with CUDA wheels).
+No Keras backend is installed by default: pick one (or several) with an extra,
+and choose it at run time with ``KERAS_BACKEND`` (``tensorflow``, ``jax`` or
+``torch``; Keras' default is ``tensorflow``):
+
+* ``.[cpu]``: TensorFlow for CPUs (tensorflow-cpu); ``.[gpu]``: TensorFlow with CUDA wheels.
+* ``.[jax]``: JAX for CPUs (``jax[cpu]``); on a GPU machine install ``jax[cuda12]`` instead.
+* ``.[torch]``: PyTorch (PyPI's Linux wheel carries its CUDA libraries, ~6 GB; a CPU-only
+  machine can take the smaller CPU build from PyTorch's own index, ``--index-url
+  https://download.pytorch.org/whl/cpu``).
+
+TensorFlow is needed only with ``KERAS_BACKEND=tensorflow``.
 """
 import re
 from pathlib import Path
@@ -31,9 +40,11 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS = {
-    # TensorFlow is the backend; pick the build for the machine.
+    # Keras backends (see the module docstring); KERAS_BACKEND picks one at run time.
     "cpu": ["tensorflow-cpu>=2.16"],
     "gpu": ["tensorflow[and-cuda]>=2.16"],
+    "jax": ["jax[cpu]>=0.4.30"],
+    "torch": ["torch>=2.2"],
     # tf-keras (Keras 2 line) builds Keras-2 reference models in the tests only;
     # it declares a dependency on plain `tensorflow`, so .ci/run installs it with --no-deps.
     "test": ["pytest>=7.4", "pytest-xdist>=3.5", "nbclient>=0.9", "nbformat>=5.9", "ipykernel>=6.25", "papermill>=2.5",

@@ -67,8 +67,8 @@ def test_update_matches_keras_224_over_several_steps(shape, momentum, fused):
     ref = keras224_moving_stats(batches, momentum, 1e-3, fused)
     for x, (mean, var) in zip(batches, ref):
         layer(x, training=True)
-        np.testing.assert_allclose(np.asarray(layer.moving_mean), mean, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(np.asarray(layer.moving_variance), var, rtol=1e-5)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.moving_mean), mean, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.moving_variance), var, rtol=1e-5)
     assert debias_steps(keras.Sequential([keras.Input(shape[1:]), layer])) == {layer.name: 6.0}
 
 
@@ -141,17 +141,17 @@ def _recorded_bn_inputs(model, bns, batches):
     recorder = keras.models.clone_model(probe)
     recorder.set_weights(probe.get_weights())
     outs = [recorder(b, training=True) for b in batches]
-    return {l.name: [np.asarray(o[i]) for o in outs] for i, l in enumerate(bns)}
+    return {l.name: [keras.ops.convert_to_numpy(o[i]) for o in outs] for i, l in enumerate(bns)}
 
 
 def _assert_keras224(bns, seen, steps):
     for layer in bns:
         mean, var = keras224_moving_stats(seen[layer.name], 0.99, 1e-3, fused=True)[-1]
-        np.testing.assert_allclose(np.asarray(layer.moving_mean), mean, rtol=1e-5, atol=1e-6,
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.moving_mean), mean, rtol=1e-5, atol=1e-6,
                                    err_msg=layer.name)
-        np.testing.assert_allclose(np.asarray(layer.moving_variance), var, rtol=1e-5, atol=1e-7,
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.moving_variance), var, rtol=1e-5, atol=1e-7,
                                    err_msg=layer.name)
-        assert float(np.asarray(layer._debias_step)) == steps
+        assert float(keras.ops.convert_to_numpy(layer._debias_step)) == steps
 
 
 def _data(shape, batch, steps, seed=0):

@@ -1,10 +1,16 @@
-"""Multi-worker training: two local CPU worker processes under MultiWorkerMirroredStrategy.
+"""Multi-worker training: two local CPU worker processes, on TensorFlow and on JAX.
+
+TensorFlow: MultiWorkerMirroredStrategy, the cluster in ``TF_CONFIG``. JAX
+(without TensorFlow: tests/without_tensorflow on ``PYTHONPATH``):
+``keras.distribution.initialize`` from the ``KERAS_DISTRIBUTION_*`` variables
+and ``DataParallel`` over both processes' CPU devices, gloo collectives.
 
 The run is killed after its first epoch (worker 1 first, then the chief, as a
 Slurm or Kubernetes job restart does), relaunched with the same commands, and
 must resume after that epoch, finish, and leave both workers with identical
 weights. Each worker records what its train step was fed, to check that every
-global batch is split between the two workers.
+global batch is split between the two workers (TensorFlow; under JAX each
+process reads its half of every batch, tests/test_batches.py).
 
 The model is a three-block U-Net registered by the worker script
 (``mw_tiny``, 841 parameters): on the 2-core test machine the first training
@@ -13,6 +19,7 @@ step of a registered model at 32 x 32 costs 15-100 CPU-seconds of tracing
 deeplabv3plus 92; clci_net ~100), and four processes trace one each.
 """
 import csv
+import importlib.util
 import json
 import os
 import signal
@@ -94,6 +101,57 @@ WORKER = textwrap.dedent(
 )
 
 
+#: The JAX worker: the same run without TensorFlow (no feed record: under JAX the step sees the
+#: global batch; each process reads its part of it, tests/test_batches.py checks the parts).
+WORKER_JAX = textwrap.dedent(
+    """
+    import json, os, sys, time
+    sys.path.insert(0, {root!r})
+    import keras
+    import numpy as np
+
+    from clci_keras.models import register_model
+    from clci_keras.models.clci_net import conv_bn_relu
+    from clci_keras.training import train
+
+    DUMP, PAUSE = os.environ["MW_DUMP"], os.environ.get("MW_PAUSE")
+    assert "tensorflow" not in sys.modules and keras.backend.backend() == "jax"
+
+
+    def mw_tiny(input_shape=(32, 32, 1), num_class=1, name="mw_tiny"):
+        inputs = keras.Input(input_shape)
+        a = conv_bn_relu(inputs, 4, name="a")
+        b = conv_bn_relu(keras.layers.MaxPooling2D()(a), 8, name="b")
+        c = conv_bn_relu(keras.layers.Concatenate()([a, keras.layers.UpSampling2D()(b)]), 4, name="c")
+        outputs = keras.layers.Conv2D(num_class, 1, activation="sigmoid", name="out")(c)
+        return keras.Model(inputs, outputs, name=name)
+
+
+    register_model("mw_tiny", mw_tiny, description="test model", reference="tests/test_multiworker.py")
+
+
+    class Dump(keras.callbacks.Callback):
+        def on_train_end(self, logs=None):
+            arrays = {{"w/" + v.path: keras.ops.convert_to_numpy(v) for v in self.model.weights}}
+            arrays.update({{"opt/" + v.path: keras.ops.convert_to_numpy(v) for v in self.model.optimizer.variables}})
+            np.savez(DUMP, **arrays)
+
+
+    class PauseAfterFirstEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if PAUSE and epoch == 0:
+                open(PAUSE, "w").close()
+                time.sleep(3600)
+
+
+    res = train("mw_tiny", {h5!r}, {split!r}, {out!r}, strategy="multiworker",
+                callbacks=[Dump(), PauseAfterFirstEpoch()], **{opts!r})
+    print("RESULT", json.dumps(res, default=str))
+    """
+)
+BLOCKER = os.path.join(ROOT, "tests", "without_tensorflow")
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     from clci_keras.data.splits import save_split
@@ -122,15 +180,24 @@ def _tail(path, n=3000):
         return f.read()[-n:]
 
 
-def _launch(script, ports, folder, attempt, pause_worker=None):
-    """The two workers of one attempt: [(process, stdout path, stderr path)], chief first."""
+def _cluster_env(backend, ports, i):
+    """The variables that place worker ``i`` in its cluster on ``backend``."""
+    if backend == "jax":
+        return {"KERAS_BACKEND": "jax", "PYTHONPATH": os.pathsep.join([BLOCKER, ROOT]), "CUDA_VISIBLE_DEVICES": "",
+                "KERAS_DISTRIBUTION_JOB_ADDRESSES": ",".join(f"127.0.0.1:{p}" for p in ports),
+                "KERAS_DISTRIBUTION_NUM_PROCESSES": "2", "KERAS_DISTRIBUTION_PROCESS_ID": str(i)}
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    return {"KERAS_BACKEND": "tensorflow",
+            "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}
+
+
+def _launch(script, ports, folder, attempt, pause_worker=None, backend="tensorflow"):
+    """The two workers of one attempt: [(process, stdout path, stderr path)], chief first."""
     procs = []
     for i in range(2):
         # TensorFlow's own thread pools: with TF_NUM_INTEROP_THREADS=2 and TF_NUM_INTRAOP_THREADS=1
         # the workers' collectives stalled until the heartbeat timeout in 2 of 3 runs.
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
-               "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **_cluster_env(backend, ports, i),
                "MW_FEED": str(folder / f"feed{attempt}_{i}.txt"), "MW_DUMP": str(folder / f"weights{i}.npz")}
         env.pop("MW_PAUSE", None)
         if i == pause_worker:
@@ -173,7 +240,10 @@ def _epochs_backed_up(run):
         return 0
 
 
-def test_two_workers_resume_after_a_kill_and_end_with_identical_weights(tiny, tmp_path):
+@pytest.mark.parametrize("backend", [
+    "tensorflow",
+    pytest.param("jax", marks=pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="no JAX"))])
+def test_two_workers_resume_after_a_kill_and_end_with_identical_weights(tiny, tmp_path, backend):
     from clci_keras.data import SliceReader, select_slices
     from clci_keras.data.reader import batch_indices
 
@@ -182,12 +252,12 @@ def test_two_workers_resume_after_a_kill_and_end_with_identical_weights(tiny, tm
     opts = dict(crop=CROP, batch_size=BATCH, steps_per_epoch=STEPS, epochs=EPOCHS, val_batch_size=10,
                 train_slices="lesion", val_slices="lesion", tensorboard=False, verbose=2, learning_rate=1e-3,
                 export="last", early_stopping_patience=50, reduce_lr_patience=1, reduce_lr_min_delta=10.0)
-    script = WORKER.format(root=ROOT, h5=h5, split=split, out=run, opts=opts)
+    script = (WORKER_JAX if backend == "jax" else WORKER).format(root=ROOT, h5=h5, split=split, out=run, opts=opts)
     ports = _free_ports(2)
     launched = []
     try:
         # Attempt 1: worker 1 stops after epoch 1 (its own callbacks done), then both are killed.
-        procs = _launch(script, ports, tmp_path, 1, pause_worker=1)
+        procs = _launch(script, ports, tmp_path, 1, pause_worker=1, backend=backend)
         launched += procs
         _wait_until(procs, lambda: (tmp_path / "paused").exists() and _epochs_backed_up(run) >= 1)
         for p, _, _ in reversed(procs):  # worker 1, then the chief (blocked in a collective)
@@ -197,7 +267,7 @@ def test_two_workers_resume_after_a_kill_and_end_with_identical_weights(tiny, tm
         assert [r["epoch"] for r in csv.DictReader(open(os.path.join(run, "log.csv")))] == ["0"]
 
         # Attempt 2: the same commands.
-        procs = _launch(script, ports, tmp_path, 2)
+        procs = _launch(script, ports, tmp_path, 2, backend=backend)
         launched += procs
         _wait_until(procs, lambda: all(p.poll() == 0 for p, _, _ in procs), exit_fails=False)
     finally:
@@ -233,6 +303,9 @@ def test_two_workers_resume_after_a_kill_and_end_with_identical_weights(tiny, tm
     for k in w0.files:
         np.testing.assert_array_equal(w0[k], w1[k], err_msg=k)
 
+    assert saved["backend"] == backend
+    if backend != "tensorflow":
+        return
     # Each global batch of 4 was split: worker 0 trained on its first 2 slices, worker 1 on the other 2.
     fed = [[[float(v) for v in line.split()] for line in open(tmp_path / f"feed2_{i}.txt")] for i in range(2)]
     assert len(fed[0]) == len(fed[1]) == (EPOCHS - 1) * STEPS

@@ -1,0 +1,204 @@
+"""The backend test set: JAX and PyTorch, each in processes where TensorFlow cannot be imported.
+
+Each test runs its work in a child process with ``KERAS_BACKEND`` set and
+``tests/without_tensorflow`` first on ``PYTHONPATH`` (its ``sitecustomize``
+hides TensorFlow and tf_keras from every import, as on a machine without
+them; the child's own children inherit it). What needs TensorFlow (the
+Keras-2 reference network) runs here, in the TensorFlow test process, and
+hands files to the child. A backend that is not installed is skipped; CI
+installs both (``.[jax,torch]``).
+
+* parity: the original Keras-2 weights give the Keras-2 reference's outputs (<= 1e-5);
+* the Keras 2.2 BatchNormalization update (tests/test_batchnorm.py's traced-step
+  and CLCI-Net checks, run on the backend) (<= 1e-5 relative);
+* ``clci-keras train`` on a streamed input, killed after its first epoch and
+  started again (it resumes), then ``evaluate`` and ``predict`` of a NIfTI scan,
+  all through the command line, on a 32 x 32 window;
+* the multi-process JAX distribution: tests/test_multiworker.py (JAX case).
+"""
+import csv
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from test_training import CROP, MODEL, write_tiny_h5
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.join(ROOT, "tests")
+BLOCKER = os.path.join(TESTS, "without_tensorflow")
+BACKENDS = ("jax", "torch")
+HANG_GUARD = 1800  # seconds; only against a hung child, never reached by a working one
+
+
+def installed(backend):
+    return importlib.util.find_spec(backend) is not None
+
+
+def backend_env(backend, **extra):
+    """The environment of a child process on ``backend`` without TensorFlow."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env.update(KERAS_BACKEND=backend, PYTHONPATH=os.pathsep.join([BLOCKER, TESTS, ROOT]),
+               CUDA_VISIBLE_DEVICES="", **extra)
+    return env
+
+
+def run_child(backend, args, **kw):
+    """Run ``[python, *args]`` on ``backend``; fail with its output unless it exits 0."""
+    res = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=HANG_GUARD,
+                         env=backend_env(backend), **kw)
+    assert res.returncode == 0, f"exit {res.returncode}\n--- stdout:\n{res.stdout[-3000:]}\n--- stderr:\n" \
+                                f"{res.stderr[-5000:]}"
+    return res.stdout
+
+
+per_backend = pytest.mark.parametrize("backend", [
+    pytest.param(b, marks=pytest.mark.skipif(not installed(b), reason=f"{b} is not installed")) for b in BACKENDS])
+
+
+def test_the_blocker_hides_tensorflow():
+    out = run_child("jax" if installed("jax") else "torch", ["-c", textwrap.dedent("""
+        import importlib.util
+        assert importlib.util.find_spec("tensorflow") is None and importlib.util.find_spec("tf_keras") is None
+        try:
+            import tensorflow
+        except ModuleNotFoundError:
+            print("NO TENSORFLOW")
+        """)])
+    assert "NO TENSORFLOW" in out
+
+
+PARITY = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import keras
+    assert "tensorflow" not in sys.modules
+    from clci_keras.models import CLCI_Net, load_weights
+    x, expected = np.load(sys.argv[2]), np.load(sys.argv[3])
+    model = CLCI_Net(input_shape=x.shape[1:])
+    assert load_weights(model, sys.argv[1]) == "legacy_weights"
+    got = model.predict(x, batch_size=len(x), verbose=0)  # one compiled forward pass (JAX: jitted)
+    print("BACKEND", keras.backend.backend(), "MAXDIFF", float(np.abs(got - expected).max()))
+    assert "tensorflow" not in sys.modules
+    """)
+
+
+@per_backend
+def test_original_keras2_weights_give_the_reference_outputs(backend, tmp_path):
+    from keras2_reference import randomize_keras2, reference_clci_net
+
+    shape = (48, 32, 1)
+    ref = reference_clci_net(shape)
+    randomize_keras2(ref, seed=48)
+    ref.save_weights(str(tmp_path / "keras2_weights.h5"))
+    x = np.random.default_rng(2).uniform(0, 1, (3, *shape)).astype("float32")
+    expected = ref(x, training=False).numpy()
+    assert expected.std() > 1e-4
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "expected.npy", expected)
+    out = run_child(backend, ["-c", PARITY, str(tmp_path / "keras2_weights.h5"), str(tmp_path / "x.npy"),
+                              str(tmp_path / "expected.npy")])
+    line = next(l for l in out.splitlines() if l.startswith("BACKEND")).split()
+    assert line[1] == backend and float(line[3]) <= 1e-5
+
+
+#: tests/test_batchnorm.py's checks run on each backend: the traced training step on both; the
+#: 50 BatchNormalizations of CLCI-Net (3 steps run eagerly) on PyTorch, whose steps are eager
+#: anyway (on JAX an eager CLCI-Net step compiles each operation apart: minutes of CPU).
+BATCHNORM_CHECKS = {"jax": ["compiled_training_step"],
+                    "torch": ["compiled_training_step", "clci_net_trained_a_few_steps"]}
+
+
+@per_backend
+def test_batchnorm_updates_as_keras_224(backend):
+    checks = BATCHNORM_CHECKS[backend]
+    out = run_child(backend, ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
+                              os.path.join(TESTS, "test_batchnorm.py"), "-k", " or ".join(checks)], cwd=ROOT)
+    assert f"{len(checks)} passed" in out
+
+
+#: Test-only: the child pauses after its first epoch's resume point (then the test kills it).
+PAUSE_WRAPPER = textwrap.dedent("""
+    import os, sys, time
+    import test_training  # registers the tiny model
+    from clci_keras.cli import main
+    from clci_keras.training import callbacks
+
+    pause = os.environ.get("PAUSE_FILE")
+    if pause:
+        class PauseAfterFirstEpoch(callbacks.ResumePoint):
+            def on_epoch_end(self, epoch, logs=None):
+                super().on_epoch_end(epoch, logs)
+                if epoch == 0:
+                    open(pause, "w").close()
+                    time.sleep(3600)
+
+        callbacks.ResumePoint = PauseAfterFirstEpoch
+    sys.exit(main(sys.argv[1:]))
+    """)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from clci_keras.data.splits import save_split
+
+    d = tmp_path_factory.mktemp("tiny_backends")
+    h5 = write_tiny_h5(str(d / "tiny.h5"))
+    split = str(d / "split.json")
+    save_split({"train": [0, 1], "val": [2], "test": [3], "subject_ids": ["s0", "s1", "s2", "s3"],
+                "mode": "holdout"}, split)
+    return h5, split
+
+
+@per_backend
+def test_cli_train_killed_resumes_then_evaluate_and_predict(backend, tiny, synthetic_r11_dir, tmp_path):
+    h5, split = tiny
+    run = str(tmp_path / "run")
+    train = [sys.executable, "-c", PAUSE_WRAPPER, "train", "--model", MODEL, "--h5", h5, "--split", split,
+             "--crop", CROP, "--out", run, "--batch-size", "2", "--val-batch-size", "8", "--epochs", "3",
+             "--steps-per-epoch", "2", "--train-slices", "lesion+2", "--val-slices", "lesion", "--lr", "1e-3",
+             "--input-mode", "stream", "--stream-buffer", "1", "--export", "last", "--quiet"]
+    pause = tmp_path / "paused"
+    child = subprocess.Popen(train, env=backend_env(backend, PAUSE_FILE=str(pause)), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        end = time.monotonic() + HANG_GUARD
+        while not pause.exists() and child.poll() is None and time.monotonic() < end:
+            time.sleep(0.2)
+        assert pause.exists(), child.communicate(timeout=60)[0][-5000:] if child.poll() is not None else "hung"
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+    assert json.load(open(os.path.join(run, "backup", "latest.json")))["epoch"] == 1
+
+    out = run_child(backend, train[1:], cwd=str(tmp_path))  # the same command again
+    assert f"resuming {run} after epoch 1" in out
+    result = json.load(open(os.path.join(run, "result.json")))
+    assert result["backend"] == backend and result["epochs_run"] == 3 and result["optimizer_iterations"] == 6
+    assert result["input_plan"]["mode"] == "stream" and np.isfinite(result["final"]["loss"])
+    assert [r["epoch"] for r in csv.DictReader(open(os.path.join(run, "log.csv")))] == ["0", "1", "2"]
+    assert os.path.isdir(os.path.join(run, "tensorboard", "train")) and not os.path.exists(os.path.join(run, "backup"))
+    weights = os.path.join(run, f"{MODEL}_weights.h5")
+
+    run_child(backend, ["-c", PAUSE_WRAPPER, "evaluate", "--model", MODEL, "--weights", weights, "--h5", h5,
+                        "--split", split, "--crop", CROP, "--out", run, "--quiet"])
+    rows = list(csv.DictReader(open(os.path.join(run, "scores_test.csv"))))
+    assert [r["subject_id"] for r in rows] == ["s3"] and 0.0 <= float(rows[0]["dsc"]) <= 1.0
+
+    import nibabel as nib
+
+    scan = next(p for p in sorted(synthetic_r11_dir.rglob("*.nii.gz")) if "t1w" in p.name.lower())
+    mask = tmp_path / "mask.nii.gz"
+    run_child(backend, ["-c", PAUSE_WRAPPER, "predict", str(scan), "-o", str(mask), "--model", MODEL,
+                        "--weights", weights, "--no-qc", "--quiet"])
+    img, seg = nib.load(str(scan)), nib.load(str(mask))
+    assert seg.shape == img.shape and np.allclose(seg.affine, img.affine)
+    assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1}
