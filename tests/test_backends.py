@@ -202,3 +202,11 @@ def test_cli_train_killed_resumes_then_evaluate_and_predict(backend, tiny, synth
     img, seg = nib.load(str(scan)), nib.load(str(mask))
     assert seg.shape == img.shape and np.allclose(seg.affine, img.affine)
     assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1}
+
+
+@per_backend
+def test_notebook_02_quick(backend):
+    """Notebooks 01 and 02 in QUICK mode (tests/test_notebooks.py's checks), kernels on ``backend``."""
+    out = run_child(backend, ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
+                              os.path.join(TESTS, "test_notebooks.py"), "-k", "test_02_train_clci_net"], cwd=ROOT)
+    assert "1 passed" in out

@@ -188,8 +188,17 @@ EAGER_MAX_STEPS = 4
 
 
 def _use_eager(eager, options):
+    """Whether a run's steps run eagerly: ``eager``, or for ``"auto"`` a short run off JAX.
+
+    JAX runs an eager step operation by operation, compiling each one apart
+    (minutes for CLCI-Net on a CPU): ``"auto"`` compiles the step there.
+    """
+    import keras
+
     if eager != "auto":
         return bool(eager)
+    if keras.backend.backend() == "jax":
+        return False
     steps = options.get("steps_per_epoch")
     epochs = options.get("epochs")
     if steps is None or epochs is None or options.get("strategy", "default") != "default":
@@ -244,8 +253,9 @@ def train_and_evaluate(model_name, h5, split, out_dir, fold=None, part="test", e
         eager: run the training steps eagerly instead of tracing them into a
             ``tf.function``; ``"auto"``: when the run has at most
             :data:`EAGER_MAX_STEPS` steps (``epochs * steps_per_epoch``, e.g.
-            QUICK runs), where tracing costs far more than the steps. The
-            evaluation always uses the traced prediction function.
+            QUICK runs), where tracing costs far more than the steps, except
+            on JAX (:func:`_use_eager`). The evaluation always uses the
+            traced prediction function.
         **train_options: :class:`clci_keras.training.TrainConfig` fields
             (``epochs=``, ``crop=``, ...), ``callbacks=``, ``overwrite=``.
 
