@@ -478,8 +478,8 @@ def test_worker_watchdog_without_prctl_ends_an_orphan():
 
     child = (
         "import os, time\n"
-        "from clci_keras.data.preprocess import _die_with_parent\n"
-        "_die_with_parent(os.getppid(), use_prctl=False, poll=0.05)\n"
+        "from clci_keras.process import die_with_parent\n"
+        "die_with_parent(os.getppid(), use_prctl=False, poll=0.05)\n"
         "print(os.getpid(), flush=True)\n"
         "time.sleep(600)\n"
     )

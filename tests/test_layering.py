@@ -4,6 +4,12 @@ Every ``clci_keras.*`` import of every module is read from its syntax tree,
 function-level (lazy) imports included, so a shortcut taken inside a function
 is caught too. ``reports`` formats tables and figures from evaluation results
 (it may read evaluation's summaries; workflows and the CLI call it).
+
+Packages are checked first; then modules: no import circle between any two
+modules (a lazy import only postpones a circle; :func:`_module_imports` says how
+an import becomes an edge), and no module takes a private ``_name`` of another.
+What several layers use lives in leaf modules that import nothing of the package
+(:data:`LEAVES`; ``data/constants.py`` is the data layer's own leaf).
 """
 import ast
 import pathlib
@@ -11,7 +17,7 @@ import pathlib
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent / "clci_keras"
-LEAVES = {"version", "hardware", "fileio"}
+LEAVES = {"version", "hardware", "fileio", "process"}
 ALLOWED = {
     "data": set(),
     "models": {"data"},
@@ -56,6 +62,131 @@ def test_imports_follow_the_layers(pkg):
 
 
 def test_leaf_modules_import_nothing_of_the_package():
-    bad = [f"{f} imports clci_keras.{t}" for p, t, f in _imports() if p in ("hardware", "fileio") and t != p]
+    bad = [f"{f} imports clci_keras.{t}" for p, t, f in _imports() if p in LEAVES and t != p]
     assert not bad
 
+
+
+# --- module level: no import circle, no private name across modules ----------------------------
+
+def _module_name(path):
+    """``clci_keras/data/reader.py`` -> ``clci_keras.data.reader``; a package's ``__init__.py``
+    is the package's own node (``clci_keras.data``)."""
+    parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+MODULES = {_module_name(p): p for p in ROOT.rglob("*.py")}
+
+
+def _module_imports():
+    """``{module: {imported module: [(line, name)]}}`` for every ``clci_keras`` import, anywhere.
+
+    How an import becomes an edge:
+
+    * ``import clci_keras.a.b`` and ``from clci_keras.a.b import name`` -> ``clci_keras.a.b``;
+    * ``from clci_keras.a import b`` where ``b`` is a submodule (or subpackage) ->
+      ``clci_keras.a.b``; where ``b`` is a name the package's ``__init__`` defines or re-exports ->
+      the package node ``clci_keras.a`` (its ``__init__.py``), which therefore depends on
+      everything that ``__init__`` imports.
+    * Python also runs every parent package's ``__init__`` on the way to a submodule; that
+      implicit step is *not* an edge, otherwise every package that re-exports its submodules
+      (``clci_keras.data`` re-exports ``reader``, which lives in ``clci_keras.data``) would be a
+      circle by construction. What counts is which namespace the code reads a name from: a module
+      that takes a name from its own package's ``__init__`` is in a circle with it.
+    * Imports inside functions, methods and ``if`` blocks count like top-level ones: a lazy import
+      only postpones a circle. Imports by string (``importlib.import_module``: the CLI's
+      subcommand dispatch, the model registry's built-in discovery, the top-level lazy names) are
+      plug-in lookups, not edges.
+    """
+    graph = {m: {} for m in MODULES}
+    for mod, path in MODULES.items():
+        is_pkg = path.name == "__init__.py"
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [(a.name, a.name) for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative import: resolve against this module's package
+                    pkg = mod.split(".") if is_pkg else mod.split(".")[:-1]
+                    pkg = pkg[: len(pkg) - (node.level - 1)]
+                    base = ".".join(pkg + ([base] if base else []))
+                for a in node.names:
+                    sub = f"{base}.{a.name}"
+                    targets.append((sub if sub in MODULES else base, a.name))
+            for target, name in targets:
+                if target == "clci_keras" or target.startswith("clci_keras."):
+                    graph[mod].setdefault(target, []).append((node.lineno, name))
+    return graph
+
+
+def _cycles(graph):
+    """Strongly connected components of more than one module (or a module importing itself)."""
+    index, low, stack, on_stack, out = {}, {}, [], set(), []
+
+    def visit(v):  # Tarjan; the graph has ~100 nodes, recursion depth is fine
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1 or v in graph.get(v, ()):
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_circle_finder_sees_long_circles_and_self_imports():
+    graph = {"a": {"b": []}, "b": {"c": []}, "c": {"a": []}, "d": {"a": [], "d": []}, "e": {}}
+    assert _cycles(graph) == [["a", "b", "c"], ["d"]]
+
+
+def test_every_import_names_an_existing_module():
+    graph = _module_imports()
+    bad = [f"{m} imports {t}" for m, ts in graph.items() for t in ts if t not in MODULES]
+    assert not bad, "\n".join(bad)
+
+
+def test_no_import_circle_between_modules():
+    graph = _module_imports()
+    lines = []
+    for comp in _cycles(graph):
+        lines.append("circle: " + ", ".join(comp))
+        for m in comp:
+            for t, uses in sorted(graph[m].items()):
+                if t in comp:
+                    names = ", ".join(sorted({n for _, n in uses}))
+                    where = ", ".join(str(n) for n in sorted({ln for ln, _ in uses}))
+                    lines.append(f"  {m} -> {t} ({names}; line {where})")
+    assert not lines, "\n".join(lines)
+
+
+def test_no_private_name_crosses_modules():
+    """``from clci_keras.x import _name`` from another module: a private name is nobody's contract."""
+    bad = []
+    for mod, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("clci_keras"):
+                for a in node.names:
+                    if a.name.startswith("_") and not a.name.startswith("__") and node.module != mod:
+                        bad.append(f"{path.relative_to(ROOT.parent)}:{node.lineno} imports "
+                                   f"{a.name} from {node.module}")
+    assert not bad, "\n".join(bad)

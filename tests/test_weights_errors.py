@@ -51,3 +51,50 @@ def test_wrong_weights_give_one_short_error(clci_small, tmp_path, capfd, kind):
         assert "model 'clci_net' has 105 layers with weights ('enc1_1_conv'" in msg
     assert [str(w.message)[:80] for w in caught] == []  # no Python warnings escape
     assert len((out.out + out.err).splitlines()) < 5, out.out + out.err
+
+
+_SMALL = {}
+
+
+def _small_model(input_shape=None, **_):
+    """The module's small CLCI-Net, registered as a model for build_inference_model and the CLI."""
+    return _SMALL["model"]
+
+
+def test_a_bug_while_loading_is_not_taken_for_bad_weights(clci_small, tmp_path, monkeypatch, capsys):
+    """One error class, caught narrowly (issue 22): files at fault become the one-line
+    ``WeightsMismatchError`` (exit 2 in the CLI); a genuine bug (here a ``TypeError`` inside our
+    loader) keeps its type and traceback instead of turning into a one-line exit 2."""
+    import nibabel as nib
+
+    from clci_keras.cli import main as cli_main
+    from clci_keras.inference import WeightsError, build_inference_model
+    from clci_keras.models import list_models, register_model, save_weights_legacy
+    from clci_keras.models import weights as weights_module
+
+    assert WeightsError is WeightsMismatchError  # one class, the old inference name kept
+    _SMALL["model"] = clci_small
+    if "test_weights_errors_small" not in list_models():
+        register_model("test_weights_errors_small", _small_model, description="test stand-in", reference="tests")
+    path = save_weights_legacy(clci_small, tmp_path / "small.h5")
+    assert build_inference_model("test_weights_errors_small", path, optimize=False) is clci_small
+
+    with pytest.raises(WeightsMismatchError, match=r"nothere.h5: cannot load these weights"):
+        build_inference_model("test_weights_errors_small", tmp_path / "nothere.h5", optimize=False)
+    scan = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), scan)
+    argv = ["predict", str(scan), "-o", str(tmp_path / "out"), "--model", "test_weights_errors_small"]
+    capsys.readouterr()
+    assert cli_main(argv + ["--weights", str(tmp_path / "nothere.h5")]) == 2
+    err = capsys.readouterr().err
+    assert "nothere.h5: cannot load these weights" in err and len(err.splitlines()) == 1, err
+
+    def buggy(model, group, path):
+        raise TypeError("unsupported operand type(s) for +: 'int' and 'NoneType'")
+
+    monkeypatch.setattr(weights_module, "_load_legacy_group", buggy)
+    with pytest.raises(TypeError, match="unsupported operand") as e:
+        build_inference_model("test_weights_errors_small", path, optimize=False)
+    assert not isinstance(e.value, WeightsMismatchError)
+    with pytest.raises(TypeError, match="unsupported operand"):  # a traceback, not exit 2
+        cli_main(argv + ["--weights", str(path)])

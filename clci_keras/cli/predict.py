@@ -117,7 +117,6 @@ def run(args) -> int:
 
     from clci_keras.inference import (
         DEFAULT_BATCH_SIZE,
-        WeightsError,
         build_inference_model,
         configure_threads,
         plan_outputs,
@@ -196,7 +195,7 @@ def run(args) -> int:
     args.precision = resolve_precision(args.precision, force=args.force_bf16)
     try:
         models = [build_inference_model(args.model, w, precision=args.precision) for w in weights]
-    except (WeightsError, ValueError) as e:
+    except ValueError as e:  # unknown model; weights the library could not load (WeightsMismatchError)
         return _error(str(e))
 
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))

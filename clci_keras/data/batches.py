@@ -29,7 +29,8 @@ import threading
 import keras
 import numpy as np
 
-from clci_keras.data.reader import epoch_permutation, keep_freed_memory, steps_for
+from clci_keras.data.reader import epoch_permutation, steps_for
+from clci_keras.process import keep_freed_memory
 
 
 def _check_batch_size(batch_size):

@@ -9,9 +9,15 @@ MICCAI 2019) then crops every slice to 224 x 176 and X-Net (Qi et al., MICCAI
 alexklwong/subpixel-embedding-segmentation) retrained CLCI-Net on R1.2 with
 the window rows 5:229, columns 11:187 (``external_src/CLCI-Net/data.py``).
 """
+import numpy as np
 
 #: Volume shape (x, y, z) of ATLAS R1.1 / 2.0 images (MNI152 2009, 1 mm).
 ATLAS_SHAPE = (197, 233, 189)
+
+#: Affine of the ATLAS grid (nilearn's MNI152 2009 1 mm template): RAS, 1 mm, origin at voxel (98, 134, 72).
+ATLAS_AFFINE = np.array(
+    [[1.0, 0.0, 0.0, -98.0], [0.0, 1.0, 0.0, -134.0], [0.0, 0.0, 1.0, -72.0], [0.0, 0.0, 0.0, 1.0]]
+)
 
 #: Axial slices per subject in the HDF5 file.
 SLICES_PER_SUBJECT = 189

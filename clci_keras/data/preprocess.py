@@ -50,6 +50,7 @@ from clci_keras.data.constants import (
 )
 from clci_keras.data.intensity import normalize_slice, v2_reference
 from clci_keras.fileio import check_writable_folder, progress_bar
+from clci_keras.process import PARENT_POLL_SECONDS, die_with_parent  # noqa: F401  (re-exported)
 
 CHUNK = (1,) + SLICE_SHAPE
 
@@ -146,47 +147,6 @@ def remove_stale_temporaries(out_h5):
     return removed
 
 
-#: How often (seconds) a worker checks that the process that started it still runs.
-PARENT_POLL_SECONDS = 0.5
-
-
-def _die_with_parent(parent_pid, use_prctl=True, poll=PARENT_POLL_SECONDS):
-    """Pool-worker initializer: end this worker when ``parent_pid`` ends.
-
-    A ``ProcessPoolExecutor`` worker blocks on its task queue forever once its
-    parent is killed with SIGKILL (no cleanup code runs), so an interrupted
-    ``clci-keras prep --workers K`` would leave K orphans.  On Linux the kernel
-    is asked to SIGKILL the worker when its parent dies (``prctl
-    PR_SET_PDEATHSIG``); everywhere a daemon thread also checks
-    ``os.getppid()`` every ``poll`` seconds and exits the worker once the
-    parent is gone (the worker was re-parented).  (The kernel's signal follows
-    the *thread* that started the worker; the pool lives inside one call of
-    :func:`prepare_h5`, which that thread outlives.)
-    """
-    import signal
-    import threading
-
-    if use_prctl and sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            PR_SET_PDEATHSIG = 1
-            libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        except (OSError, AttributeError):
-            pass  # the polling thread below still covers it
-
-    def watch():
-        while True:
-            if os.getppid() != parent_pid:
-                os._exit(1)
-            time.sleep(poll)
-
-    if os.getppid() != parent_pid:  # the parent died before the initializer ran
-        os._exit(1)
-    threading.Thread(target=watch, name="clci-keras-parent-watch", daemon=True).start()
-
-
 def _iter_results(records, scheme, level, workers, affine_atol):
     """Yield (record, result) in order; at most ``2 * workers`` subjects in flight."""
     if workers <= 1:
@@ -200,7 +160,7 @@ def _iter_results(records, scheme, level, workers, affine_atol):
     # unsafe, so fall back to "spawn".
     method = "spawn" if "tensorflow" in sys.modules or sys.platform != "linux" else "fork"
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method),
-                             initializer=_die_with_parent, initargs=(os.getpid(),)) as ex:
+                             initializer=die_with_parent, initargs=(os.getpid(),)) as ex:
         pending = {}
         nxt = 0
         try:
@@ -421,3 +381,8 @@ def read_subjects(h5_path):
             d["mask_paths"] = json.loads(mp[i])
         out.append(d)
     return out
+
+
+def subject_table(h5_path):
+    """``{subject index: (offset, count)}`` of the HDF5 file, in file order (from :func:`read_subjects`)."""
+    return {int(s["index"]): (int(s["offset"]), int(s["count"])) for s in read_subjects(h5_path)}

@@ -38,7 +38,9 @@ import re
 import numpy as np
 
 from clci_keras.data.constants import ATLAS_SHAPE, DEFAULT_CROP, SLICES_PER_SUBJECT
+from clci_keras.data.preprocess import subject_table  # defined beside read_subjects; re-exported here
 from clci_keras.data.slicing import get_crop
+from clci_keras.process import keep_freed_memory  # noqa: F401  (re-exported: training, tests)
 
 _SPEC = re.compile(r"^(all|brain|lesion)(?:\+(\d+))?$")
 
@@ -49,15 +51,8 @@ MEMORY_BUDGET = 2 * 1024**3
 
 
 # ---------------------------------------------------------------------------
-# The file's table of contents
+# The file's table of contents (subject_table: clci_keras.data.preprocess, re-exported)
 # ---------------------------------------------------------------------------
-def subject_table(h5_path):
-    """``{subject index: (offset, count)}`` of the HDF5 file, in file order."""
-    from clci_keras.data.preprocess import read_subjects
-
-    return {int(s["index"]): (int(s["offset"]), int(s["count"])) for s in read_subjects(h5_path)}
-
-
 def dataset_info(h5_path):
     """Provenance of the HDF5 file: its attributes, slice count and a ``synthetic`` flag."""
     import h5py
@@ -328,52 +323,6 @@ def batch_indices(indices, batch_size, seed=0, first_batch=0, n_batches=1):
     """Batches ``first_batch .. first_batch + n_batches - 1`` of :func:`iter_batches`, as a 2-D array."""
     it = iter_batches(indices, batch_size, seed, first_batch)
     return np.stack([next(it) for _ in range(int(n_batches))]) if n_batches else np.zeros((0, int(batch_size)), np.int64)
-
-
-#: glibc malloc settings (bytes): freed buffers stay with the process instead of going back
-#: to the kernel, so the next batch, step or prediction does not page-fault them in again.
-MALLOC_TRIM_THRESHOLD = 256 * 1024**2
-MALLOC_TOP_PAD = 64 * 1024**2
-#: Allocations below this come from the heap (reused), not from a fresh ``mmap`` each time;
-#: 32 MiB is glibc's maximum. Setting any of these fixes glibc's adaptive threshold at its
-#: 128 KiB start, so it is set explicitly.
-MALLOC_MMAP_THRESHOLD = 32 * 1024**2
-
-
-@functools.lru_cache(maxsize=1)
-def keep_freed_memory():
-    """Tune glibc's malloc for batches, training steps and predictions, once per process.
-
-    Each batch allocates and frees megabytes (the gathered arrays, TensorFlow's
-    copies), and each training step or prediction allocates and frees its
-    activations and gradients. With glibc's defaults large blocks are fresh
-    ``mmap``\ s and freed memory is trimmed back to the kernel, so every batch or
-    step page-faults it in again: ~1 ms of CPU per 224 x 176 slice in the input
-    pipeline on these 2 cores, more than the reading itself, and a sixth of the CPU
-    of an eager training step + evaluation of DeepLabv3+ (kernel time 23 -> 10 s).
-    Keeping up to :data:`MALLOC_TRIM_THRESHOLD` of freed memory, growing the heap by
-    :data:`MALLOC_TOP_PAD` and serving blocks below :data:`MALLOC_MMAP_THRESHOLD`
-    from the heap cut the input pipeline's cost ~4x (benchmarks/RESULTS.md). Called by
-    :func:`clci_keras.training.train`, the input pipeline, the stream readers and
-    :func:`clci_keras.models.predict_slices`.
-    Skipped where the user set ``MALLOC_TRIM_THRESHOLD_`` / ``MALLOC_TOP_PAD_`` /
-    ``MALLOC_MMAP_THRESHOLD_`` or ``CLCI_KERAS_MALLOPT=0``, and off glibc. Returns
-    True if applied.
-    """
-    if os.environ.get("CLCI_KERAS_MALLOPT", "1") == "0":
-        return False
-    if any(k in os.environ for k in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_THRESHOLD_")):
-        return False
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3  # <malloc.h>
-        return bool(libc.mallopt(m_trim_threshold, MALLOC_TRIM_THRESHOLD)
-                    and libc.mallopt(m_top_pad, MALLOC_TOP_PAD)
-                    and libc.mallopt(m_mmap_threshold, MALLOC_MMAP_THRESHOLD))
-    except (OSError, AttributeError):  # not glibc
-        return False
 
 
 # ---------------------------------------------------------------------------

@@ -147,14 +147,13 @@ def _worker_init(h5_path, shm_name, geometry, parent_pid):
     import h5py
     from multiprocessing import shared_memory
 
-    from clci_keras.data.preprocess import _die_with_parent
-    from clci_keras.data.reader import keep_freed_memory
+    from clci_keras.process import die_with_parent, keep_freed_memory
 
     keep_freed_memory()  # each subject's read and inflated chunks reuse freed memory, no page faults
 
     # Exit when the training process is gone (killed): polling, not PR_SET_PDEATHSIG, whose
     # signal follows the *thread* that started the worker, and tf.data's threads come and go.
-    _die_with_parent(parent_pid, use_prctl=False)
+    die_with_parent(parent_pid, use_prctl=False)
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     f = h5py.File(h5_path, "r")
@@ -296,7 +295,7 @@ class StreamingReader:
         import multiprocessing as mp
         from multiprocessing import shared_memory
 
-        from clci_keras.data.reader import subject_table
+        from clci_keras.data.preprocess import subject_table
         from clci_keras.data.slicing import get_crop
 
         self.h5_path = os.fspath(h5_path)

@@ -7,12 +7,12 @@ TTA and clean-up: :mod:`~clci_keras.inference.ensemble`; QC pictures and the
 summary CSV: :mod:`~clci_keras.inference.qc`; the intensity check:
 :mod:`~clci_keras.inference.scaling`.
 """
+from clci_keras.data.constants import ATLAS_AFFINE
 from clci_keras.inference.batch import BatchResult, Job, plan_outputs, segment_files
 from clci_keras.inference.ensemble import remove_small_components
 from clci_keras.inference.io import InputError, find_inputs, load_image, save_atomic
 from clci_keras.inference.optimize import ZeroStateConvLSTM2D, optimize_for_inference
 from clci_keras.inference.predict import (
-    ATLAS_AFFINE,
     DEFAULT_BATCH_SIZE,
     PRECISIONS,
     GridWarning,

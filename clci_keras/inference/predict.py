@@ -35,17 +35,14 @@ import warnings
 
 import numpy as np
 
-from clci_keras.data.constants import ATLAS_SHAPE, CROPS, DEFAULT_CROP
+from clci_keras.data.constants import ATLAS_AFFINE, ATLAS_SHAPE, CROPS, DEFAULT_CROP
 from clci_keras.data.reader import brain_slice_indices
 from clci_keras.data.intensity import SCHEMES, normalize_intensity
 from clci_keras.data.slicing import crop_shape, crop_slices, slices_to_volume, uncrop_slices, volume_to_slices
 from clci_keras.inference.io import InputError, describe, validate_volume
 from clci_keras.models.predictor import predict_slices
+from clci_keras.models.weights import LOAD_ERRORS, WeightsMismatchError
 
-#: Affine of the ATLAS grid (nilearn's MNI152 2009 1 mm template): RAS, 1 mm, origin at voxel (98, 134, 72).
-ATLAS_AFFINE = np.array(
-    [[1.0, 0.0, 0.0, -98.0], [0.0, 1.0, 0.0, -134.0], [0.0, 0.0, 1.0, -72.0], [0.0, 0.0, 0.0, 1.0]]
-)
 #: Largest difference (mm) between an input's affine and :data:`ATLAS_AFFINE` still taken as the ATLAS grid.
 GRID_ATOL = 1e-2
 #: Slices per model call. Measured on a 2-core AVX-512 CPU (benchmarks/RESULTS.md):
@@ -59,8 +56,9 @@ class GridWarning(UserWarning):
     """The input is not on the ATLAS MNI152 1 mm grid and was resampled to it."""
 
 
-class WeightsError(ValueError):
-    """Weights that cannot be read, or that belong to another architecture."""
+#: Weights that cannot be read, or that belong to another architecture: the one weights error,
+#: :class:`clci_keras.models.weights.WeightsMismatchError`, under the name inference used before.
+WeightsError = WeightsMismatchError
 
 
 @dataclasses.dataclass
@@ -143,8 +141,10 @@ def build_inference_model(name="clci_net", weights=None, precision="fp32", crop=
 
     Raises:
         ValueError: unknown ``name``, ``precision`` or ``crop``.
-        WeightsError: ``weights`` is missing, unreadable or of another
-            architecture; the message names the file.
+        WeightsMismatchError: (``WeightsError``, a ``ValueError``) ``weights``
+            is missing, unreadable or of another architecture (any of
+            :data:`clci_keras.models.weights.LOAD_ERRORS`); the message names
+            the file. Other exceptions are bugs and propagate unchanged.
     """
     import keras
 
@@ -165,11 +165,11 @@ def build_inference_model(name="clci_net", weights=None, precision="fp32", crop=
         path = os.fspath(weights)
         try:
             load_weights(model, path)
-        except Exception as e:  # FileNotFoundError, WeightsMismatchError, OSError, h5py/zip errors
+        except LOAD_ERRORS as e:  # the file's fault only; a bug in our code keeps its traceback
             msg = str(e)
             if msg.startswith(path + ": "):
                 msg = msg[len(path) + 2 :]
-            raise WeightsError(
+            raise WeightsMismatchError(
                 f"{path}: cannot load these weights into model {name!r} ({type(e).__name__}: {msg})"
             ) from e
     if optimize:

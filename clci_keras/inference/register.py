@@ -39,6 +39,7 @@ import time
 
 import numpy as np
 
+from clci_keras.data.constants import ATLAS_AFFINE, ATLAS_SHAPE
 from clci_keras.inference.io import InputError, describe
 
 #: Working resolution (mm) of the registration; both images are resampled to it first.
@@ -174,15 +175,10 @@ class Registration:
 
     def to_template(self, data, affine, order=1):
         """``data`` on the scan's grid (``affine``) resampled onto the ATLAS (template) grid."""
-        from clci_keras.inference.predict import ATLAS_AFFINE
-        from clci_keras.data.constants import ATLAS_SHAPE
-
         return resample(data, affine, self.mni_to_native @ ATLAS_AFFINE, ATLAS_SHAPE, order=order)
 
     def to_native(self, arr, affine, shape, order=0):
         """An array on the ATLAS grid resampled onto the scan's grid (``order`` 0 masks, 1 probabilities)."""
-        from clci_keras.inference.predict import ATLAS_AFFINE
-
         return resample(arr, self.mni_to_native @ ATLAS_AFFINE, affine, shape, order=order)
 
     def to_dict(self):

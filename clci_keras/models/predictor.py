@@ -13,7 +13,7 @@ import numbers
 import keras
 import numpy as np
 
-from clci_keras.data.reader import keep_freed_memory
+from clci_keras.process import keep_freed_memory
 
 
 def lesion_probability(output):

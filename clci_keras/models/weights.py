@@ -31,7 +31,22 @@ from clci_keras.version import __version__
 
 
 class WeightsMismatchError(ValueError):
-    """The weights file does not fit the model's architecture."""
+    """Weights that cannot be loaded into a model: not a weights file, unreadable, missing, or
+    of another architecture; the message names the file.
+
+    The package's one weights error (a ``ValueError``): :func:`load_weights` raises it for a
+    file that holds something else, and
+    :func:`clci_keras.inference.build_inference_model` for any file in
+    :data:`LOAD_ERRORS` (``clci_keras.inference.WeightsError`` is this class, its old name).
+    """
+
+
+#: What loading weights raises when the *file* is at fault, and only that: the file system's
+#: and h5py's errors (``OSError``, ``FileNotFoundError`` among them; ``KeyError`` for an entry
+#: the file lacks), ``ValueError`` (:class:`WeightsMismatchError` is one) and a damaged
+#: ``.keras`` zip. Callers that turn a bad file into one line catch these; anything else (a
+#: ``TypeError`` in this package's code, say) is a bug and keeps its traceback.
+LOAD_ERRORS = (OSError, KeyError, ValueError, zipfile.BadZipFile)
 
 
 def _decode(names):

@@ -181,7 +181,7 @@ def train(model_name="clci_net", h5_path=None, split_path=None, out_dir=None, fo
     distribution.check_strategy(cfg.strategy)
     if not os.path.isfile(cfg.h5):
         raise FileNotFoundError(f"HDF5 data file not found: {cfg.h5}")
-    from clci_keras.data.reader import keep_freed_memory
+    from clci_keras.process import keep_freed_memory
 
     keep_freed_memory()  # steps and batches reuse freed memory instead of page-faulting it in
     if cfg.split and not os.path.isfile(cfg.split):

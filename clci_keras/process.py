@@ -1,0 +1,104 @@
+"""What a process of this package sets up for itself (a leaf module: imports nothing of clci_keras).
+
+* :func:`keep_freed_memory`: tune glibc's malloc once per process, so freed batch,
+  step and prediction buffers are reused instead of page-faulted in again.
+* :func:`die_with_parent`: a pool-worker initializer that ends the worker when the
+  process that started it is gone.
+
+Used by the data readers, the predictor, the trainer and the preparation pool;
+neither Keras nor TensorFlow is imported.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+
+#: glibc malloc settings (bytes): freed buffers stay with the process instead of going back
+#: to the kernel, so the next batch, step or prediction does not page-fault them in again.
+MALLOC_TRIM_THRESHOLD = 256 * 1024**2
+MALLOC_TOP_PAD = 64 * 1024**2
+#: Allocations below this come from the heap (reused), not from a fresh ``mmap`` each time;
+#: 32 MiB is glibc's maximum. Setting any of these fixes glibc's adaptive threshold at its
+#: 128 KiB start, so it is set explicitly.
+MALLOC_MMAP_THRESHOLD = 32 * 1024**2
+
+
+@functools.lru_cache(maxsize=1)
+def keep_freed_memory():
+    """Tune glibc's malloc for batches, training steps and predictions, once per process.
+
+    Each batch allocates and frees megabytes (the gathered arrays, TensorFlow's
+    copies), and each training step or prediction allocates and frees its
+    activations and gradients. With glibc's defaults large blocks are fresh
+    ``mmap``\ s and freed memory is trimmed back to the kernel, so every batch or
+    step page-faults it in again: ~1 ms of CPU per 224 x 176 slice in the input
+    pipeline on these 2 cores, more than the reading itself, and a sixth of the CPU
+    of an eager training step + evaluation of DeepLabv3+ (kernel time 23 -> 10 s).
+    Keeping up to :data:`MALLOC_TRIM_THRESHOLD` of freed memory, growing the heap by
+    :data:`MALLOC_TOP_PAD` and serving blocks below :data:`MALLOC_MMAP_THRESHOLD`
+    from the heap cut the input pipeline's cost ~4x (benchmarks/RESULTS.md). Called by
+    :func:`clci_keras.training.train`, the input pipeline, the stream readers and
+    :func:`clci_keras.models.predict_slices`.
+    Skipped where the user set ``MALLOC_TRIM_THRESHOLD_`` / ``MALLOC_TOP_PAD_`` /
+    ``MALLOC_MMAP_THRESHOLD_`` or ``CLCI_KERAS_MALLOPT=0``, and off glibc. Returns
+    True if applied.
+    """
+    if os.environ.get("CLCI_KERAS_MALLOPT", "1") == "0":
+        return False
+    if any(k in os.environ for k in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_THRESHOLD_")):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3  # <malloc.h>
+        return bool(libc.mallopt(m_trim_threshold, MALLOC_TRIM_THRESHOLD)
+                    and libc.mallopt(m_top_pad, MALLOC_TOP_PAD)
+                    and libc.mallopt(m_mmap_threshold, MALLOC_MMAP_THRESHOLD))
+    except (OSError, AttributeError):  # not glibc
+        return False
+
+
+#: How often (seconds) a worker checks that the process that started it still runs.
+PARENT_POLL_SECONDS = 0.5
+
+
+def die_with_parent(parent_pid, use_prctl=True, poll=PARENT_POLL_SECONDS):
+    """Pool-worker initializer: end this worker when ``parent_pid`` ends.
+
+    A ``ProcessPoolExecutor`` worker blocks on its task queue forever once its
+    parent is killed with SIGKILL (no cleanup code runs), so an interrupted
+    ``clci-keras prep --workers K`` would leave K orphans.  On Linux the kernel
+    is asked to SIGKILL the worker when its parent dies (``prctl
+    PR_SET_PDEATHSIG``); everywhere a daemon thread also checks
+    ``os.getppid()`` every ``poll`` seconds and exits the worker once the
+    parent is gone (the worker was re-parented).  (The kernel's signal follows
+    the *thread* that started the worker; the pool of
+    :func:`clci_keras.data.preprocess.prepare_h5` lives inside one call, which
+    that thread outlives. The workers of
+    :class:`clci_keras.data.stream.StreamingReader` pass ``use_prctl=False``.)
+    """
+    import signal
+    import threading
+
+    if use_prctl and sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            PR_SET_PDEATHSIG = 1
+            libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the polling thread below still covers it
+
+    def watch():
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(1)
+            time.sleep(poll)
+
+    if os.getppid() != parent_pid:  # the parent died before the initializer ran
+        os._exit(1)
+    threading.Thread(target=watch, name="clci-keras-parent-watch", daemon=True).start()
