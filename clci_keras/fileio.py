@@ -1,20 +1,50 @@
 """Small helpers shared by every layer (a leaf module: imports nothing of clci_keras).
 
-* :func:`publish`: atomic rename of a finished temporary file to its path;
-  :func:`atomic_text`: write a text file that way.
+* The one writer of every file the package publishes: :func:`atomic_text` (text),
+  :func:`atomic_path` (a temporary path for libraries that write by file name: h5py,
+  Keras ``save_weights``, nibabel, matplotlib), :func:`atomic_folder` (a whole folder),
+  all through :func:`temporary` and :func:`publish` (or :func:`discard`);
+  :func:`move` renames a finished file elsewhere; :func:`remove_temporaries` clears
+  what a killed writer left.
 * :func:`check_writable_folder`: fail early, naming the folder, where outputs cannot be written.
 * :func:`progress_bar`: a tqdm bar on a terminal; plain lines (no carriage returns, no ANSI
   escapes) in log files and pipes.
+
+Every writer follows one contract:
+
+* the data go to a temporary beside the target, named uniquely by ``tempfile``
+  (``.XXXXXXXX.STEM.TAG.EXT``: hidden, the target's extension kept, e.g.
+  ``.k3j_9q2a.best.partial.weights.h5`` for ``best.weights.h5``), so two writers of
+  one target never share a temporary;
+* on success the temporary gets the mode a direct ``open()`` would give (the user's
+  umask) and is renamed over the target in one step: a reader sees the old file or
+  the new one, never part of one;
+* on any error (``KeyboardInterrupt`` included) the temporary is removed and the
+  target is untouched;
+* with ``durable=True`` (results, weights, resume points) the data and the rename
+  are flushed to the disk (``fsync``) before the writer returns.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shutil
 import sys
 import tempfile
 
 #: Prefix of the empty probe file :func:`check_writable_folder` creates and removes at once.
 WRITE_PROBE_PREFIX = ".clci-keras-write-probe-"
+
+#: The tags a temporary's name carries before the target's extension (``TAG`` above).
+TEMPORARY_TAGS = ("tmp", "partial")
+
+#: Extensions of two parts that a temporary keeps whole (Keras requires ``.weights.h5``;
+#: nibabel picks gzip from ``.nii.gz``).
+DOUBLE_EXTENSIONS = (".weights.h5", ".nii.gz", ".tar.gz")
+
+#: A temporary's name (:func:`temporary`): ``.``, tempfile's random part, ``.STEM.TAG`` and the extension.
+_TEMPORARY = re.compile(r"\.[a-z0-9_]+\.(?P<rest>.+\.(?:%s)(?:\.[^.]+)*)\Z" % "|".join(TEMPORARY_TAGS))
 
 
 def umask_mode(base=0o666):
@@ -24,36 +54,215 @@ def umask_mode(base=0o666):
     return base & ~mask
 
 
-def publish(tmp, path):
-    """Give ``tmp`` the user's default file mode and rename it to ``path`` (atomic).
+def split_name(name):
+    """``(stem, extension)`` of a file name, keeping :data:`DOUBLE_EXTENSIONS` whole."""
+    for ext in DOUBLE_EXTENSIONS:
+        if name.endswith(ext) and len(name) > len(ext):
+            return name[: -len(ext)], ext
+    return os.path.splitext(name)
 
-    ``tempfile.mkstemp`` creates files with mode 0600; an output renamed from
-    such a file would stay unreadable to the user's group, unlike a file the
-    user wrote directly (0644 under umask 022).
+
+def _temporary_suffix(name, tag, folder):
+    if tag not in TEMPORARY_TAGS:
+        raise ValueError(f"temporary tag must be one of {TEMPORARY_TAGS}, got {tag!r}")
+    if folder:
+        return f".{name}.{tag}"
+    stem, ext = split_name(name)
+    return f".{stem}.{tag}{ext}"
+
+
+def is_temporary(name, of=None):
+    """Whether ``name`` is the name of a temporary of these writers (for the target named ``of``)."""
+    m = _TEMPORARY.match(name)
+    if m is None or of is None:
+        return m is not None
+    return any(m.group("rest") == _temporary_suffix(of, tag, folder)[1:]
+               for tag in TEMPORARY_TAGS for folder in (False, True))
+
+
+def remove_temporaries(folder, of=None):
+    """Remove what a killed writer left in ``folder`` (of the target named ``of``); returns the names.
+
+    Only for folders that one process writes (a run folder): another writer's
+    temporary in progress would go too.
     """
-    os.chmod(tmp, umask_mode())
+    try:
+        names = sorted(os.listdir(folder))
+    except FileNotFoundError:
+        return []
+    gone = []
+    for name in names:
+        if is_temporary(name, of):
+            p = os.path.join(folder, name)
+            if os.path.isdir(p) and not os.path.islink(p):
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(p)
+            gone.append(name)
+    return gone
+
+
+def _fsync(path, folder=False):
+    """Flush ``path`` (a file, or a folder's entries) to the disk."""
+    try:
+        fd = os.open(path, (os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)) if folder else os.O_RDONLY)
+    except OSError:
+        if folder:  # folders cannot be opened on some systems (Windows): nothing to flush there
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not folder:
+            raise
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root):
+    for here, _, files in os.walk(root):
+        for name in files:
+            p = os.path.join(here, name)
+            if not os.path.islink(p):
+                _fsync(p)
+        _fsync(here, folder=True)
+
+
+def publish(tmp, path, durable=False, base_mode=None):
+    """Give ``tmp`` the user's default mode and rename it to ``path`` (atomic).
+
+    ``tempfile`` creates files with mode 0600 and folders with 0700; an output
+    renamed from such a temporary would stay unreadable to the user's group,
+    unlike one the user wrote directly (0644 / 0755 under umask 022).
+
+    Args:
+        tmp: the finished temporary file or folder, beside ``path``.
+        path: the target; an existing file is replaced (a folder must be empty or absent).
+        durable: flush the data and the rename to the disk (``fsync``).
+        base_mode: the mode before the umask (default 0o666 for a file, 0o777 for a folder).
+    """
+    is_dir = os.path.isdir(tmp)
+    if base_mode is None:
+        base_mode = 0o777 if is_dir else 0o666
+    os.chmod(tmp, umask_mode(base_mode))
+    if durable and is_dir:
+        _fsync_tree(tmp)
+    elif durable:
+        _fsync(tmp)
     os.replace(tmp, path)
+    if durable:
+        _fsync(os.path.dirname(os.path.abspath(path)), folder=True)
+
+
+def move(src, dst, durable=False):
+    """Rename the finished file or folder ``src`` to ``dst`` on the same file system (atomic)."""
+    os.replace(src, dst)
+    if durable:
+        _fsync(os.path.dirname(os.path.abspath(os.fspath(dst))), folder=True)
+
+
+def discard(tmp):
+    """Remove the temporary file or folder ``tmp`` (nothing if it is gone: published or never made)."""
+    if os.path.isdir(tmp) and not os.path.islink(tmp):
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+
+
+def temporary(path, tag="tmp", folder=False):
+    """A new, uniquely named, empty temporary file (or folder) beside ``path``; returns its path.
+
+    The name is ``.XXXXXXXX.STEM.TAG.EXT`` (folders: ``.XXXXXXXX.NAME.TAG``); the
+    folder of ``path`` is created if needed. The caller must :func:`publish` or
+    :func:`discard` it; :func:`atomic_text`, :func:`atomic_path` and
+    :func:`atomic_folder` do both.
+    """
+    path = os.fspath(path)
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    suffix = _temporary_suffix(os.path.basename(path), tag, folder)
+    if folder:
+        return tempfile.mkdtemp(prefix=".", suffix=suffix, dir=parent)
+    fd, tmp = tempfile.mkstemp(prefix=".", suffix=suffix, dir=parent)
+    os.close(fd)
+    return tmp
 
 
 @contextlib.contextmanager
-def atomic_text(path, newline=None):
+def atomic_text(path, newline=None, durable=False, base_mode=0o666):
     """Open ``path`` for writing text through a temporary file beside it.
 
     On success the file is published (:func:`publish`: the user's umask, then
     rename); on any error the temporary is removed and ``path`` is untouched.
     The folder is created if needed.
+
+    Args:
+        path: the target file.
+        newline: as ``open()``'s (``""`` for the ``csv`` module).
+        durable: ``fsync`` the data and the rename (results, resume points).
+        base_mode: the mode before the umask (``0o777`` for an executable script).
     """
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    tmp = temporary(path, "tmp", folder=False)
     try:
-        with os.fdopen(fd, "w", newline=newline) as f:
+        with open(tmp, "w", newline=newline) as f:
             yield f
-        publish(tmp, path)
+        publish(tmp, path, durable=durable, base_mode=base_mode)
     except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        discard(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_path(path, durable=False, tag="tmp"):
+    """A temporary path beside ``path`` for a library that writes by file name; published on success.
+
+    The temporary keeps the target's extension (Keras' ``save_weights`` wants
+    ``.weights.h5``, nibabel ``.nii.gz``, matplotlib the image format's), and
+    exists (empty) when the block starts: the library overwrites it. On any
+    error the temporary is removed and ``path`` is untouched::
+
+        with atomic_path("run/best.weights.h5", durable=True) as tmp:
+            model.save_weights(tmp)
+
+    Args:
+        path: the target file.
+        durable: ``fsync`` the data and the rename (weights, results).
+        tag: the word before the extension in the temporary's name (:data:`TEMPORARY_TAGS`).
+    """
+    path = os.fspath(path)
+    tmp = temporary(path, tag, folder=False)
+    try:
+        yield tmp
+        publish(tmp, path, durable=durable)
+    except BaseException:
+        discard(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_folder(path, durable=False, tag="tmp"):
+    """A new temporary folder beside ``path`` to fill; renamed to ``path`` on success.
+
+    An existing folder ``path`` is removed just before the rename (a folder
+    cannot be renamed over a non-empty one): callers that need the old one
+    until the new one is complete name each version differently and commit a
+    pointer to it (the resume points of :mod:`clci_keras.training.run_folder`).
+    With ``durable=True`` every file in it is flushed before the rename. On an
+    error inside the block the temporary folder is removed and ``path`` is
+    untouched; on any error the temporary folder is removed.
+    """
+    path = os.fspath(path)
+    tmp = temporary(path, tag, folder=True)
+    try:
+        yield tmp
+        if os.path.lexists(path):
+            discard(path)
+        publish(tmp, path, durable=durable)
+    except BaseException:
+        discard(tmp)
         raise
 
 

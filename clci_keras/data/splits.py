@@ -36,6 +36,8 @@ import os
 
 import numpy as np
 
+from clci_keras.fileio import atomic_text
+
 SPLIT_FORMAT_VERSION = 1
 PARTS = ("train", "val", "test")
 
@@ -363,15 +365,11 @@ def save_split(split, path):
     if not os.path.isdir(folder):
         kind = "is a file, not a folder" if os.path.lexists(folder) else "does not exist"
         raise FileNotFoundError(f"{path}: cannot write the split file: folder {folder} {kind}.")
-    tmp = path + ".tmp"
     try:
-        with open(tmp, "w") as f:
+        with atomic_text(path) as f:
             json.dump(split, f, indent=1)
             f.write("\n")
-        os.replace(tmp, path)
     except OSError as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
         raise type(e)(f"{path}: cannot write the split file ({e.strerror or e}).") from e
     return path
 

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from clci_keras.data.constants import ATLAS_SHAPE, R11_CSV_NAME, SYNTHETIC_MARKER, V2_SPACE
+from clci_keras.fileio import atomic_path, atomic_text
 from clci_keras.version import __version__
 
 #: Sites of the synthetic R1.1 release (real R1.1 has 9 sites).
@@ -256,9 +257,8 @@ def _save_nifti(arr, affine, path, dtype):
     img.header.set_xyzt_units("mm")
     img.set_qform(affine, code=4)
     img.set_sform(affine, code=4)
-    tmp = path + ".tmp.nii.gz"
-    nib.save(img, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        nib.save(img, tmp)
 
 
 def r11_subject_id(index, seed=0):
@@ -409,24 +409,20 @@ def generate_dataset(out_dir, layout="r1.1", n_subjects=4, seed=0, t1_dtype="int
         bar.close()
     if layout == "r1.1":
         csv_path = os.path.join(out_dir, R11_CSV_NAME)
-        tmp = csv_path + ".tmp"
-        with open(tmp, "w", newline="") as f:
+        with atomic_text(csv_path, newline="") as f:
             w = csv.writer(f)
             w.writerow(R11_CSV_HEADER)
             w.writerows(rows)
-        os.replace(tmp, csv_path)
     elif layout == "v2":
         tsv = os.path.join(out_dir, "Training", "participants.tsv")
-        with open(tsv + ".tmp", "w") as f:
+        with atomic_text(tsv) as f:
             f.write("participant_id\tcohort\n")
             for r in sorted(records, key=lambda r: r["subject_id"]):
                 f.write(f"{r['subject_id']}\t{r['site']}\n")
-        os.replace(tsv + ".tmp", tsv)
     marker = os.path.join(out_dir, SYNTHETIC_MARKER)
-    with open(marker + ".tmp", "w") as f:
+    with atomic_text(marker) as f:
         json.dump({"generator": "clci_keras.data.synthetic", "version": __version__,
                    "layout": layout, "n_subjects": n_subjects, "seed": int(seed)}, f, indent=2)
-    os.replace(marker + ".tmp", marker)
     return records
 
 
@@ -456,8 +452,9 @@ def plot_synthetic_slices(out_png, n_subjects=4, seed=0, layout="r1.1", dpi=110)
         ax.axis("off")
     fig.suptitle("Synthetic ATLAS-like subjects (MNI152 template): red/orange = lesion masks", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
-    tmp = out_png + ".tmp.png"
-    fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-    os.replace(tmp, out_png)
+    try:
+        with atomic_path(out_png) as tmp:
+            fig.savefig(tmp, dpi=dpi, format="png")
+    finally:
+        plt.close(fig)
     return out_png

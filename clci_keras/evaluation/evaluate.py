@@ -42,6 +42,7 @@ from clci_keras.evaluation.metrics import (
     segmentation_scores,
     summarize,
 )
+from clci_keras.fileio import atomic_text
 
 EVAL_SLICES = ("all", "brain")  # and slabs "A:B"
 
@@ -158,22 +159,18 @@ SCORE_COLUMNS = ("subject_index", "subject_id", "site", *SCORE_NAMES, *ATLAS2_NA
 def write_scores(rows, csv_path, columns=SCORE_COLUMNS):
     """Write per-patient rows (``columns`` only; NaN as empty) to CSV, atomically."""
     cols = list(columns)
-    tmp = f"{csv_path}.tmp"
-    with open(tmp, "w", newline="") as f:
+    with atomic_text(csv_path, newline="", durable=True) as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
         for r in rows:
             w.writerow({k: ("" if isinstance(r.get(k), float) and math.isnan(r[k]) else r.get(k))
                         for k in cols})
-    os.replace(tmp, csv_path)
 
 
 def _write_json(obj, path):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
+    with atomic_text(path, durable=True) as f:
         json.dump(obj, f, indent=2, default=str)
         f.write("\n")
-    os.replace(tmp, path)
 
 
 def format_summary(summary, names=("dsc", "precision", "recall", "voe", "rvd", "lesion_f1")):

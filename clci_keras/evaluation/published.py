@@ -63,6 +63,8 @@ import time
 
 import numpy as np
 
+from clci_keras.fileio import atomic_text
+
 #: Per-patient scores of the SPiN convention, in CSV order.
 SPIN_SCORE_NAMES = ("dsc", "iou", "precision", "recall", "voe", "rvd")
 #: Counts stored beside them.
@@ -310,15 +312,11 @@ def evaluate_published(preset, weights, h5_path, out_dir, *, allow_missing=False
         from clci_keras.models.manifest import sha256
 
         summary["weights_sha256"] = sha256(weights)
-    tmp = os.path.join(out_dir, f"summary_{part}.json.tmp")
-    with open(tmp, "w") as fh:
+    with atomic_text(os.path.join(out_dir, f"summary_{part}.json"), durable=True) as fh:
         json.dump(summary, fh, indent=2, default=str)
         fh.write("\n")
-    os.replace(tmp, os.path.join(out_dir, f"summary_{part}.json"))
     md = comparison_markdown(entry, means, n_expected=len(wanted), missing=missing,
                              synthetic=bool(info.get("synthetic")), notes=notes)
-    tmp = os.path.join(out_dir, f"comparison_{part}.md.tmp")
-    with open(tmp, "w") as fh:
+    with atomic_text(os.path.join(out_dir, f"comparison_{part}.md")) as fh:
         fh.write(md)
-    os.replace(tmp, os.path.join(out_dir, f"comparison_{part}.md"))
     return summary

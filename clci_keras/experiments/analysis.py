@@ -10,6 +10,8 @@ import os
 
 import numpy as np
 
+from clci_keras.fileio import atomic_text
+
 #: Lesion-size classes in ml: small below 5, medium, large from 30 (our choice;
 #: the paper does not analyse lesion size).
 SIZE_BINS_ML = (5.0, 30.0)
@@ -82,8 +84,9 @@ def describe_data(h5, tables_dir=None, size_bins_ml=SIZE_BINS_ML, crop="clci", q
     }
     if tables_dir is not None:
         os.makedirs(tables_dir, exist_ok=True)
-        subjects[[c for c in cols if c in subjects]].to_csv(os.path.join(tables_dir, "subjects.csv"), index=False)
-        with open(os.path.join(tables_dir, "summary.json"), "w") as f:
+        with atomic_text(os.path.join(tables_dir, "subjects.csv"), newline="") as f:
+            subjects[[c for c in cols if c in subjects]].to_csv(f, index=False)
+        with atomic_text(os.path.join(tables_dir, "summary.json")) as f:
             json.dump(summary, f, indent=2, default=_jsonable)
     return subjects, summary
 

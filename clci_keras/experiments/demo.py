@@ -31,6 +31,7 @@ import shutil
 import time
 
 from clci_keras.experiments.workflows import mark_synthetic, train_and_evaluate
+from clci_keras.fileio import atomic_text
 
 #: Number of steps :func:`run_demo` announces.
 STEPS = 6
@@ -165,10 +166,8 @@ def run_demo(out_dir, subjects=6, seed=0, epochs=3, steps_per_epoch=6, batch_siz
         "outputs": {"tables": sorted(tables.values()), "figures": figs, "weights": weights,
                     "manifest": manifest},
     }
-    tmp = os.path.join(out_dir, "demo_summary.json.tmp")
-    with open(tmp, "w") as f:
+    with atomic_text(os.path.join(out_dir, "demo_summary.json"), durable=True) as f:
         json.dump(summary, f, indent=2)
-    os.replace(tmp, os.path.join(out_dir, "demo_summary.json"))
     os.remove(init)
     return summary
 

@@ -9,18 +9,18 @@ import os
 import numpy as np
 
 from clci_keras.experiments.analysis import SIZE_BINS_ML
+from clci_keras.fileio import atomic_path
 
 
 def _save(fig, png, dpi=110):
     import matplotlib.pyplot as plt
 
     png = os.fspath(png)
-    os.makedirs(os.path.dirname(os.path.abspath(png)), exist_ok=True)
-    root, ext = os.path.splitext(png)
-    tmp = f"{root}.tmp{ext or '.png'}"
-    fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-    os.replace(tmp, png)
+    try:
+        with atomic_path(png) as tmp:
+            fig.savefig(tmp, dpi=dpi, format=os.path.splitext(png)[1][1:] or "png")
+    finally:
+        plt.close(fig)
     return png
 
 

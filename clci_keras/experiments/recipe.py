@@ -494,11 +494,10 @@ def to_slurm(recipe, resources=None, generated_by=None):
 # Files
 # ---------------------------------------------------------------------------
 def _write_executable(path, text):
-    from clci_keras.fileio import atomic_text, umask_mode
+    from clci_keras.fileio import atomic_text
 
-    with atomic_text(path) as f:
+    with atomic_text(path, base_mode=0o777) as f:
         f.write(text)
-    os.chmod(path, umask_mode(0o777))
 
 
 def write_recipe(recipe, emit="sh", output=None, resources=None, generated_by=None):

@@ -41,6 +41,8 @@ import copy
 import json
 import os
 
+from clci_keras.fileio import atomic_text
+
 CATALOG_FORMAT = 1
 
 _SPIN_REPO = "https://github.com/alexklwong/subpixel-embedding-segmentation"
@@ -133,11 +135,9 @@ def catalog_json():
 def write_catalog_json(path):
     """Write :func:`catalog_json` to ``path`` (atomically)."""
     path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
+    with atomic_text(path) as f:
         json.dump(catalog_json(), f, indent=2)
         f.write("\n")
-    os.replace(tmp, path)
     return path
 
 

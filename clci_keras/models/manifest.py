@@ -19,6 +19,8 @@ import hashlib
 import json
 import os
 
+from clci_keras.fileio import atomic_text
+
 MANIFEST_FORMAT = 1
 
 
@@ -46,12 +48,9 @@ def read_manifest(path):
 
 
 def _write_json(path, data):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
+    with atomic_text(path, durable=True) as f:
         json.dump(data, f, indent=2, sort_keys=False, default=_jsonable)
         f.write("\n")
-    os.replace(tmp, path)
 
 
 def _jsonable(o):

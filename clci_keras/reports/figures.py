@@ -6,6 +6,8 @@ import os
 
 import numpy as np
 
+from clci_keras.fileio import atomic_path
+
 
 def _pyplot():
     # No matplotlib.use(): pyplot falls back to Agg on headless machines by itself,
@@ -81,11 +83,8 @@ def overlay_figure(image, gt, predictions, out_png, slices=None, n=4, threshold=
 
 def _save(fig, out_png, dpi):
     out_png = os.fspath(out_png)
-    os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
-    root, ext = os.path.splitext(out_png)
-    tmp = f"{root}.tmp{ext or '.png'}"
-    fig.savefig(tmp, dpi=dpi)
-    os.replace(tmp, out_png)
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=os.path.splitext(out_png)[1][1:] or "png")
 
 
 def training_curves(log_csv, out_png, title=None, dpi=110):

@@ -30,6 +30,8 @@ import json
 import math
 import os
 
+from clci_keras.fileio import atomic_text
+
 #: Paper metrics in table order: (key in our summaries, column title, decimals).
 COLUMNS = (("dsc", "DSC", 3), ("precision", "Precision", 3), ("recall", "Recall", 3),
            ("voe", "VOE", 1), ("rvd", "RVD", 1))
@@ -266,10 +268,8 @@ def to_latex(rows, which):
 
 
 def _atomic_write(path, text):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", newline="") as f:
+    with atomic_text(path, newline="") as f:
         f.write(text)
-    os.replace(tmp, path)
 
 
 def to_csv_text(rows):

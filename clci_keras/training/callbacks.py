@@ -10,6 +10,7 @@ import os
 import keras
 import numpy as np
 
+from clci_keras import fileio
 from clci_keras.models.layers import debias_steps, set_debias_steps
 from clci_keras.training import run_folder as rf
 
@@ -105,17 +106,31 @@ class ResumePoint(keras.callbacks.Callback):
 
 
 class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
-    """``ModelCheckpoint`` that writes ``NAME.partial.weights.h5``, then renames it to ``NAME.weights.h5``."""
+    """``ModelCheckpoint`` that writes ``NAME.weights.h5`` atomically and durably.
+
+    Keras saves to a temporary ``.XXXXXXXX.NAME.partial.weights.h5`` beside the
+    target (:func:`clci_keras.fileio.temporary`), which is published
+    (:func:`clci_keras.fileio.publish`: flushed, renamed to ``NAME.weights.h5``)
+    once complete: a process killed while saving leaves the previous checkpoint
+    intact. Temporaries a killed process left are removed when training begins.
+    """
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        fileio.remove_temporaries(os.path.dirname(os.path.abspath(self.filepath)),
+                                  of=os.path.basename(self.filepath))
 
     def _save_model(self, epoch, batch, logs):
-        final = self.filepath
-        self.filepath = final[: -len(".weights.h5")] + ".partial.weights.h5"
+        template, final = self.filepath, self._get_file_path(epoch, batch, logs)
+        tmp = fileio.temporary(final, tag="partial")  # empty until Keras decides to save
         try:
+            self.filepath = tmp.replace("{", "{{").replace("}", "}}")  # Keras formats it
             super()._save_model(epoch, batch, logs)
-            if os.path.exists(self.filepath):
-                os.replace(self.filepath, final)
+            if os.path.getsize(tmp):  # saved (an HDF5 or .keras file is never empty)
+                fileio.publish(tmp, final, durable=True)
         finally:
-            self.filepath = final
+            self.filepath = template
+            fileio.discard(tmp)
 
 
 class ScalarLogs(keras.callbacks.Callback):

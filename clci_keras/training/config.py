@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
+
+from clci_keras.fileio import atomic_text
 
 PRECISIONS = ("off", "bf16", "fp16")
 STRATEGIES = ("default", "mirrored", "multiworker")
@@ -138,10 +139,9 @@ class TrainConfig:
         return cls(**d)
 
     def save(self, path):
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
+        """Write the values as JSON to ``path`` (atomically and durably: a resume compares them)."""
+        with atomic_text(path, durable=True) as f:
             json.dump(self.to_dict(), f, indent=2, sort_keys=True)
-        os.replace(tmp, path)
 
     def differences(self, other):
         """Names of fields that differ from ``other``, except the resumable ones."""

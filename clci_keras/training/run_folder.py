@@ -23,7 +23,7 @@ import os
 import shutil
 import time
 
-from clci_keras.fileio import atomic_text
+from clci_keras import fileio
 
 BACKUP_DIR = "backup"
 BEST_CKPT = "best.weights.h5"
@@ -45,8 +45,8 @@ class ResumeError(ValueError):
 
 
 def write_json(path, obj, indent=None):
-    """Write ``obj`` as JSON to ``path`` atomically (:func:`clci_keras.fileio.atomic_text`)."""
-    with atomic_text(path) as f:
+    """Write ``obj`` as JSON to ``path`` atomically and durably (:func:`clci_keras.fileio.atomic_text`)."""
+    with fileio.atomic_text(path, durable=True) as f:
         json.dump(obj, f, indent=indent, default=str)
 
 
@@ -80,22 +80,20 @@ def resume_point(run_dir):
 def commit_resume_point(run_dir, epoch, write):
     """Write the resume point after ``epoch`` epochs: ``write(folder)`` fills a temporary folder.
 
-    The folder is renamed to ``backup/epoch_NNNN``, then ``latest.json`` is
-    replaced (the commit), then older points go. A process killed at any moment
-    leaves the previous point intact.
+    The folder (:func:`clci_keras.fileio.atomic_folder`, flushed to the disk) is
+    renamed to ``backup/epoch_NNNN``, then ``latest.json`` is replaced (the
+    commit), then older points and what a killed commit left go. A process
+    killed at any moment leaves the previous point intact.
     """
     backup = os.path.join(run_dir, BACKUP_DIR)
     name = f"epoch_{epoch:04d}"
-    final, tmp = os.path.join(backup, name), os.path.join(backup, name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    write(tmp)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    with fileio.atomic_folder(os.path.join(backup, name), durable=True) as folder:
+        write(folder)
     write_json(os.path.join(backup, POINTER), {"epoch": epoch, "dir": name})
-    for old in os.listdir(backup):  # earlier points and stale temporaries
+    for old in os.listdir(backup):  # earlier points
         if old.startswith("epoch_") and old != name:
             shutil.rmtree(os.path.join(backup, old), ignore_errors=True)
+    fileio.remove_temporaries(backup)  # left by a process killed while writing a point
 
 
 def csv_epoch(line):
@@ -116,7 +114,7 @@ def truncate_log(run_dir, epochs_done):
     if not lines:
         return
     keep = [lines[0]] + [l for l in lines[1:] if csv_epoch(l) is not None and csv_epoch(l) < epochs_done]
-    with atomic_text(path) as f:
+    with fileio.atomic_text(path) as f:
         f.write("\n".join(keep) + "\n")
 
 
@@ -147,7 +145,7 @@ def keep_previous_attempt(run_dir):
         attic = os.path.join(run_dir, PREVIOUS_ATTEMPT_DIR)
         os.makedirs(attic, exist_ok=True)
         for p in kept:
-            os.replace(os.path.join(run_dir, p), os.path.join(attic, p))
+            fileio.move(os.path.join(run_dir, p), os.path.join(attic, p))
     return kept
 
 
