@@ -1,16 +1,25 @@
-"""What machine is this: CPU model and instruction-set flags, GPUs, memory, load.
+"""What machine is this (CPU model and instruction-set flags, GPUs, memory, load), and the precisions.
 
 Used by the benchmarks to record the machine they ran on, and by
 :func:`resolve_precision` to avoid bf16 where the CPU only emulates it
 (there bf16 is slower than fp32, not faster).
 
-A leaf module: it imports nothing from ``clci_keras`` and never imports
-TensorFlow or Keras (:func:`machine_summary` reports their versions only
-when they are already imported), so it is cheap to call from a command
-line's start-up or a test.
+It also holds the one precision vocabulary of training, prediction, the
+command line and that guard: the names ``fp32``, ``bf16`` and ``fp16`` with
+the Keras dtype policy of each (:data:`DTYPE_POLICIES`), ``off``, the name of
+fp32 in ``TrainConfig.mixed_precision`` and the run folders' ``config.json``
+(:func:`precision_name`, :func:`mixed_precision_value`), and
+:func:`precision_policy`, the context manager that sets Keras' global dtype
+policy for a block.
+
+A leaf module: it imports nothing from ``clci_keras`` and imports neither
+TensorFlow nor Keras at import time (Keras only when :func:`precision_policy`
+is entered; :func:`machine_summary` reports versions only of modules already
+imported), so it is cheap to call from a command line's start-up or a test.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import shutil
@@ -27,6 +36,14 @@ RELEVANT_CPU_FLAGS = frozenset({
 })
 # Either gives the CPU a native BF16 dot product; without both, oneDNN emulates bf16.
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+#: Every precision by name, and the Keras dtype policy it runs under.
+DTYPE_POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+#: fp32 as ``TrainConfig.mixed_precision`` (and every run folder's ``config.json``) names it.
+PRECISION_OFF = "off"
+#: The values of ``TrainConfig.mixed_precision``: ``off`` (fp32), ``bf16``, ``fp16``.
+MIXED_PRECISIONS = tuple(PRECISION_OFF if name == "fp32" else name for name in DTYPE_POLICIES)
+#: The precisions of prediction and of :func:`resolve_precision` (fp16 is a training option only).
 PRECISIONS = ("fp32", "bf16")
 
 _CPUINFO = "/proc/cpuinfo"
@@ -175,6 +192,51 @@ def machine_summary():
     }
 
 
+def precision_name(precision):
+    """The vocabulary's name of ``precision`` (``off`` is ``fp32``).
+
+    Raises:
+        ValueError: ``precision`` is none of :data:`DTYPE_POLICIES` or ``off`` (the message echoes it).
+    """
+    name = "fp32" if precision == PRECISION_OFF else precision
+    if not isinstance(name, str) or name not in DTYPE_POLICIES:
+        known = ", ".join((*DTYPE_POLICIES, PRECISION_OFF))
+        raise ValueError(f"unknown precision {precision!r}; expected one of {known}")
+    return name
+
+
+def mixed_precision_value(precision):
+    """``precision`` as ``TrainConfig.mixed_precision`` stores it: ``fp32`` (or ``off``) -> ``off``."""
+    name = precision_name(precision)
+    return PRECISION_OFF if name == "fp32" else name
+
+
+def is_mixed_precision(precision):
+    """True for ``bf16`` and ``fp16`` (float32 variables, lower-precision compute), False for fp32/off."""
+    return precision_name(precision) != "fp32"
+
+
+@contextlib.contextmanager
+def precision_policy(precision="fp32"):
+    """Set Keras' global dtype policy to ``precision``'s (:data:`DTYPE_POLICIES`) for a ``with`` block.
+
+    Any name of the vocabulary is taken (``off`` is fp32). The policy in force
+    before is restored on leaving the block, also after an exception.
+
+    Raises:
+        ValueError: an unknown ``precision`` (before anything is changed).
+    """
+    policy = DTYPE_POLICIES[precision_name(precision)]
+    import keras
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
 def resolve_precision(precision, force=False, flags=None):
     """The precision to run: ``precision`` unless it is bf16 on a CPU that only emulates bf16.
 
@@ -182,7 +244,7 @@ def resolve_precision(precision, force=False, flags=None):
     on a CPU with native BF16 (:func:`has_native_bf16`; ``flags`` as there)
     or when an NVIDIA GPU is visible (:func:`gpu_info`); otherwise this warns
     (``UserWarning``) and returns ``"fp32"``, because emulated bf16 is slower
-    than fp32. Anything else raises ValueError.
+    than fp32. Anything but :data:`PRECISIONS` raises ValueError.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")

@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Convert an ATLAS release (R1.1 or 2.0) into the HDF5 slice file used for training.
 
-Same as ``clci-keras prep``; see data_prep/README.md for obtaining ATLAS and
-for what each step does.
+Same as ``clci-keras prep`` (and, with ``--split``, ``clci-keras split DATA.h5
+--mode kfold``); see data_prep/README.md for obtaining ATLAS and for what each
+step does.
 
 Examples::
 
@@ -16,7 +17,26 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from clci_keras.cli import prep, split  # noqa: E402
+from clci_keras.cli import prep, report  # noqa: E402
+
+
+def write_fold(h5, path, folds=5, fold=0, overwrite=False):
+    """Write fold ``fold`` of X-Net's ``folds``-fold split of ``h5``'s subjects to ``path``; returns the split.
+
+    The file ``clci-keras split H5 -o PATH --mode kfold --folds N --fold K`` writes.
+
+    Raises:
+        FileExistsError: ``path`` exists and not ``overwrite``.
+        ValueError: a bad ``folds`` / ``fold`` or an unreadable ``h5`` (the message says which).
+    """
+    from clci_keras.data import make_kfold_split, read_subjects, save_split
+
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f"{path} exists (use --overwrite)")
+    split = make_kfold_split([s["subject_id"] for s in read_subjects(h5)], k=folds, fold=fold)
+    split["h5"] = os.path.abspath(h5)
+    save_split(split, path)
+    return split
 
 
 def main(argv=None) -> int:
@@ -30,11 +50,13 @@ def main(argv=None) -> int:
     rc = prep.run(args)
     if rc or not args.split:
         return rc
-    split_args = argparse.Namespace(
-        h5=args.output, output=args.split, mode="kfold", val=None, test=0.2, folds=args.folds, fold=args.fold,
-        seed=0, overwrite=args.overwrite,
-    )
-    return split.run(split_args)
+    try:
+        split = write_fold(args.output, args.split, folds=args.folds, fold=args.fold, overwrite=args.overwrite)
+    except (OSError, ValueError) as e:
+        return report("split", e)
+    print(f"wrote {args.split}: kfold, train {len(split['train'])}, val {len(split['val'])}, "
+          f"test {len(split['test'])} subjects")
+    return 0
 
 
 if __name__ == "__main__":  # the guard matters: --workers starts processes

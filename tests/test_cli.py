@@ -1,5 +1,6 @@
 """The `clci-keras` entry point."""
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -7,7 +8,7 @@ import sys
 import pytest
 
 from clci_keras import __version__
-from clci_keras.cli import DEBUG_ENV, SUBCOMMANDS, main
+from clci_keras.cli import DEBUG_ENV, SUBCOMMANDS, build_parser, main
 
 
 def test_version_and_help(capsys):
@@ -156,3 +157,147 @@ def test_central_handler_turns_input_errors_into_one_line(fake_command, capsys, 
     monkeypatch.setenv(DEBUG_ENV, "1")
     with pytest.raises(PermissionError):  # CLCI_KERAS_DEBUG=1: every traceback
         main(["boom", "--raise", "oserror"])
+
+
+# ------------------------------------------- issue 22: a CLI that parses and prints
+BACKENDS = ("tensorflow", "keras", "jax", "torch")
+
+
+@pytest.mark.parametrize("command", list(SUBCOMMANDS))
+def test_every_command_help_is_only_its_usage(command):
+    """`clci-keras CMD --help`: exit 0, the usage on stdout, nothing on stderr (no backend log lines)."""
+    proc = subprocess.run([sys.executable, "-m", "clci_keras", command, "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage:"), proc.stdout[:200]
+    assert proc.stderr == ""
+
+
+def test_parsing_help_of_every_command_imports_no_backend():
+    """Parsing every command's --help imports neither Keras nor a backend (they load when a command runs)."""
+    script = (
+        "import contextlib, io, json, sys\n"
+        "from clci_keras.cli import SUBCOMMANDS, build_parser\n"
+        "loaded = {}\n"
+        "for command in SUBCOMMANDS:\n"
+        "    try:\n"
+        "        with contextlib.redirect_stdout(io.StringIO()):\n"
+        "            build_parser(load=command).parse_args([command, '--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        f"    loaded[command] = [m for m in {BACKENDS!r} if m in sorted(sys.modules)]\n"
+        "print(json.dumps(loaded))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    loaded = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(loaded) == set(SUBCOMMANDS)
+    assert {c: m for c, m in loaded.items() if m} == {}
+
+
+def test_no_manifest_and_its_deprecated_alias(monkeypatch, capsys):
+    """`train --no-manifest` skips the weights manifest; `--no-register` still does, with a warning."""
+    calls = {}
+
+    def fake_train(*args, **overrides):
+        calls.clear()
+        calls.update(overrides)
+        return {"epochs_run": 0, "monitor": "val_loss", "best_value": None, "best_epoch": None,
+                "run_dir": "r", "weights": "w"}
+
+    monkeypatch.setattr("clci_keras.training.train", fake_train)
+    monkeypatch.setattr("clci_keras.fileio.check_writable_folder", lambda *a, **k: None)
+    base = ["train", "--h5", "d.h5", "--split", "s.json", "--out", "r", "--quiet"]
+    assert main(base) == 0
+    assert calls["manifest"] == "weights/manifest.json"
+    capsys.readouterr()
+    assert main(base + ["--no-manifest"]) == 0
+    assert calls["manifest"] is None and capsys.readouterr().err == ""
+    assert main(base + ["--no-register"]) == 0
+    assert calls["manifest"] is None
+    assert "warning: --no-register is deprecated; use --no-manifest" in capsys.readouterr().err
+    help_text = _train_parser().format_help()
+    assert "--no-manifest" in help_text and "deprecated alias of --no-manifest" in help_text
+
+
+def _train_parser():
+    import argparse
+
+    from clci_keras.cli import train as cli_train
+
+    parser = argparse.ArgumentParser()
+    cli_train.add_arguments(parser)
+    return parser
+
+
+def test_train_options_are_the_trainconfig_fields():
+    """Every TrainConfig field but the run's identity and the manifest is read from its option (or --set)."""
+    import dataclasses
+
+    from clci_keras.cli import train as cli_train
+    from clci_keras.training.config import RUN_FIELDS, TrainConfig
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert set(cli_train.OPTION_FIELDS) == fields - set(RUN_FIELDS) - {"manifest"}
+    parser = _train_parser()
+    args = parser.parse_args(
+        ["--h5", "d.h5", "--split", "s.json", "--out", "r", "--epochs", "3", "--lr", "0.01",
+         "--stream-buffer", "4", "--no-tensorboard", "--mixed-precision", "--set", "reduce_lr_min_lr=1e-7"])
+    assert cli_train.overrides_from_args(args) == {
+        "epochs": 3, "learning_rate": 0.01, "stream_buffer_subjects": 4, "tensorboard": False,
+        "mixed_precision": "bf16", "reduce_lr_min_lr": 1e-7}
+    assert set(cli_train.OPTION_FIELDS) & set(vars(args)) >= {"epochs", "crop", "mixed_precision", "deterministic"}
+
+
+def test_deprecated_training_load_split_name():
+    import warnings
+
+    import clci_keras.training as training
+    from clci_keras.training import trainer
+
+    assert "load_split" not in training.__all__ and training.load_training_split is trainer.load_training_split
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert training.load_split is trainer.load_training_split
+    assert any(issubclass(w.category, DeprecationWarning) and "load_training_split" in str(w.message)
+               for w in caught)
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--min-lesion-size", "-1", "must be >= 0, got '-1'"),
+    ("--reg-resolution", "0", "must be > 0, got '0'"),
+    ("--reg-iterations", "100,0", "expected positive integers like 100,30, got '100,0'"),
+    ("--reg-iterations", "a,b", "expected positive integers like 100,30, got 'a,b'"),
+    ("--threads", "0", "must be >= 1, got '0'"),
+    ("--precision", "fp16", "invalid choice: 'fp16'"),
+])
+def test_predict_options_are_checked_by_argparse(tmp_path, capsys, option, value, message):
+    with pytest.raises(SystemExit) as e:
+        main(["predict", str(tmp_path), "-o", str(tmp_path / "out"), "--weights", "w.h5", option, value])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}" in err and message in err
+    assert os.listdir(tmp_path) == []
+
+
+def test_predict_option_values_reach_the_library():
+    args = build_parser(load="predict").parse_args(
+        ["predict", "scan.nii.gz", "-o", "out", "--weights", "w.h5", "--reg-iterations", "50,20",
+         "--reg-resolution", "4", "--min-lesion-size", "20"])
+    from clci_keras.cli.predict import _registration_options
+
+    assert _registration_options(args) == {"resolution": 4.0, "iterations": (50, 20)}
+    assert args.min_lesion_size == 20.0 and args.precision == "fp32"
+
+
+def test_predict_without_weights_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    assert main(["predict", str(tmp_path), "-o", str(tmp_path / "out")]) == 2
+    assert "give the weights: --weights W, or --ensemble W1 W2" in _one_line_error(capsys, "predict")
+
+
+def test_split_fold_is_checked_by_argparse(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["split", "x.h5", "-o", str(tmp_path / "s.json"), "--mode", "kfold", "--fold", "two"])
+    assert e.value.code == 2
+    assert "argument --fold: must be an integer or 'all', got 'two'" in capsys.readouterr().err

@@ -141,3 +141,52 @@ def test_machine_summary_is_json_and_does_not_import_tensorflow():
     assert s["cpu"]["model"] and isinstance(s["gpus"], list)
     assert s["python"] == ".".join(map(str, sys.version_info[:3]))
     json.dumps(hardware.machine_summary())  # in this process too (whatever is imported here)
+
+
+# --- the one precision vocabulary (issue 22) -------------------------------------------------
+def test_precision_names_and_policies():
+    assert hardware.DTYPE_POLICIES == {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+    assert hardware.MIXED_PRECISIONS == ("off", "bf16", "fp16")  # TrainConfig / config.json values
+    assert set(hardware.PRECISIONS) <= set(hardware.DTYPE_POLICIES)
+    assert [hardware.precision_name(p) for p in ("off", "fp32", "bf16", "fp16")] == ["fp32", "fp32", "bf16", "fp16"]
+    assert [hardware.mixed_precision_value(p) for p in ("fp32", "off", "bf16", "fp16")] == ["off", "off", "bf16", "fp16"]
+    assert [hardware.is_mixed_precision(p) for p in ("off", "fp32", "bf16", "fp16")] == [False, False, True, True]
+
+
+@pytest.mark.parametrize("bad", ["BF16", "", None, "float32", "mixed_bfloat16"])
+def test_unknown_precision_name_raises(bad):
+    with pytest.raises(ValueError, match=re.escape(repr(bad))):
+        hardware.precision_name(bad)
+
+
+def test_train_predict_and_cli_share_the_vocabulary():
+    from clci_keras.training.config import PRECISIONS, TrainConfig
+
+    assert PRECISIONS == hardware.MIXED_PRECISIONS and TrainConfig().mixed_precision == "off"
+    for value in PRECISIONS:
+        TrainConfig(h5="d.h5", out_dir="r", mixed_precision=value).validate()
+    with pytest.raises(ValueError, match="unknown mixed_precision 'half'"):
+        TrainConfig(h5="d.h5", out_dir="r", mixed_precision="half").validate()
+
+
+def test_precision_policy_sets_and_restores_keras_policy():
+    import keras
+
+    before = keras.config.dtype_policy().name
+    for name, policy in (("bf16", "mixed_bfloat16"), ("off", "float32"), ("fp16", "mixed_float16")):
+        with hardware.precision_policy(name):
+            assert keras.config.dtype_policy().name == policy
+        assert keras.config.dtype_policy().name == before
+    with pytest.raises(RuntimeError, match="inside"):
+        with hardware.precision_policy("bf16"):
+            raise RuntimeError("inside")
+    assert keras.config.dtype_policy().name == before
+    with pytest.raises(ValueError, match="'half'"):
+        with hardware.precision_policy("half"):
+            pass
+    assert keras.config.dtype_policy().name == before
+    from clci_keras.inference.predict import PRECISIONS
+    from clci_keras.training import trainer
+
+    assert trainer.precision_policy is hardware.precision_policy
+    assert PRECISIONS == {"fp32": "float32", "bf16": "mixed_bfloat16"}

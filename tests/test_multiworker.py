@@ -47,7 +47,7 @@ WORKER = textwrap.dedent(
     import tensorflow as tf
 
     from clci_keras.models import register_model
-    from clci_keras.models.clci_net import conv_bn_relu
+    from clci_keras.models.clci_net import conv_bias_bn_relu as conv_bn_relu
     from clci_keras.training import train
 
     FEED, DUMP, PAUSE = os.environ["MW_FEED"], os.environ["MW_DUMP"], os.environ.get("MW_PAUSE")
@@ -111,7 +111,7 @@ WORKER_JAX = textwrap.dedent(
     import numpy as np
 
     from clci_keras.models import register_model
-    from clci_keras.models.clci_net import conv_bn_relu
+    from clci_keras.models.clci_net import conv_bias_bn_relu as conv_bn_relu
     from clci_keras.training import train
 
     DUMP, PAUSE = os.environ["MW_DUMP"], os.environ.get("MW_PAUSE")

@@ -220,3 +220,22 @@ def test_dry_sh_recipe_runs_end_to_end_and_its_slurm_scripts_find_it_done(tmp_pa
     cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
     print(f"end-to-end recipe: {cpu:.0f} CPU-s in subprocesses")
+
+
+def test_options_the_recipe_owns_are_options_of_train_and_evaluate(tmp_path, capsys):
+    """The recipe refuses extra options it sets itself; each is a real option (a rename must reach it)."""
+    import argparse
+
+    from clci_keras.cli import evaluate as cli_evaluate
+    from clci_keras.cli import train as cli_train
+    from clci_keras.experiments.recipe import _OWN_EVALUATE, _OWN_TRAIN
+
+    for module, own in ((cli_train, _OWN_TRAIN), (cli_evaluate, _OWN_EVALUATE)):
+        parser = argparse.ArgumentParser()
+        module.add_arguments(parser)
+        known = {s for a in parser._actions for s in a.option_strings}
+        assert set(own) <= known, set(own) - known
+    assert {"--no-manifest", "--no-register", "--model", "--out", "--fold", "--crop"} <= set(_OWN_TRAIN)
+    for extra in ("--no-manifest", "--no-register", "--out=x"):
+        assert main(["recipe", "--work-dir", str(tmp_path / "w"), "--src", str(tmp_path), f"--train-args={extra}"]) == 2
+        assert "set by the recipe itself" in capsys.readouterr().err

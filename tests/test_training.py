@@ -36,7 +36,7 @@ def train_tiny(input_shape=(32, 32, 1), num_class=1, name="train_tiny"):
     """
     import keras
 
-    from clci_keras.models.clci_net import conv_bn_relu
+    from clci_keras.models.clci_net import conv_bias_bn_relu as conv_bn_relu
 
     inputs = keras.Input(input_shape)
     a = conv_bn_relu(inputs, 4, name="a")

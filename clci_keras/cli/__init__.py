@@ -1,9 +1,10 @@
 """`clci-keras` command line: one sub-module per subcommand.
 
-Each module under :mod:`clci_keras.cli` listed in :data:`SUBCOMMANDS` defines
-``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
-Modules are imported only when their subcommand runs, so ``clci-keras --help``
-stays fast and does not import TensorFlow.
+Each module under :mod:`clci_keras.cli` listed in :data:`SUBCOMMANDS` (with
+its one-line help) defines ``add_arguments(parser)`` and ``run(args) -> int``:
+it parses, calls the library and prints. Only the module of the subcommand
+given is imported, and neither it nor the parser imports Keras or a backend
+(TensorFlow, JAX, PyTorch) before ``run``: every ``--help`` is fast and quiet.
 
 Errors: :func:`main` turns the errors of bad inputs and outputs (``ValueError``,
 ``OSError`` and their subclasses, e.g. ``FileNotFoundError``,
@@ -73,6 +74,40 @@ def _int_at_least(value, low):
     return n
 
 
+def positive_float(value):
+    """argparse ``type``: a number > 0."""
+    x = _float(value)
+    if not x > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value!r}")
+    return x
+
+
+def nonnegative_float(value):
+    """argparse ``type``: a number >= 0."""
+    x = _float(value)
+    if not x >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value!r}")
+    return x
+
+
+def positive_ints(value):
+    """argparse ``type``: comma-separated integers >= 1 (``100,30``) -> a tuple."""
+    try:
+        numbers = tuple(int(v) for v in str(value).split(","))
+    except ValueError:
+        numbers = ()
+    if not numbers or min(numbers) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers like 100,30, got {value!r}")
+    return numbers
+
+
+def _float(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+
+
 def int_in(low, high):
     """argparse ``type``: an integer in ``low..high``."""
     def parse(value):
@@ -83,6 +118,22 @@ def int_in(low, high):
 
     parse.__name__ = f"int_in_{low}_{high}"
     return parse
+
+
+class DeprecatedFlag(argparse.Action):
+    """argparse ``action``: a flag kept under an old name (``new=`` names the new one).
+
+    Like ``store_true`` into the new flag's ``dest``; using it prints one
+    ``warning: OLD is deprecated; use NEW`` line on stderr.
+    """
+
+    def __init__(self, option_strings, dest, new, default=False, help=None):
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"warning: {option_string} is deprecated; use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, True)
 
 
 def error_line(command, exc):

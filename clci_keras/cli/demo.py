@@ -10,8 +10,6 @@ import os
 
 from clci_keras.cli import eval_slices_arg
 
-HELP = "synthetic end-to-end demo: data, training, evaluation, figure"
-
 
 def add_arguments(parser):
     from clci_keras.experiments import DEMO_DEFAULTS as d

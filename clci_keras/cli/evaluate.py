@@ -6,7 +6,6 @@ import sys
 
 from clci_keras.cli import eval_slices_arg, positive_int
 
-HELP = "per-patient 3D scores of trained or published weights"
 
 # Options a preset fixes; their defaults without a preset.
 PRESET_FIXED = {"model": "clci_net", "split": None, "part": "test", "threshold": 0.5, "slices": "all", "fold": None}

@@ -24,11 +24,11 @@ from __future__ import annotations
 import os
 import sys
 
-HELP = "segment NIfTI T1 scans into NIfTI lesion masks"
-
 
 def add_arguments(parser):
+    from clci_keras.cli import nonnegative_float, positive_float, positive_int, positive_ints
     from clci_keras.data.intensity import SCHEMES
+    from clci_keras.hardware import PRECISIONS
 
     parser.add_argument(
         "inputs",
@@ -50,7 +50,7 @@ def add_arguments(parser):
     parser.add_argument("--tta", choices=("none", "flip"), default="none",
                         help="test-time augmentation: flip also predicts the left-right mirror image and "
                         "averages (twice the model work)")
-    parser.add_argument("--min-lesion-size", type=float, default=0.0, metavar="MM3",
+    parser.add_argument("--min-lesion-size", type=nonnegative_float, default=0.0, metavar="MM3",
                         help="drop lesion components smaller than MM3 mm^3 (on the 1 mm template grid; "
                         "default 0: off)")
     parser.add_argument("--register", action="store_true",
@@ -59,9 +59,9 @@ def add_arguments(parser):
                         "and the transform is saved beside it")
     parser.add_argument("--transform", metavar="T.json", default=None,
                         help="reuse a transform saved by --register (skips the registration)")
-    parser.add_argument("--reg-resolution", type=float, default=None, metavar="MM",
+    parser.add_argument("--reg-resolution", type=positive_float, default=None, metavar="MM",
                         help="working voxel size of the registration in mm (default 3)")
-    parser.add_argument("--reg-iterations", default=None, metavar="N,N",
+    parser.add_argument("--reg-iterations", type=positive_ints, default=None, metavar="N,N",
                         help="optimiser iterations per pyramid level, coarse to fine (default 100,30)")
     parser.add_argument("--no-qc", action="store_true", help="do not write the QC montage PNGs")
     parser.add_argument("--model", default="clci_net", metavar="NAME", help="registered model name (default: clci_net)")
@@ -73,7 +73,7 @@ def add_arguments(parser):
     )
     parser.add_argument(
         "--precision",
-        choices=("fp32", "bf16"),
+        choices=PRECISIONS,
         default="fp32",
         help="fp32 (default), or bf16: Keras mixed_bfloat16 policy with batch norm folded, ~1.9x "
         "faster on CPUs with AVX-512 BF16/AMX; masks may differ from fp32 at a few boundary voxels",
@@ -100,142 +100,74 @@ def add_arguments(parser):
     parser.add_argument("--no-intensity-check", action="store_true",
                         help="segment scans whose intensities are far from the training scale anyway")
     parser.add_argument(
-        "--threads", type=int, default=None, metavar="N", help="TensorFlow intra-op threads (default: all cores)"
+        "--threads", type=positive_int, default=None, metavar="N",
+        help="TensorFlow intra-op threads (default: all cores)"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("--quiet", action="store_true", help="print only failures")
 
 
-def _error(msg):
-    print(f"clci-keras predict: error: {msg}", file=sys.stderr)
-    return 2
-
-
 def run(args) -> int:
+    from clci_keras.inference.register import RegistrationUnavailable
+
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        return _predict(args)
+    except RegistrationUnavailable as e:  # an ImportError: one line saying how to install dipy, exit 2
+        from clci_keras.cli import report
+
+        return report("predict", e)
+
+
+def _predict(args) -> int:
+    """Plan the outputs, build the model(s), segment, print; bad arguments raise ValueError (exit 2)."""
     import numpy as np
 
-    from clci_keras.inference import (
-        DEFAULT_BATCH_SIZE,
-        build_inference_model,
-        configure_threads,
-        plan_outputs,
-        segment_files,
-    )
-    from clci_keras.inference.batch import add_side_outputs, check_output_targets
-    from clci_keras.inference.io import is_nifti_name
-    from clci_keras.inference.qc import SUMMARY_NAME
-    from clci_keras.inference.register import Registration, RegistrationUnavailable, require_dipy
+    from clci_keras.hardware import resolve_precision
+    from clci_keras.inference import DEFAULT_BATCH_SIZE, build_inference_model, configure_threads, segment_files
     from clci_keras.inference.scaling import resolve_intensity
 
     weights = ([args.weights] if args.weights else []) + list(args.ensemble or [])
     if not weights:
-        return _error("give the weights: --weights W, or --ensemble W1 W2 ...")
-    if args.min_lesion_size < 0:
-        return _error(f"--min-lesion-size must be >= 0 (mm^3), got {args.min_lesion_size}")
-    reg_options = {}
-    if args.reg_resolution is not None:
-        if not args.reg_resolution > 0:
-            return _error(f"--reg-resolution must be a positive number of mm, got {args.reg_resolution}")
-        reg_options["resolution"] = args.reg_resolution
-    if args.reg_iterations is not None:
-        try:
-            its = tuple(int(v) for v in args.reg_iterations.split(","))
-            if not its or min(its) < 1:
-                raise ValueError
-        except ValueError:
-            return _error(f"--reg-iterations must be positive integers like 100,30, got {args.reg_iterations!r}")
-        reg_options["iterations"] = its
-    transform = None
-    if args.transform:
-        try:
-            transform = Registration.load(args.transform)
-        except ValueError as e:
-            return _error(str(e))
-    elif args.register:
-        try:
-            require_dipy()
-        except RegistrationUnavailable as e:
-            return _error(str(e))
-
+        raise ValueError("give the weights: --weights W, or --ensemble W1 W2 ...")
+    # Run-time checks, not argparse types: callers of main() get 2 back with these messages, not SystemExit.
     if not 0.0 <= args.threshold < 1.0:
-        return _error(f"--threshold must lie in [0, 1), got {args.threshold}")
+        raise ValueError(f"--threshold must lie in [0, 1), got {args.threshold}")
     batch_size = DEFAULT_BATCH_SIZE if args.batch_size is None else args.batch_size
     if batch_size < 1:
-        return _error(f"--batch-size must be a positive integer, got {batch_size}")
-    if args.threads is not None and args.threads < 1:
-        return _error(f"--threads must be a positive integer, got {args.threads}")
-    if os.path.exists(args.output) and not os.path.isdir(args.output) and not (
-        len(args.inputs) == 1 and os.path.isfile(args.inputs[0])
-    ):
-        return _error(f"output {args.output} exists and is not a folder")
-
-    jobs, failures = plan_outputs(args.inputs, args.output, prob=args.prob)
-    if not jobs:
-        for _, msg in failures:
-            print(f"FAILED {msg}", file=sys.stderr)
-        return _error("no input to segment")
-    add_side_outputs(jobs, transform=args.register or transform is not None, qc=not args.no_qc)
-    if transform is not None and len(jobs) > 1:
-        return _error(f"--transform {args.transform} belongs to one scan; give one input, got {len(jobs)}")
-    problems = check_output_targets(jobs, overwrite=args.overwrite)
-    if problems:
-        return _error(problems[0])
-    summary = os.path.join(os.path.dirname(os.path.abspath(args.output)) if is_nifti_name(args.output)
-                           and len(args.inputs) == 1 and os.path.isfile(args.inputs[0]) else args.output,
-                           SUMMARY_NAME)
-    try:
-        intensity, intensity_source = resolve_intensity(weights, args.intensity)
-    except ValueError as e:
-        return _error(str(e))
-
+        raise ValueError(f"--batch-size must be a positive integer, got {batch_size}")
+    jobs, failures, transform, summary = _plan(args)
+    intensity, intensity_source = resolve_intensity(weights, args.intensity)
     configure_threads(intra_op=args.threads, inter_op=1, warn=args.threads is not None)
-    from clci_keras.hardware import resolve_precision
-
-    args.precision = resolve_precision(args.precision, force=args.force_bf16)
-    try:
-        models = [build_inference_model(args.model, w, precision=args.precision) for w in weights]
-    except ValueError as e:  # unknown model; weights the library could not load (WeightsMismatchError)
-        return _error(str(e))
-
+    precision = resolve_precision(args.precision, force=args.force_bf16)
+    models = [build_inference_model(args.model, w, precision=precision) for w in weights]
+    registered = args.register or transform is not None
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
-    say(
-        f"model {args.model} ({args.precision}) with weights {', '.join(weights)}; {len(jobs)} input(s); "
+    say(f"model {args.model} ({precision}) with weights {', '.join(weights)}; {len(jobs)} input(s); "
         f"{'all slices' if args.all_slices else 'brain slices only'}, batch size {batch_size}; intensity "
-        f"{intensity} ({intensity_source})"
-        + (f"; tta {args.tta}" if args.tta != "none" else "")
-        + ("; registration to MNI152" if args.register or transform is not None else "")
-    )
+        f"{intensity} ({intensity_source})" + (f"; tta {args.tta}" if args.tta != "none" else "")
+        + ("; registration to MNI152" if registered else ""))
 
     def done(n, job, seg):
         for note in seg.notes:
             print(f"warning: {note}", file=sys.stderr)
         reg = seg.registration
-        say(
-            f"[{n}/{len(jobs)}] {job.input} -> {job.mask} (grid: {seg.grid}, "
-            f"{seg.slices_computed} slices, {int(np.asarray(seg.mask.dataobj).sum())} lesion voxels, "
-            f"{seg.seconds:.1f} s"
+        say(f"[{n}/{len(jobs)}] {job.input} -> {job.mask} (grid: {seg.grid}, {seg.slices_computed} slices, "
+            f"{int(np.asarray(seg.mask.dataobj).sum())} lesion voxels, {seg.seconds:.1f} s"
             + (f"; registration similarity {reg.similarity:.3f} (before {reg.similarity_before:.3f}), "
-               f"{reg.seconds:.1f} s" if reg is not None else "")
-            + ")"
-        )
+               f"{reg.seconds:.1f} s" if reg is not None else "") + ")")
 
     def failed(n, path, msg):
         print(f"[{n}/{len(jobs)}] FAILED {msg}", file=sys.stderr)
 
-    try:
-        result = segment_files(
-            models if len(models) > 1 else models[0], jobs, overwrite=args.overwrite, on_done=done,
-            on_failure=failed, register=args.register, registration_options=reg_options, transform=transform,
-            summary=summary, intensity_source=intensity_source,
-            threshold=args.threshold, intensity=intensity, batch_size=batch_size,
-            skip_empty_slices=not args.all_slices, progress=not args.quiet and sys.stderr.isatty(),
-            tta=args.tta, min_lesion_size=args.min_lesion_size, check_intensity=not args.no_intensity_check,
-        )
-    except RegistrationUnavailable as e:
-        return _error(str(e))
-    except OSError as e:  # the summary CSV could not be written
-        return _error(f"cannot write {e.filename or summary}: {e.strerror or e}")
+    result = segment_files(
+        models if len(models) > 1 else models[0], jobs, overwrite=args.overwrite, on_done=done,
+        on_failure=failed, register=args.register, registration_options=_registration_options(args),
+        transform=transform, summary=summary, intensity_source=intensity_source, threshold=args.threshold,
+        intensity=intensity, batch_size=batch_size, skip_empty_slices=not args.all_slices,
+        progress=not args.quiet and sys.stderr.isatty(), tta=args.tta, min_lesion_size=args.min_lesion_size,
+        check_intensity=not args.no_intensity_check,
+    )
     failures += result.failures
     total = len(result.done) + len(failures)
     say(f"segmented {len(result.done)} of {total} input(s) in {result.seconds:.1f} s; summary {summary}")
@@ -245,3 +177,36 @@ def run(args) -> int:
             print(f"  {msg}", file=sys.stderr)
         return 1
     return 0
+
+
+def _plan(args):
+    """``(jobs, failures, transform, summary path)``; ValueError for a run that cannot start."""
+    from clci_keras.inference import plan_outputs
+    from clci_keras.inference.batch import add_side_outputs, check_output_targets
+    from clci_keras.inference.io import is_nifti_name
+    from clci_keras.inference.qc import SUMMARY_NAME
+    from clci_keras.inference.register import Registration, require_dipy
+
+    transform = Registration.load(args.transform) if args.transform else None
+    if args.register and transform is None:
+        require_dipy()  # before any work
+    jobs, failures = plan_outputs(args.inputs, args.output, prob=args.prob)
+    if not jobs:
+        for _, msg in failures:
+            print(f"FAILED {msg}", file=sys.stderr)
+        raise ValueError("no input to segment")
+    if transform is not None and len(jobs) > 1:
+        raise ValueError(f"--transform {args.transform} belongs to one scan; give one input, got {len(jobs)}")
+    add_side_outputs(jobs, transform=args.register or transform is not None, qc=not args.no_qc)
+    problems = check_output_targets(jobs, overwrite=args.overwrite)
+    if problems:
+        raise ValueError(problems[0])
+    one_file = len(args.inputs) == 1 and os.path.isfile(args.inputs[0]) and is_nifti_name(args.output)
+    folder = os.path.dirname(os.path.abspath(args.output)) if one_file else args.output
+    return jobs, failures, transform, os.path.join(folder, SUMMARY_NAME)
+
+
+def _registration_options(args):
+    """``register_to_mni`` keyword arguments of the options given."""
+    return {k: v for k, v in (("resolution", args.reg_resolution), ("iterations", args.reg_iterations))
+            if v is not None}

@@ -5,8 +5,6 @@ import sys
 
 from clci_keras.cli import int_in, positive_int
 
-HELP = "convert an ATLAS tree (R1.1, R1.2 or 2.0) into the HDF5 slice file"
-
 
 def add_arguments(parser):
     parser.add_argument("src", metavar="SRC",

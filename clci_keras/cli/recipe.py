@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from clci_keras.cli import int_in, nonnegative_int, positive_int
 
-HELP = "write the Table-1 recipe (prep, split, 30 train+evaluate jobs, tables) as a bash or Slurm script"
-
 
 def _names(values):
     """``--models a b,c`` -> ``("a", "b", "c")``."""

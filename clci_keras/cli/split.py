@@ -1,9 +1,8 @@
 """`clci-keras split`: write a subject-level split file (hold-out, k-fold, published preset or id lists)."""
 from __future__ import annotations
 
+import argparse
 import sys
-
-HELP = "write a subject-level split file (hold-out, 5-fold, a published preset or id lists)"
 
 
 def add_arguments(parser):
@@ -16,7 +15,7 @@ def add_arguments(parser):
                         help="validation fraction (default: 0.1 for holdout, 0 for kfold)")
     parser.add_argument("--test", type=float, default=0.2, help="holdout test fraction (default: 0.2)")
     parser.add_argument("--folds", type=int, default=5, help="kfold: number of folds (default: 5)")
-    parser.add_argument("--fold", default="0",
+    parser.add_argument("--fold", type=_fold_arg, default=0,
                         help="kfold: fold index K, or 'all' for every fold in one file (default: 0)")
     parser.add_argument("--seed", type=int, default=0, help="holdout seed (default: 0)")
     g = parser.add_argument_group("published splits and id lists (subjects matched by id, not position)")
@@ -33,6 +32,16 @@ def add_arguments(parser):
     parser.add_argument("--overwrite", action="store_true", help="replace an existing split file")
 
 
+def _fold_arg(value):
+    """argparse ``type``: a fold number or ``all``."""
+    if str(value).lower() == "all":
+        return "all"
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer or 'all', got {value!r}") from None
+
+
 def _id_split(args):
     from clci_keras.data.splits import preset_split, split_from_lists
 
@@ -44,6 +53,7 @@ def _id_split(args):
 def run(args) -> int:
     import os
 
+    from clci_keras.cli import report
     from clci_keras.data.preprocess import read_subjects
     from clci_keras.data.splits import (
         make_holdout_split,
@@ -53,20 +63,12 @@ def run(args) -> int:
         resolve_split,
         save_split,
     )
-
-    for name in ("preset", "from_lists", "val_list"):  # callers may pass a bare Namespace (data_prep)
-        if not hasattr(args, name):
-            setattr(args, name, None)
-    if not hasattr(args, "allow_missing"):
-        args.allow_missing = False
-    from clci_keras.cli import report
     from clci_keras.fileio import check_writable_folder
 
-    if os.path.exists(args.output) and not args.overwrite:
-        print(f"clci-keras split: error: {args.output} exists (use --overwrite)", file=sys.stderr)
-        return 2
     by_id = bool(args.preset or args.from_lists)
     try:
+        if os.path.exists(args.output) and not args.overwrite:
+            raise FileExistsError(f"{args.output} exists (use --overwrite)")
         check_writable_folder(os.path.dirname(os.path.abspath(args.output)), what="folder of the split file")
         if args.val_list and not args.from_lists:
             raise ValueError("--val-list needs --from-lists")
@@ -84,14 +86,10 @@ def run(args) -> int:
             if args.mode == "holdout":
                 split = make_holdout_split(ids, val=0.1 if args.val is None else args.val, test=args.test,
                                            seed=args.seed)
-            elif str(args.fold).lower() == "all":
+            elif args.fold == "all":
                 split = make_kfold_splits(ids, k=args.folds, val=args.val or 0.0)
             else:
-                try:
-                    fold = int(args.fold)
-                except ValueError:
-                    raise ValueError(f"--fold must be an integer or 'all', got {args.fold!r}") from None
-                split = make_kfold_split(ids, k=args.folds, fold=fold, val=args.val or 0.0)
+                split = make_kfold_split(ids, k=args.folds, fold=args.fold, val=args.val or 0.0)
             split["h5"] = os.path.abspath(args.h5)
             save_split(split, args.output)
     except (OSError, ValueError) as e:

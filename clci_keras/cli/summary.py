@@ -1,8 +1,6 @@
 """`clci-keras summary`: build a registered model and print its summary."""
 from __future__ import annotations
 
-HELP = "build a model and print its summary and parameter count"
-
 
 def add_arguments(parser):
     parser.add_argument("--model", default="clci_net", help="registered model name (default: clci_net)")

@@ -1,8 +1,6 @@
 """`clci-keras synth`: write a synthetic ATLAS-like dataset (R1.1, R1.2 or 2.0 layout)."""
 from __future__ import annotations
 
-HELP = "write a synthetic ATLAS-like dataset (R1.1, R1.2 or 2.0 layout)"
-
 
 def add_arguments(parser):
     parser.add_argument("out", metavar="OUT_DIR", help="output folder (created; must be empty)")

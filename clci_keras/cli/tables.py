@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import sys
 
-HELP = "regenerate the paper's Tables 1 and 2 from run folders"
-
 
 def add_arguments(parser):
     parser.add_argument("runs", metavar="RUNS_DIR", help="folder searched for run folders with summary_<part>.json")

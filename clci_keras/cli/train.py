@@ -1,14 +1,20 @@
 """`clci-keras train`: train a model on an HDF5 file and a split (resumable)."""
 from __future__ import annotations
 
+import dataclasses
 import sys
 
-HELP = "train a model on an HDF5 file and a split"
+from clci_keras.training.config import PRECISIONS, RUN_FIELDS, STRATEGIES, TrainConfig
+
+#: The TrainConfig fields that are training options, read from the option of the same ``dest``
+#: where there is one (``--epochs``, ``--lr``, ...; ``--set`` reaches any field): every field but
+#: the run's identity (``--model --h5 --split --out --fold``: train()'s own arguments) and the
+#: manifest (``--manifest`` / ``--no-manifest``).
+OPTION_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in (*RUN_FIELDS, "manifest"))
 
 
 def add_arguments(parser):
-    from clci_keras.cli import positive_int
-    from clci_keras.training.config import PRECISIONS, STRATEGIES, TrainConfig
+    from clci_keras.cli import DeprecatedFlag, positive_int
 
     d = TrainConfig()
     p = parser
@@ -53,9 +59,9 @@ def add_arguments(parser):
     g.add_argument("--init-weights", metavar="W", help="start from these weights (any supported format)")
     h = p.add_argument_group("hardware and reproducibility")
     h.add_argument("--strategy", choices=STRATEGIES, help="tf.distribute strategy (default: default)")
-    h.add_argument("--mixed-precision", nargs="?", const="bf16", choices=PRECISIONS[1:] + ("off",),
-                   help="mixed precision: bf16 (default when given) or fp16; bf16 falls back to "
-                   "fp32 with a warning on CPUs that only emulate it (no AVX-512 BF16 / AMX)")
+    h.add_argument("--mixed-precision", nargs="?", const="bf16", choices=PRECISIONS,
+                   help="mixed precision: bf16 (default when given) or fp16, or off (fp32, the default); bf16 "
+                   "falls back to fp32 with a warning on CPUs that only emulate it (no AVX-512 BF16 / AMX)")
     h.add_argument("--force-bf16", action="store_true",
                    help="run bf16 even on a CPU without native BF16 (emulated, slower)")
     h.add_argument("--jit", action="store_true", default=None, help="XLA-compile the train step")
@@ -65,7 +71,10 @@ def add_arguments(parser):
     o = p.add_argument_group("outputs")
     o.add_argument("--manifest", default="weights/manifest.json",
                    help="weights manifest to register the result in (default: weights/manifest.json)")
-    o.add_argument("--no-register", action="store_true", help="do not register the weights")
+    o.add_argument("--no-manifest", dest="no_manifest", action="store_true",
+                   help="do not register the weights in the manifest")
+    o.add_argument("--no-register", dest="no_manifest", action=DeprecatedFlag, new="--no-manifest",
+                   help="deprecated alias of --no-manifest")
     o.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", default=None)
     o.add_argument("--quiet", action="store_true", help="one line per epoch instead of progress bars")
     o.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -73,16 +82,8 @@ def add_arguments(parser):
     o.add_argument("--overwrite", action="store_true", help="delete RUN_DIR's run and start afresh")
 
 
-OPTION_FIELDS = (
-    "epochs", "batch_size", "val_batch_size", "learning_rate", "loss", "steps_per_epoch", "max_steps", "monitor",
-    "reduce_lr_factor", "reduce_lr_patience", "reduce_lr_min_delta", "early_stopping_patience",
-    "train_slices", "val_slices", "crop", "input_mode", "max_memory_gb", "stream_buffer_subjects", "export", "bn_momentum", "bn_update", "init_weights", "strategy",
-    "mixed_precision", "jit", "seed", "deterministic", "tensorboard",
-)
-
-
 def overrides_from_args(args):
-    """TrainConfig overrides given on the command line (None = not given)."""
+    """TrainConfig overrides given on the command line (None = not given), ``--set`` ones last."""
     import json
 
     out = {k: getattr(args, k) for k in OPTION_FIELDS if getattr(args, k, None) is not None}
@@ -105,21 +106,20 @@ def run(args) -> int:
 
     try:
         check_writable_folder(args.out, what="run folder")
-        from clci_keras.training import TrainConfig, train
+        from clci_keras.training import train
 
         config = None
         if args.config:
             with open(args.config) as f:
                 config = TrainConfig.from_dict(json.load(f))
         overrides = overrides_from_args(args)
-        overrides["manifest"] = None if args.no_register else args.manifest
+        overrides["manifest"] = None if args.no_manifest else args.manifest
         if args.quiet or not sys.stdout.isatty():  # no progress-bar escapes in log files
             overrides["verbose"] = 2
-        if overrides.get("mixed_precision") == "bf16":
-            from clci_keras.hardware import resolve_precision
+        if overrides.get("mixed_precision") == "bf16":  # fp32 where the CPU only emulates bf16
+            from clci_keras.hardware import mixed_precision_value, resolve_precision
 
-            if resolve_precision("bf16", force=args.force_bf16) == "fp32":
-                overrides["mixed_precision"] = "off"
+            overrides["mixed_precision"] = mixed_precision_value(resolve_precision("bf16", force=args.force_bf16))
         result = train(args.model, args.h5, args.split, args.out, fold=args.fold, config=config,
                        overwrite=args.overwrite, **overrides)
     except (OSError, ValueError) as e:

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import sys
 
-HELP = "list published weights (catalogue) and trained ones (manifest)"
-
 
 def add_arguments(parser):
     parser.add_argument("name", nargs="?", default=None, help="show only this entry")

@@ -40,6 +40,9 @@ CROPS = {
 #: Crop used when none is given.
 DEFAULT_CROP = "clci"
 
+#: Bytes per pixel of a slice held in memory by the readers: float32 image + uint8 label.
+CACHED_PIXEL_BYTES = 5
+
 #: The original generator divides R1.1 T1 intensities by this value.
 R11_SCALE = 100.0
 

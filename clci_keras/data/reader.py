@@ -37,16 +37,17 @@ import re
 
 import numpy as np
 
-from clci_keras.data.constants import ATLAS_SHAPE, DEFAULT_CROP, SLICES_PER_SUBJECT
+from clci_keras.data.constants import ATLAS_SHAPE, CACHED_PIXEL_BYTES, DEFAULT_CROP, SLICES_PER_SUBJECT
 from clci_keras.data.preprocess import subject_table  # defined beside read_subjects; re-exported here
 from clci_keras.data.slicing import get_crop
+from clci_keras.data.stream import wrap_around_batches
+from clci_keras.hardware import memory_total_bytes
 from clci_keras.process import keep_freed_memory  # noqa: F401  (re-exported: training, tests)
 
 _SPEC = re.compile(r"^(all|brain|lesion)(?:\+(\d+))?$")
 
-#: ``in_memory="auto"`` reads the selected subjects into memory when they take
-#: at most this many bytes (float32 image + uint8 label per pixel; ~55 subjects
-#: at 224 x 176), else streams them from the file.
+#: The memory budget where the machine's physical memory is unknown
+#: (:func:`default_memory_budget`): 2 GiB, ~55 subjects at 224 x 176.
 MEMORY_BUDGET = 2 * 1024**3
 
 
@@ -173,7 +174,9 @@ class SliceReader:
         crop: crop window (``"clci"``, ``"xnet"``, ``"r0:r1,c0:c1"`` or ``None``).
         in_memory: ``False`` reads every batch from the file (low memory);
             ``True`` reads ``subjects`` into memory once, one contiguous block
-            per subject; ``"auto"`` does so when they fit :data:`MEMORY_BUDGET`.
+            per subject; ``"auto"`` does so when they fit the memory budget
+            (:func:`fits_in_memory`: half the physical memory, the rule of
+            :func:`plan_input`).
         subjects: the subjects kept in memory (default: all); reading a slice
             of another subject is an error in memory mode.
     """
@@ -190,8 +193,8 @@ class SliceReader:
             chosen = list(table) if subjects is None else [int(s) for s in subjects]
             blocks = [_lookup(table, s, self.h5_path) for s in chosen]
             h, w, _ = self.shape
-            nbytes = sum(c for _, c in blocks) * h * w * 5
-            if in_memory is True or nbytes <= MEMORY_BUDGET:
+            nbytes = sum(c for _, c in blocks) * h * w * CACHED_PIXEL_BYTES
+            if in_memory is True or fits_in_memory(nbytes):
                 self._load(blocks)
 
     @property
@@ -298,6 +301,8 @@ def iter_batches(indices, batch_size, seed=0, first_batch=0):
     slice is dropped at an epoch boundary (X-Net's ``train_data_generator``).
     Pass ``p``'s order is :func:`epoch_permutation` ``(n, seed, p)``, so batch
     ``k`` depends on ``(seed, k)`` alone and a resumed run replays exactly.
+    (The walk itself is :func:`clci_keras.data.stream.wrap_around_batches`,
+    shared with the streamed order.)
     """
     indices = np.asarray(indices, dtype=np.int64)
     n, b = indices.size, int(batch_size)
@@ -305,18 +310,8 @@ def iter_batches(indices, batch_size, seed=0, first_batch=0):
         raise ValueError("no training slices to walk")
     if b < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
-    p, at = divmod(int(first_batch) * b, n)
-    order = indices[epoch_permutation(n, seed, p)]
-    while True:
-        parts, need = [], b
-        while need:
-            take = min(need, n - at)
-            parts.append(order[at:at + take])
-            at, need = at + take, need - take
-            if at == n:
-                p, at = p + 1, 0
-                order = indices[epoch_permutation(n, seed, p)]
-        yield np.concatenate(parts)
+    for batch, _ in wrap_around_batches(n, b, first_batch, lambda p: indices[epoch_permutation(n, seed, p)]):
+        yield batch
 
 
 def batch_indices(indices, batch_size, seed=0, first_batch=0, n_batches=1):
@@ -334,11 +329,21 @@ INPUT_MODES = ("auto", "memory", "stream")
 
 
 def default_memory_budget():
-    """Half of the machine's physical memory, in bytes (the ``max_memory_gb=None`` budget)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
-    except (ValueError, OSError, AttributeError):
-        return MEMORY_BUDGET
+    """The memory budget of every ``"auto"`` choice, in bytes: half the machine's physical memory.
+
+    :func:`clci_keras.hardware.memory_total_bytes` halved; :data:`MEMORY_BUDGET`
+    where it is unknown. :func:`plan_input` (``max_memory_gb=None``) and
+    ``SliceReader(in_memory="auto")`` both use it (:func:`fits_in_memory`).
+    """
+    total = memory_total_bytes()
+    return total // 2 if total else MEMORY_BUDGET
+
+
+def fits_in_memory(nbytes, budget=None):
+    """Whether ``nbytes`` of slices are held in memory: at most ``budget`` (default
+    :func:`default_memory_budget`). The one ``"auto"`` rule of :func:`plan_input`
+    and :class:`SliceReader`."""
+    return int(nbytes) <= (default_memory_budget() if budget is None else int(budget))
 
 
 def plan_input(h5_path, subjects, crop=DEFAULT_CROP, mode="auto", max_memory_gb=None, buffer_subjects=None):
@@ -362,14 +367,14 @@ def plan_input(h5_path, subjects, crop=DEFAULT_CROP, mode="auto", max_memory_gb=
         raise ValueError(f"buffer_subjects must be >= 1, got {buffer_subjects!r}")
     table = subject_table(h5_path)
     rows, cols = get_crop(crop)
-    pixel_bytes = (rows.stop - rows.start) * (cols.stop - cols.start) * 5  # float32 image + uint8 label
+    pixel_bytes = (rows.stop - rows.start) * (cols.stop - cols.start) * CACHED_PIXEL_BYTES
     counts = [_lookup(table, int(s), h5_path)[1] for s in subjects]
     subject_bytes = max(counts, default=SLICES_PER_SUBJECT) * pixel_bytes
     need = sum(counts) * pixel_bytes
     budget = int(float(max_memory_gb) * 1024**3) if max_memory_gb is not None else default_memory_budget()
     plan = {"mode": mode, "bytes": int(need), "budget_bytes": budget, "subject_bytes": int(subject_bytes)}
     if mode == "auto":
-        plan["mode"] = "memory" if need <= budget else "stream"
+        plan["mode"] = "memory" if fits_in_memory(need, budget) else "stream"
     if plan["mode"] == "stream":
         fit = budget // 2 // (3 * subject_bytes)
         plan["buffer_subjects"] = int(buffer_subjects or max(1, min(MAX_BUFFER_SUBJECTS, fit)))

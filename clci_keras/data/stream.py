@@ -24,7 +24,8 @@ within a *buffer* of subjects: pass ``p`` visits the subjects in a seeded
 random order, ``buffer_subjects`` at a time, and shuffles the slices of each
 window. Like :func:`clci_keras.data.reader.iter_batches` it walks without
 end, wraps into the next pass (no slice dropped) and batch ``k`` depends on
-``(seed, k, buffer_subjects)`` only, so a resumed run replays exactly. It is
+``(seed, k, buffer_subjects)`` only, so a resumed run replays exactly: both
+are :func:`wrap_around_batches` over their own pass orders. It is
 *not* X-Net's order (a global shuffle of every slice, which in-memory
 training keeps): a subject's slices are spread over one window of the pass,
 not over the whole pass.
@@ -37,7 +38,51 @@ import threading
 
 import numpy as np
 
+from clci_keras.data.constants import CACHED_PIXEL_BYTES, DEFAULT_CROP
+
 _SHM_PREFIX = "clci_stream_"
+
+
+# ---------------------------------------------------------------------------
+# The walk: batches over endless passes
+# ---------------------------------------------------------------------------
+def wrap_around_batches(n, batch_size, first_batch, order_of):
+    """Batches of ``batch_size`` slices over endless passes of ``n`` slices, from batch ``first_batch`` on.
+
+    The walk of both training orders (:func:`clci_keras.data.reader.iter_batches`,
+    X-Net's global shuffle, and :func:`iter_stream_batches`): pass ``p``
+    visits ``order_of(p)`` (``n`` global slice indices); at its end the walk
+    wraps around into pass ``p + 1``, so a batch can straddle two passes and
+    no slice is dropped at a pass boundary (X-Net's ``train_data_generator``).
+    Batch ``k`` starts at position ``k * batch_size`` of the passes laid end
+    to end, so it depends on ``order_of`` and ``k`` alone and a resumed run
+    replays exactly. ``order_of`` is called once per pass, when the walk
+    enters it (the first one on the first ``next``).
+
+    Args:
+        n: slices per pass (>= 1).
+        batch_size: slices per batch (>= 1).
+        first_batch: index of the first batch yielded.
+        order_of: ``p -> `` the 1-D integer array of pass ``p``'s slices in visiting order.
+
+    Yields:
+        ``(indices, at)``: the batch's slice indices and the position in the
+        current pass after it (0 when the batch ended a pass: the next pass
+        has then been entered).
+    """
+    b = int(batch_size)
+    p, at = divmod(int(first_batch) * b, int(n))
+    order = order_of(p)
+    while True:
+        parts, need = [], b
+        while need:
+            take = min(need, n - at)
+            parts.append(order[at:at + take])
+            at, need = at + take, need - take
+            if at == n:
+                p, at = p + 1, 0
+                order = order_of(p)
+        yield np.concatenate(parts), at
 
 
 # ---------------------------------------------------------------------------
@@ -88,6 +133,7 @@ def iter_stream_batches(groups, batch_size, seed=0, first_batch=0, buffer_subjec
 
     p, at = divmod(int(first_batch) * b, n)
     ws, starts = windows_of(p)
+    ws_pass = p  # the pass whose windows ws / starts are
     upcoming = (p, ws, starts)  # pass of the window after the current one, cached
 
     def next_window(p, wi, ws):
@@ -99,31 +145,25 @@ def iter_stream_batches(groups, batch_size, seed=0, first_batch=0, buffer_subjec
             upcoming = (p + 1, *windows_of(p + 1))
         return upcoming[1][0][0]
 
+    def order_of(q):
+        """Pass ``q``'s slices in visiting order; entering a new pass resets the current window."""
+        nonlocal ws, starts, ws_pass, current
+        if q != ws_pass:
+            ws, starts = (upcoming[1], upcoming[2]) if upcoming[0] == q else windows_of(q)
+            ws_pass, current = q, -1
+        return np.concatenate([w[1] for w in ws])
+
     current = int(np.searchsorted(starts, at, side="right") - 1)
     if on_window is not None:
         on_window(ws[current][0])
         on_window(next_window(p, current, ws))
-    order = np.concatenate([w[1] for w in ws])
-    while True:
-        parts, need = [], b
-        while need:
-            take = min(need, n - at)
-            parts.append(order[at:at + take])
-            at, need = at + take, need - take
-            if at == n:
-                p, at = p + 1, 0
-                if upcoming[0] == p:
-                    ws, starts = upcoming[1], upcoming[2]
-                else:
-                    ws, starts = windows_of(p)
-                order = np.concatenate([w[1] for w in ws])
-                current = -1
+    for batch, at in wrap_around_batches(n, b, first_batch, order_of):
         wi = int(np.searchsorted(starts, at, side="right") - 1)
         if wi != current:
             current = wi
             if on_window is not None:
-                on_window(next_window(p, wi, ws))
-        yield np.concatenate(parts)
+                on_window(next_window(ws_pass, wi, ws))
+        yield batch
 
 
 # ---------------------------------------------------------------------------
@@ -283,14 +323,14 @@ class StreamingReader:
             read-ahead window (evaluation).
         cache_subjects: slots in the cache (default: three windows, the
             one being read, the next one and the previous one's stragglers);
-            memory ~ slots x 189 x H x W x 5 bytes.
+            memory ~ slots x 189 x H x W x :data:`~clci_keras.data.constants.CACHED_PIXEL_BYTES`.
         workers: reader processes (>= 1).
     """
 
     in_memory = False
     streaming = True
 
-    def __init__(self, h5_path, crop="clci", buffer_subjects=8, cache_subjects=None, workers=2):
+    def __init__(self, h5_path, crop=DEFAULT_CROP, buffer_subjects=8, cache_subjects=None, workers=2):
         from concurrent.futures import ProcessPoolExecutor
         import multiprocessing as mp
         from multiprocessing import shared_memory
@@ -314,7 +354,7 @@ class StreamingReader:
         self.buffer_subjects = int(buffer_subjects)
         self.cache_subjects = int(min(cache_subjects, len(self.table)))
         self.geometry = (self.cache_subjects, max_count, h, w)
-        nbytes = self.cache_subjects * max_count * h * w * 5
+        nbytes = self.cache_subjects * max_count * h * w * CACHED_PIXEL_BYTES
         self._shm = shared_memory.SharedMemory(create=True, size=max(nbytes, 1),
                                                name=f"{_SHM_PREFIX}{os.getpid()}_{id(self):x}")
         self._x, self._y = (np.ndarray((self.cache_subjects, max_count, h, w), t, self._shm.buf, o)

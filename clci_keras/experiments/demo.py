@@ -1,18 +1,20 @@
 """The synthetic end-to-end demo (``clci-keras demo``) as a library function.
 
-:func:`run_demo` steps (each timed):
+:func:`run_demo` steps (each timed), the workflows of
+:mod:`clci_keras.experiments.workflows` on synthetic data:
 
-1. a synthetic ATLAS R1.1-like release of ``subjects`` subjects
-   (:func:`clci_keras.data.generate_dataset`);
-2. the HDF5 slice file (:func:`clci_keras.data.prepare_h5`), marked synthetic;
-3. a hold-out split: 1 test subject, 1 validation subject, the rest training;
-4. the network built with the seed and scored untrained on the test subject;
-5. a short training of that same network (:func:`clci_keras.training.train`)
-   on the lesion slices plus a few other brain slices of each training
-   subject (``train_slices="lesion+N"``);
-6. the trained weights (exported in the Keras 2 ``.h5`` layout, reloaded) scored
-   on the test subject; Table 1 / Table 2 (with a SYNTHETIC mark), training
-   curves and slice overlays (untrained vs trained vs ground truth).
+1. a synthetic ATLAS R1.1-like release of ``subjects`` subjects and its HDF5
+   slice file, marked synthetic (:func:`~clci_keras.experiments.workflows.prepare_data`);
+2. a hold-out split: 1 test subject, 1 validation subject, the rest training
+   (:func:`~clci_keras.experiments.workflows.make_split`);
+3. the network built with the seed and scored untrained on the test subject;
+4. a short training of that same network on the lesion slices plus a few
+   other brain slices of each training subject (``train_slices="lesion+N"``),
+   then the trained weights (exported in the Keras 2 ``.h5`` layout, reloaded)
+   scored on the test subject
+   (:func:`~clci_keras.experiments.workflows.train_and_evaluate`);
+5. Table 1 / Table 2 (with a SYNTHETIC mark), training curves and slice
+   overlays (untrained vs trained vs ground truth).
 
 Departures from the paper's protocol, all to fit a 2-core CPU, all options:
 learning rate 1e-3 instead of 1e-4 (``learning_rate``), BatchNorm momentum 0.5
@@ -30,11 +32,11 @@ import os
 import shutil
 import time
 
-from clci_keras.experiments.workflows import mark_synthetic, train_and_evaluate
+from clci_keras.experiments.workflows import make_split, prepare_data, train_and_evaluate
 from clci_keras.fileio import atomic_text
 
 #: Number of steps :func:`run_demo` announces.
-STEPS = 6
+STEPS = 5
 
 
 def run_demo(out_dir, subjects=6, seed=0, epochs=3, steps_per_epoch=6, batch_size=8,
@@ -65,7 +67,8 @@ def run_demo(out_dir, subjects=6, seed=0, epochs=3, steps_per_epoch=6, batch_siz
     ``tables/table{1,2}.{csv,md,tex}``, ``training_curves.png``,
     ``overlays.png``, ``demo_summary.json``.
     """
-    from clci_keras.data import crop_shape, make_holdout_split, read_subjects, save_split
+    from clci_keras.data import crop_shape, load_split
+    from clci_keras.data.constants import SYNTHETIC_MARKER
 
     if subjects < 3:
         raise ValueError(f"the demo needs at least 3 subjects (train, val, test), got subjects={subjects}")
@@ -80,27 +83,22 @@ def run_demo(out_dir, subjects=6, seed=0, epochs=3, steps_per_epoch=6, batch_siz
     t0 = t = time.time()
     c0 = time.process_time()
 
-    step(1, f"synthetic ATLAS R1.1-like data: {subjects} subjects")
+    step(1, f"synthetic ATLAS R1.1-like data: {subjects} subjects, and its HDF5 slice file")
     src = os.path.join(out_dir, "synthetic")
-    from clci_keras.data import generate_dataset, prepare_h5
+    h5 = prepare_data("synthetic", out_dir, n_subjects=subjects, seed=seed, synthetic_layout="r1.1",
+                      h5_name="demo.h5", source_dir=src, progress=True,
+                      description="synthetic ATLAS R1.1-like data (clci-keras demo)")  # provenance for tables
+    # The release is complete when its marker file is written (last): the generation ends there.
+    generated = min(max(os.path.getmtime(os.path.join(src, SYNTHETIC_MARKER)), t), time.time())
+    times["synthetic_data"], times["hdf5"], t = generated - t, time.time() - generated, time.time()
 
-    generate_dataset(src, layout="r1.1", n_subjects=subjects, seed=seed, overwrite=True, progress=True)
-    times["synthetic_data"], t = time.time() - t, time.time()
-
-    step(2, "HDF5 slice file")
-    h5 = os.path.join(out_dir, "demo.h5")
-    prepare_h5(src, h5, overwrite=True, progress=True)
-    mark_synthetic(h5, "synthetic ATLAS R1.1-like data (clci-keras demo)")  # provenance for tables, manifest
-    ids = [s["subject_id"] for s in read_subjects(h5)]
-    times["hdf5"], t = time.time() - t, time.time()
-
-    step(3, "hold-out split")
-    split = make_holdout_split(ids, val=1.0 / subjects, test=1.0 / subjects, seed=seed)
-    split_path = os.path.join(out_dir, "split.json")
-    save_split(split, split_path)
+    step(2, "hold-out split")
+    split_path, _ = make_split(h5, "holdout", out_dir, val_fraction=1.0 / subjects, test_fraction=1.0 / subjects,
+                               seed=seed, path=os.path.join(out_dir, "split.json"), verbose=False)
+    split = load_split(split_path)
     _say(log, f"train {split['train']}, val {split['val']}, test {split['test']} (subject indices)")
 
-    step(4, f"{model} before training: scoring the test subject")
+    step(3, f"{model} before training: scoring the test subject")
     from clci_keras.evaluation.evaluate import evaluate_run, format_summary
     from clci_keras.models import build_model
     from clci_keras.training import set_seed
@@ -118,7 +116,7 @@ def run_demo(out_dir, subjects=6, seed=0, epochs=3, steps_per_epoch=6, batch_siz
     _say(log, "untrained: " + format_summary(untrained["scores"]))
     times["untrained_eval"], t = time.time() - t, time.time()
 
-    step(5, f"training {model} ({epochs} epochs x {steps_per_epoch} steps of batch {batch_size}), "
+    step(4, f"training {model} ({epochs} epochs x {steps_per_epoch} steps of batch {batch_size}), "
             "evaluation of the exported weights")
     manifest = os.path.join(out_dir, "weights", "manifest.json")
     # Training, then the exported Keras 2 .h5 weights reloaded into `net` (its prediction
@@ -135,7 +133,7 @@ def run_demo(out_dir, subjects=6, seed=0, epochs=3, steps_per_epoch=6, batch_siz
     t = time.time()
     _say(log, "trained:   " + format_summary(trained["scores"]))
 
-    step(6, "tables and figures")
+    step(5, "tables and figures")
     from clci_keras.reports import write_tables
 
     tables = write_tables(os.path.join(out_dir, "runs"), os.path.join(out_dir, "tables"))

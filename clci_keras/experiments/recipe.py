@@ -34,6 +34,7 @@ import shlex
 import subprocess
 
 from clci_keras.experiments.workflows import TABLE1_MODELS, TABLE2_MODELS
+from clci_keras.training.config import RUN_FIELDS
 from clci_keras.version import __version__
 
 #: Emit formats.
@@ -43,9 +44,18 @@ DRY_STEPS = 2
 DRY_SUBJECTS = 1
 #: ``clci-keras synth`` writes this file last: its presence means the release is complete.
 SYNTH_DONE = "clci_keras_synthetic.json"
-#: Options of ``train`` / ``evaluate`` that the recipe sets itself.
-_OWN_TRAIN = ("--model", "--h5", "--split", "--fold", "--out", "--manifest", "--no-register", "--crop",
-              "--max-steps", "--overwrite", "--config")
+
+
+def _train_option(field):
+    """The ``clci-keras train`` option of a :class:`~clci_keras.training.TrainConfig` field (``out_dir``: ``--out``)."""
+    return "--out" if field == "out_dir" else "--" + field.replace("_", "-")
+
+
+#: Options of ``train`` / ``evaluate`` that the recipe sets itself: for ``train`` the run
+#: (TrainConfig's ``RUN_FIELDS``), its manifest, the crop and the dry-run cap, and the options
+#: that would undo them.
+_OWN_TRAIN = (*map(_train_option, (*RUN_FIELDS, "manifest", "crop", "max_steps")),
+              "--no-manifest", "--no-register", "--overwrite", "--config")
 _OWN_EVALUATE = ("--model", "--weights", "--h5", "--split", "--fold", "--out", "--manifest", "--name",
                  "--crop", "--max-subjects", "--part", "--preset")
 

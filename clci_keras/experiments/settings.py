@@ -72,9 +72,6 @@ QUICK_TABLES = {**QUICK_TRAINING, "epochs": 1}
 #: QUICK values of notebook 05 (visualization).
 QUICK_VISUALIZATION = dict(eval_slices=QUICK_EVAL_SLICES, n_overlay=1, n_failures=1)
 
-#: :class:`TrainConfig` fields that a workflow passes itself (not training options).
-_NOT_TRAIN_OPTIONS = ("model", "h5", "split", "out_dir", "fold")
-
 
 def protocol_defaults():
     """``{setting: protocol default}``, read from the library at call time.
@@ -144,9 +141,9 @@ def train_options(settings, **extra):
     ``h5``, ``split``, ``out_dir`` and ``fold`` are left out (the workflow
     passes them), ``extra`` is added last.
     """
-    from clci_keras.training.config import TrainConfig
+    from clci_keras.training.config import RUN_FIELDS, TrainConfig
 
-    fields = {f.name for f in dataclasses.fields(TrainConfig)} - set(_NOT_TRAIN_OPTIONS)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - set(RUN_FIELDS)
     out = {str(k).lower(): v for k, v in settings.items() if str(k).lower() in fields}
     out.update(extra)
     return out

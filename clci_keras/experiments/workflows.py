@@ -20,9 +20,9 @@ import json
 import os
 import time
 
-#: The models of the paper's Table 1 and Table 2, in table order.
-TABLE1_MODELS = ("fcn8s", "pspnet", "deeplabv3plus", "denseunet", "baseline", "clci_net")
-TABLE2_MODELS = ("baseline", "clci_aspp", "clci_aspp_clf", "clci_net")
+#: The models of the paper's Table 1 and Table 2, in table order (defined in
+#: :mod:`clci_keras.models.paper`, with the tables).
+from clci_keras.models.paper import TABLE1_MODELS, TABLE2_MODELS
 
 
 def _say(log, text):

@@ -39,7 +39,10 @@ from clci_keras.data.constants import ATLAS_AFFINE, ATLAS_SHAPE, CROPS, DEFAULT_
 from clci_keras.data.reader import brain_slice_indices
 from clci_keras.data.intensity import SCHEMES, normalize_intensity
 from clci_keras.data.slicing import crop_shape, crop_slices, slices_to_volume, uncrop_slices, volume_to_slices
+from clci_keras.hardware import DTYPE_POLICIES, precision_policy
+from clci_keras.hardware import PRECISIONS as _PRECISION_NAMES
 from clci_keras.inference.io import InputError, describe, validate_volume
+from clci_keras.inference.register import resample
 from clci_keras.models.predictor import predict_slices
 from clci_keras.models.weights import LOAD_ERRORS, WeightsMismatchError
 
@@ -48,8 +51,8 @@ GRID_ATOL = 1e-2
 #: Slices per model call. Measured on a 2-core AVX-512 CPU (benchmarks/RESULTS.md):
 #: larger batches give no further speed and cost memory.
 DEFAULT_BATCH_SIZE = 4
-#: Precision names of :func:`build_inference_model` -> Keras dtype policies.
-PRECISIONS = {"fp32": "float32", "bf16": "mixed_bfloat16"}
+#: Precision names of :func:`build_inference_model` -> Keras dtype policies (:mod:`clci_keras.hardware`'s).
+PRECISIONS = {name: DTYPE_POLICIES[name] for name in _PRECISION_NAMES}
 
 
 class GridWarning(UserWarning):
@@ -146,8 +149,6 @@ def build_inference_model(name="clci_net", weights=None, precision="fp32", crop=
             :data:`clci_keras.models.weights.LOAD_ERRORS`); the message names
             the file. Other exceptions are bugs and propagate unchanged.
     """
-    import keras
-
     from clci_keras.models import build_model, load_weights
 
     if precision not in PRECISIONS:
@@ -155,12 +156,8 @@ def build_inference_model(name="clci_net", weights=None, precision="fp32", crop=
     crop = DEFAULT_CROP if crop is None else crop
     if crop not in CROPS:
         raise ValueError(f"`crop` must be one of {sorted(CROPS)}, got crop={crop!r}")
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(PRECISIONS[precision])
-    try:
+    with precision_policy(precision):
         model = build_model(name, input_shape=(*crop_shape(crop), 1))
-    finally:
-        keras.config.set_dtype_policy(previous)
     if weights is not None:
         path = os.fspath(weights)
         try:
@@ -182,24 +179,6 @@ def build_inference_model(name="clci_net", weights=None, precision="fp32", crop=
 # --------------------------------------------------------------------------
 # Grid mapping
 # --------------------------------------------------------------------------
-def _resample(data, src_affine, dst_affine, dst_shape, order):
-    """Resample ``data`` (on ``src_affine``) onto the ``dst_affine``/``dst_shape`` grid; 0 outside."""
-    from scipy import ndimage
-
-    # dst voxel -> world -> src voxel
-    m = np.linalg.solve(src_affine, dst_affine)
-    return ndimage.affine_transform(
-        np.asarray(data, dtype=np.float32),
-        m[:3, :3],
-        offset=m[:3, 3],
-        output_shape=tuple(dst_shape),
-        order=order,
-        mode="constant",
-        cval=0.0,
-        prefilter=False,
-    )
-
-
 class _GridMap:
     """Maps a volume to the ATLAS grid and arrays on the ATLAS grid back."""
 
@@ -243,7 +222,7 @@ class _GridMap:
             return data
         if self.kind == "reoriented":
             return apply_orientation(data, self._to_ras)
-        return _resample(data, self.affine, ATLAS_AFFINE, ATLAS_SHAPE, order=1)
+        return resample(data, self.affine, ATLAS_AFFINE, ATLAS_SHAPE, order=1)
 
     def from_atlas(self, arr, order):
         """``order`` 0 (nearest, masks) or 1 (trilinear, probabilities) when resampling."""
@@ -253,7 +232,7 @@ class _GridMap:
             return arr
         if self.kind == "reoriented":
             return apply_orientation(arr, self._from_ras)
-        return _resample(arr, ATLAS_AFFINE, self.affine, self.shape, order=order)
+        return resample(arr, ATLAS_AFFINE, self.affine, self.shape, order=order)
 
 
 class _RegisteredGrid:

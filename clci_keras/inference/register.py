@@ -95,7 +95,13 @@ def template():
 # Resampling helpers
 # --------------------------------------------------------------------------
 def resample(data, src_affine, dst_affine, dst_shape, order=1):
-    """``data`` (on ``src_affine``) sampled on the ``dst_affine`` / ``dst_shape`` grid; 0 outside."""
+    """``data`` (on ``src_affine``) sampled on the ``dst_affine`` / ``dst_shape`` grid; 0 outside.
+
+    The one resampler of inference: registration's mapping to and from the
+    template, and :mod:`clci_keras.inference.predict`'s mapping of an input
+    on another grid to the ATLAS grid and of the mask back. ``order``: spline
+    order (1 linear, 0 nearest neighbour); float32 result.
+    """
     from scipy import ndimage
 
     m = np.linalg.solve(np.asarray(src_affine, np.float64), np.asarray(dst_affine, np.float64))

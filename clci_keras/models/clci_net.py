@@ -53,14 +53,23 @@ DROPOUT_RATE = 0.5
 # --------------------------------------------------------------------------
 # Blocks (names follow the paper's parts)
 # --------------------------------------------------------------------------
-def conv_bn_relu(x, filters, kernel_size=(3, 3), strides=(1, 1), dilation_rate=(1, 1), *, name):
-    """Conv2D (He-normal, 'same') → BatchNorm → ReLU; the original's basic unit."""
+def conv_bias_bn_relu(x, filters, kernel_size=(3, 3), strides=(1, 1), dilation_rate=(1, 1), *, name):
+    """Conv2D **with bias** (He-normal, 'same') → BatchNorm → ReLU; the original's basic unit.
+
+    The authors' Keras 2.2 code keeps ``Conv2D``'s default ``use_bias=True``
+    before every BatchNormalization, so each of these convolutions holds a
+    kernel *and* a bias: the bias is what makes the layer line up with the
+    original weight files (a bias-free conv cannot load them). Not
+    interchangeable with :func:`clci_keras.models.common.conv_bn_relu`
+    (bias-free, as the comparison models' references build it).
+    """
     x = layers.Conv2D(
         filters,
         kernel_size,
         strides=strides,
         padding="same",
         dilation_rate=dilation_rate,
+        use_bias=True,
         kernel_initializer=KERNEL_INIT,
         name=f"{name}_conv",
     )(x)
@@ -68,10 +77,21 @@ def conv_bn_relu(x, filters, kernel_size=(3, 3), strides=(1, 1), dilation_rate=(
     return layers.Activation("relu", name=f"{name}_relu")(x)
 
 
+def __getattr__(name):
+    """``conv_bn_relu``: the name :func:`conv_bias_bn_relu` had, kept as a deprecated alias."""
+    if name == "conv_bn_relu":
+        import warnings
+
+        warnings.warn("clci_keras.models.clci_net.conv_bn_relu is deprecated; use conv_bias_bn_relu (its conv "
+                      "has a bias, unlike clci_keras.models.common.conv_bn_relu)", DeprecationWarning, stacklevel=2)
+        return conv_bias_bn_relu
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def double_conv(x, filters, *, name):
     """Two 3×3 conv-BN-ReLU units: one encoder or decoder stage."""
-    x = conv_bn_relu(x, filters, name=f"{name}_1")
-    return conv_bn_relu(x, filters, name=f"{name}_2")
+    x = conv_bias_bn_relu(x, filters, name=f"{name}_1")
+    return conv_bias_bn_relu(x, filters, name=f"{name}_2")
 
 
 def clf_downsample(source, target, filters, stride, *, name):
@@ -79,7 +99,7 @@ def clf_downsample(source, target, filters, stride, *, name):
 
     ``stride`` brings the shallower level ``source`` down to ``target``'s size.
     """
-    down = conv_bn_relu(source, filters, strides=(stride, stride), name=name)
+    down = conv_bias_bn_relu(source, filters, strides=(stride, stride), name=name)
     return layers.Concatenate(axis=-1, name=f"{name}_concat")([down, target])
 
 
@@ -98,7 +118,7 @@ def clf_fusion(features, pooled, level, *, name):
     for j in range(1, level + 1):
         stride = 2 ** (level - j + 1)
         x = clf_downsample(features[j - 1], x, width, stride, name=f"{name}_from{j}")
-    return conv_bn_relu(x, 4 * ENCODER_FILTERS[level], kernel_size=(1, 1), name=f"{name}_fuse")
+    return conv_bias_bn_relu(x, 4 * ENCODER_FILTERS[level], kernel_size=(1, 1), name=f"{name}_fuse")
 
 
 def clf_aspp(x, skips, clf=True, *, name="clf_aspp"):
@@ -114,26 +134,26 @@ def clf_aspp(x, skips, clf=True, *, name="clf_aspp"):
     ph, pw = x.shape[1], x.shape[2]
     if ph is None or pw is None:
         raise ValueError(f"clf_aspp needs a static spatial size, got shape {tuple(x.shape)}")
-    b0 = conv_bn_relu(x, ASPP_FILTERS, kernel_size=(1, 1), name=f"{name}_b0")
+    b0 = conv_bias_bn_relu(x, ASPP_FILTERS, kernel_size=(1, 1), name=f"{name}_b0")
     atrous = [
-        conv_bn_relu(x, ASPP_FILTERS, dilation_rate=(r, r), name=f"{name}_rate{r}")
+        conv_bias_bn_relu(x, ASPP_FILTERS, dilation_rate=(r, r), name=f"{name}_rate{r}")
         for r in ASPP_RATES
     ]
     b4 = layers.AveragePooling2D(pool_size=(ph, pw), name=f"{name}_pool")(x)
-    b4 = conv_bn_relu(b4, ASPP_FILTERS, kernel_size=(1, 1), name=f"{name}_pool")
+    b4 = conv_bias_bn_relu(b4, ASPP_FILTERS, kernel_size=(1, 1), name=f"{name}_pool")
     b4 = BilinearUpsampling((ph, pw), name=f"{name}_pool_upsample")(b4)
     branches = []
     if clf:
         for j, skip in enumerate(skips, start=1):
             stride = 2 ** (NUM_POOLINGS - j + 1)
             branches.append(
-                conv_bn_relu(
+                conv_bias_bn_relu(
                     skip, ASPP_FILTERS, strides=(stride, stride), name=f"{name}_clf{j}"
                 )
             )
     branches += [b0, *atrous, b4]
     out = layers.Concatenate(axis=-1, name=f"{name}_concat")(branches)
-    out = conv_bn_relu(out, 4 * ASPP_FILTERS, kernel_size=(1, 1), name=f"{name}_project")
+    out = conv_bias_bn_relu(out, 4 * ASPP_FILTERS, kernel_size=(1, 1), name=f"{name}_project")
     return layers.Dropout(DROPOUT_RATE, name=f"{name}_dropout")(out)
 
 
@@ -172,9 +192,9 @@ def decoder_stage(x, skip, filters, inference=True, *, name):
     (U-Net style) and no 1×1 conv is used.
     """
     up = layers.UpSampling2D(size=(2, 2), interpolation="nearest", name=f"{name}_upsample")(x)
-    up = conv_bn_relu(up, filters, kernel_size=(2, 2), name=f"{name}_up")
+    up = conv_bias_bn_relu(up, filters, kernel_size=(2, 2), name=f"{name}_up")
     if inference:
-        skip = conv_bn_relu(skip, filters, kernel_size=(1, 1), name=f"{name}_skip")
+        skip = conv_bias_bn_relu(skip, filters, kernel_size=(1, 1), name=f"{name}_skip")
         merged = context_inference(up, skip, filters, name=f"{name}_context")
     else:
         merged = layers.Concatenate(axis=-1, name=f"{name}_concat")([up, skip])

@@ -1,37 +1,25 @@
-"""Registry entries for CLCI-Net and its ablation variants (paper, Table 2)."""
+"""Registry entries for CLCI-Net and its ablation variants (paper, Table 2).
+
+One entry per row of :data:`clci_keras.models.paper.TABLE2`; the builder
+options are that row's switches (:func:`~clci_keras.models.paper.ablation_options`).
+"""
 from clci_keras.models.clci_net import CLCI_Net
+from clci_keras.models.paper import REFERENCE, TABLE2_MODELS, ablation_options
 from clci_keras.models.registry import register_model
 
-_REF = "Yang et al., CLCI-Net, MICCAI 2019 (arXiv:1907.07008)"
+#: What each row's network is.
+DESCRIPTIONS = {
+    "clci_net": "CLCI-Net: CLF encoder, CLF-ASPP, ConvLSTM context inference",
+    "baseline": "Baseline: CLCI-Net with ASPP, CLF and context inference off (U-Net of the same depth)",
+    "clci_aspp": "Baseline + ASPP (plain ASPP: no CLF branches, no context inference)",
+    "clci_aspp_clf": "Baseline + CLF-ASPP + CLF encoder (no context inference)",
+}
 
-register_model(
-    "clci_net",
-    CLCI_Net,
-    description="CLCI-Net: CLF encoder, CLF-ASPP, ConvLSTM context inference",
-    reference=_REF,
-    table="Table 1 and Table 2: CLCI-Net",
-)
-register_model(
-    "baseline",
-    CLCI_Net,
-    options=dict(aspp=False, clf=False, inference=False),
-    description="Baseline: CLCI-Net with ASPP, CLF and context inference off (U-Net of the same depth)",
-    reference=_REF,
-    table="Table 1 and Table 2: Baseline",
-)
-register_model(
-    "clci_aspp",
-    CLCI_Net,
-    options=dict(aspp=True, clf=False, inference=False),
-    description="Baseline + ASPP (plain ASPP: no CLF branches, no context inference)",
-    reference=_REF,
-    table="Table 2: Baseline + ASPP",
-)
-register_model(
-    "clci_aspp_clf",
-    CLCI_Net,
-    options=dict(aspp=True, clf=True, inference=False),
-    description="Baseline + CLF-ASPP + CLF encoder (no context inference)",
-    reference=_REF,
-    table="Table 2: Baseline + ASPP + CLF",
-)
+for _name in TABLE2_MODELS:
+    register_model(
+        _name,
+        CLCI_Net,
+        options=ablation_options(_name),
+        description=DESCRIPTIONS[_name],
+        reference=REFERENCE,
+    )

@@ -7,7 +7,9 @@
   to the next multiple of the stride inside the model and :func:`crop_to` cuts
   the score map back, so the model's input and output are exactly the size
   the user gave (224×176 is not a multiple of 32).
-* Units: :func:`conv_bn_relu` (bias-free conv, BatchNorm, ReLU),
+* Units: :func:`conv_bn_relu` (bias-free conv, BatchNorm, ReLU; CLCI-Net's
+  unit, :func:`clci_keras.models.clci_net.conv_bias_bn_relu`, keeps the conv
+  bias of the authors' code),
   :func:`score_conv` and :func:`output_head` (crop, sigmoid/softmax).
 """
 from __future__ import annotations
@@ -140,7 +142,15 @@ def crop_to(x, pads, *, name):
 # Units and heads
 # --------------------------------------------------------------------------
 def conv_bn_relu(x, filters, kernel_size=3, strides=1, dilation_rate=1, *, name, relu=True):
-    """Conv2D (He-normal, no bias, 'same') → BatchNorm → optional ReLU."""
+    """Conv2D (He-normal, **no bias**, 'same') → BatchNorm → optional ReLU: the comparison models' unit.
+
+    PSPNet, DeepLabv3+ and DenseUNet build on ResNet / DenseNet, whose
+    reference convolutions have no bias before BatchNormalization (its shift
+    makes the bias redundant). CLCI-Net's unit keeps it, because the authors' Keras 2.2 code
+    did and its weight files hold one:
+    :func:`clci_keras.models.clci_net.conv_bias_bn_relu`. The two are not
+    interchangeable: a network built with the other unit has other weights.
+    """
     x = layers.Conv2D(
         filters,
         kernel_size,

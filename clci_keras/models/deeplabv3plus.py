@@ -117,5 +117,4 @@ register_model(
     DeepLabV3Plus,
     description="DeepLabv3+: ResNet-50 (output stride 16), ASPP 6/12/18 + image pooling, 1/4 decoder",
     reference="Chen et al., DeepLabv3+, ECCV 2018 (arXiv:1802.02611)",
-    table="Table 1: DeepLabv3+",
 )

@@ -169,5 +169,4 @@ register_model(
     DenseUNet,
     description="2D DenseUNet of H-DenseUNet: DenseNet-161 encoder, 5-stage decoder with skip additions",
     reference="Li et al., H-DenseUNet, IEEE TMI 2018 (arXiv:1709.07330)",
-    table="Table 1: DenseUnet",
 )

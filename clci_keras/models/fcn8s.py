@@ -140,5 +140,4 @@ register_model(
     FCN8s,
     description="FCN-8s: VGG-16 encoder, score layers at pool3/pool4/fc7, learned x2/x2/x8 upsampling",
     reference="Long, Shelhamer, Darrell, FCN, CVPR 2015 (arXiv:1411.4038)",
-    table="Table 1: FCN-8s",
 )

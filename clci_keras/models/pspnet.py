@@ -117,5 +117,4 @@ register_model(
     PSPNet,
     description="PSPNet: dilated ResNet-50 (output stride 8), pyramid pooling 1/2/3/6 bins",
     reference="Zhao et al., PSPNet, CVPR 2017 (arXiv:1612.01105)",
-    table="Table 1: PSPNet",
 )

@@ -2,13 +2,17 @@
 
 Builders register themselves at import time with :func:`register_model`;
 :func:`build_model` and :func:`list_models` import the built-in model modules
-listed in :data:`BUILTIN_MODULES` on first use.
+listed in :data:`BUILTIN_MODULES` on first use. Which table row a model
+reproduces comes from :mod:`clci_keras.models.paper` (the paper's tables,
+defined once).
 """
 from __future__ import annotations
 
 import dataclasses
 import importlib
 from typing import Callable
+
+from clci_keras.models.paper import table_of
 
 #: Modules whose import registers the built-in models.
 BUILTIN_MODULES = (
@@ -36,10 +40,16 @@ _REGISTRY: dict[str, ModelSpec] = {}
 _loaded = False
 
 
-def register_model(name, builder, *, description, reference, options=None, table=""):
-    """Register ``builder`` under ``name`` (lower-case, unique)."""
+def register_model(name, builder, *, description, reference, options=None, table=None):
+    """Register ``builder`` under ``name`` (lower-case, unique).
+
+    ``table`` (which paper table row(s) the model reproduces) defaults to
+    :func:`clci_keras.models.paper.table_of` ``(name)``: ``""`` for a model
+    outside the paper's tables.
+    """
     if name in _REGISTRY and _REGISTRY[name].builder is not builder:
         raise ValueError(f"model name {name!r} is already registered")
+    table = table_of(name) if table is None else table
     _REGISTRY[name] = ModelSpec(name, builder, description, reference, dict(options or {}), table)
     return builder
 

@@ -21,6 +21,10 @@ their numbers mean nothing. Their rows are marked ``[DRY RUN]`` (CSV column
 ``dry_run``, LaTeX ‡) and say what was capped. A model whose runs mix dry and
 real ones is refused (``ValueError`` naming both), since pooling them would
 give a number that is neither.
+
+Which models each table has, Table 2's switches and the published values are
+defined once in :mod:`clci_keras.models.paper` (:data:`TABLE1`, :data:`TABLE2`,
+:data:`PAPER`, the metrics as :data:`COLUMNS`), re-exported here.
 """
 from __future__ import annotations
 
@@ -31,33 +35,10 @@ import math
 import os
 
 from clci_keras.fileio import atomic_text
+from clci_keras.models.paper import METRICS, PAPER, TABLE1, TABLE2  # noqa: F401  (re-exported)
 
 #: Paper metrics in table order: (key in our summaries, column title, decimals).
-COLUMNS = (("dsc", "DSC", 3), ("precision", "Precision", 3), ("recall", "Recall", 3),
-           ("voe", "VOE", 1), ("rvd", "RVD", 1))
-
-#: Table 1 of Yang et al. (MICCAI 2019): method, model name here, published values.
-TABLE1 = (
-    ("FCN-8s", "fcn8s", (0.337, 0.485, 0.334, 76.5, 19.6)),
-    ("PSPNet", "pspnet", (0.375, 0.502, 0.361, 73.5, 13.6)),
-    ("DeepLabv3+", "deeplabv3plus", (0.507, 0.586, 0.527, 62.1, 32.5)),
-    ("DenseUnet", "denseunet", (0.543, 0.614, 0.553, 58.8, 25.6)),
-    ("Baseline", "baseline", (0.540, 0.632, 0.544, 58.7, 31.7)),
-    ("CLCI-Net", "clci_net", (0.581, 0.649, 0.581, 54.6, 25.4)),
-)
-
-#: Table 2 (ablation): label, model name, (ASPP, CLF, inference), published values.
-#: The first and last rows equal Table 1's Baseline and CLCI-Net rows; the
-#: intermediate rows' published values are not transcribed here (None).
-TABLE2 = (
-    ("Baseline", "baseline", (False, False, False), (0.540, 0.632, 0.544, 58.7, 31.7)),
-    ("+ ASPP", "clci_aspp", (True, False, False), None),
-    ("+ ASPP + CLF", "clci_aspp_clf", (True, True, False), None),
-    ("+ ASPP + CLF + Inference (CLCI-Net)", "clci_net", (True, True, True),
-     (0.581, 0.649, 0.581, 54.6, 25.4)),
-)
-
-PAPER = "Yang et al., MICCAI 2019, ATLAS R1.1 (229 subjects), 5-fold CV"
+COLUMNS = METRICS
 
 
 def _read_json(path):

@@ -1,26 +1,32 @@
 """Training: the CLCI-Net / X-Net protocol (Adam 1e-4, Dice loss, Keras callbacks).
 
-TensorFlow is imported only when a function that needs it runs.
+Importing this package imports neither TensorFlow nor Keras (``clci-keras
+train --help`` reads :class:`TrainConfig` only); every other name is imported
+when first used.
 """
 from clci_keras.training.config import TrainConfig
-from clci_keras.models.manifest import read_manifest, register_weights, sha256
 
-__all__ = [
-    "TrainConfig",
-    "train",
-    "compile_model",
-    "make_strategy",
-    "set_seed",
-    "read_manifest",
-    "register_weights",
-    "sha256",
-    "load_split",
-]
+_TRAINER = ("train", "compile_model", "make_strategy", "set_seed", "load_training_split")
+_MANIFEST = ("read_manifest", "register_weights", "sha256")
+#: Old names: ``{old: new}`` (a DeprecationWarning names the new one).
+_DEPRECATED = {"load_split": "load_training_split"}
+
+__all__ = ["TrainConfig", *_TRAINER, *_MANIFEST]
 
 
 def __getattr__(name):
-    if name in ("train", "compile_model", "make_strategy", "set_seed", "load_split"):
-        from clci_keras.training import trainer as _train
+    if name in _DEPRECATED:
+        import warnings
 
-        return getattr(_train, name)
+        warnings.warn(f"clci_keras.training.{name} is deprecated; use {_DEPRECATED[name]} "
+                      "(clci_keras.data.load_split reads split files)", DeprecationWarning, stacklevel=2)
+        name = _DEPRECATED[name]
+    if name in _TRAINER:
+        from clci_keras.training import trainer
+
+        return getattr(trainer, name)
+    if name in _MANIFEST:
+        from clci_keras.models import manifest
+
+        return getattr(manifest, name)
     raise AttributeError(f"module 'clci_keras.training' has no attribute {name!r}")

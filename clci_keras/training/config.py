@@ -17,9 +17,14 @@ import dataclasses
 import json
 
 from clci_keras.fileio import atomic_text
+from clci_keras.hardware import MIXED_PRECISIONS
 
-PRECISIONS = ("off", "bf16", "fp16")
+#: The values of ``mixed_precision``: the precision names of :mod:`clci_keras.hardware` (``off`` is fp32).
+PRECISIONS = MIXED_PRECISIONS
 STRATEGIES = ("default", "mirrored", "multiworker")
+#: The fields that say which run this is: :func:`clci_keras.training.train`'s own arguments
+#: (``clci-keras train --model --h5 --split --out --fold``); every other field is a training option.
+RUN_FIELDS = ("model", "h5", "split", "out_dir", "fold")
 
 
 @dataclasses.dataclass
@@ -72,6 +77,7 @@ class TrainConfig:
     deterministic: bool = True
     strategy: str = "default"
     devices: list | None = None  # mirrored only; None = all local GPUs (or the CPU)
+    # "off" (fp32), "bf16" or "fp16" (PRECISIONS)
     mixed_precision: str = "off"
     jit: bool = False
     # logging / outputs

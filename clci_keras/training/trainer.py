@@ -15,12 +15,12 @@ A completed run is not retrained (``overwrite=True`` starts afresh).
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import shutil
 import time
 
+from clci_keras.hardware import is_mixed_precision, precision_policy  # precision_policy: public here too
 from clci_keras.training import run_folder as rf
 from clci_keras.training.config import TrainConfig
 from clci_keras.training.run_folder import ResumeError  # noqa: F401  (public here since the first release)
@@ -57,22 +57,6 @@ def make_strategy(name="default", devices=None):
 
     cluster = distribution.cluster_source() if name == "multiworker" else None
     return tf_distribute.make_strategy(name, devices, cluster)
-
-
-@contextlib.contextmanager
-def precision_policy(mixed_precision="off"):
-    """Temporarily set Keras' global dtype policy (``off``, ``bf16`` or ``fp16``)."""
-    import keras
-
-    policy = {"off": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
-    if mixed_precision not in policy:
-        raise ValueError(f"unknown mixed_precision {mixed_precision!r}; choose off, bf16 or fp16")
-    old = keras.mixed_precision.dtype_policy()
-    keras.mixed_precision.set_global_policy(policy[mixed_precision])
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(old)
 
 
 def _float32(fn):
@@ -124,7 +108,7 @@ def compile_model(model, loss="dice", learning_rate=1e-4, jit=False, mixed_preci
     return model
 
 
-def load_split(split_path, fold=None, h5=None):
+def load_training_split(split_path, fold=None, h5=None):
     """The split of ``fold`` (:func:`clci_keras.data.splits.load_split`); it must have training subjects.
 
     With ``h5`` a preset name or an id split is resolved against that file, and
@@ -191,7 +175,7 @@ def train(model_name="clci_net", h5_path=None, split_path=None, out_dir=None, fo
             raise FileNotFoundError(f"split file not found: {cfg.split}")
 
     if cfg.split:  # refuse a split made for another file before anything is written
-        load_split(cfg.split, cfg.fold, h5=cfg.h5)
+        load_training_split(cfg.split, cfg.fold, h5=cfg.h5)
     # Multi-worker: the other workers only read what the chief writes (nothing, with overwrite).
     role = distribution.worker_role(backend_name=distribution.backend()) if cfg.strategy == "multiworker" else None
     chief = role is None or role["chief"]
@@ -263,7 +247,7 @@ def _fit(cfg, run_dir, extra_callbacks, role=None):
         if not cfg.split:
             raise ValueError("a split file is required (clci-keras split)")
         replicas.check_batches(batch_size=cfg.batch_size, val_batch_size=cfg.val_batch_size)
-        split = load_split(cfg.split, cfg.fold, h5=cfg.h5)
+        split = load_training_split(cfg.split, cfg.fold, h5=cfg.h5)
         if role is not None:
             run_dir = _join_cluster(replicas, run_dir)
         data = _make_data(cfg, run_dir, split, shard=replicas.shard)
@@ -391,7 +375,7 @@ def _build_compiled(cfg, input_shape, replicas=None):
         load_weights(model, cfg.init_weights)
     if replicas is not None:
         model = replicas.prepare(model)
-    compile_model(model, cfg.loss, cfg.learning_rate, cfg.jit, cfg.mixed_precision != "off",
+    compile_model(model, cfg.loss, cfg.learning_rate, cfg.jit, is_mixed_precision(cfg.mixed_precision),
                   cfg.bn_momentum, cfg.bn_update)
     return model
 
