@@ -52,6 +52,7 @@ def test_keras2_semantics_are_pinned(full_model):
         assert l.cell.recurrent_activation is hard_sigmoid_keras2
         assert l.cell.unit_forget_bias
         assert not l.return_sequences
+        assert l.unroll  # two steps, unrolled (XLA's CPU loop is slow to train)
     bns = [l for l in full_model.layers if isinstance(l, keras.layers.BatchNormalization)]
     assert all(l.momentum == 0.99 and l.epsilon == 1e-3 for l in bns)
     convs = [l for l in full_model.layers if isinstance(l, keras.layers.Conv2D)]

@@ -162,7 +162,10 @@ def context_inference(decoded, skip, filters, *, name):
 
     Both maps (same size and ``filters`` channels) become one time step each;
     ``ConvLSTM2D`` (3×3, He-normal kernel, orthogonal recurrent kernel,
-    Keras-2 hard-sigmoid gates, tanh) returns its last hidden state.
+    Keras-2 hard-sigmoid gates, tanh) returns its last hidden state. Its two
+    steps are unrolled (``unroll=True``: the same operations as the loop, no
+    weights change); a loop's backward pass is slow under XLA on CPUs
+    (benchmarks/RESULTS.md, Backends side by side).
     """
     h, w, c = decoded.shape[1], decoded.shape[2], decoded.shape[3]
     step1 = layers.Reshape((1, h, w, c), name=f"{name}_step_decoder")(decoded)
@@ -180,6 +183,7 @@ def context_inference(decoded, skip, filters, *, name):
         bias_initializer="zeros",
         unit_forget_bias=True,
         return_sequences=False,
+        unroll=True,
         name=f"{name}_convlstm",
     )(seq)
 
