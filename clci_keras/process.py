@@ -32,18 +32,18 @@ def keep_freed_memory():
     Each batch allocates and frees megabytes (the gathered arrays, TensorFlow's
     copies), and each training step or prediction allocates and frees its
     activations and gradients. With glibc's defaults large blocks are fresh
-    ``mmap``\ s and freed memory is trimmed back to the kernel, so every batch or
-    step page-faults it in again: ~1 ms of CPU per 224 x 176 slice in the input
-    pipeline on these 2 cores, more than the reading itself, and a sixth of the CPU
-    of an eager training step + evaluation of DeepLabv3+ (kernel time 23 -> 10 s).
-    Keeping up to :data:`MALLOC_TRIM_THRESHOLD` of freed memory, growing the heap by
-    :data:`MALLOC_TOP_PAD` and serving blocks below :data:`MALLOC_MMAP_THRESHOLD`
-    from the heap cut the input pipeline's cost ~4x (benchmarks/RESULTS.md). Called by
-    :func:`clci_keras.training.train`, the input pipeline, the stream readers and
-    :func:`clci_keras.models.predict_slices`.
-    Skipped where the user set ``MALLOC_TRIM_THRESHOLD_`` / ``MALLOC_TOP_PAD_`` /
-    ``MALLOC_MMAP_THRESHOLD_`` or ``CLCI_KERAS_MALLOPT=0``, and off glibc. Returns
-    True if applied.
+    ``mmap`` calls and freed memory is trimmed back to the kernel, so every batch
+    or step page-faults it in again. This keeps up to :data:`MALLOC_TRIM_THRESHOLD`
+    of freed memory, grows the heap by :data:`MALLOC_TOP_PAD` and serves blocks
+    below :data:`MALLOC_MMAP_THRESHOLD` from the heap (measurements:
+    benchmarks/RESULTS.md, "Measurements moved from docstrings", ``clci_keras.process``).
+    Called by :func:`clci_keras.training.train`, the input pipeline, the stream
+    readers and :func:`clci_keras.models.predict_slices`.
+
+    Returns:
+        True if applied; False where the user set ``MALLOC_TRIM_THRESHOLD_`` /
+        ``MALLOC_TOP_PAD_`` / ``MALLOC_MMAP_THRESHOLD_`` or ``CLCI_KERAS_MALLOPT=0``,
+        and off glibc.
     """
     if os.environ.get("CLCI_KERAS_MALLOPT", "1") == "0":
         return False

@@ -1,4 +1,4 @@
-"""`clci-keras demo`: synthetic end-to-end run on a CPU in under 10 minutes.
+"""`clci-keras demo`: synthetic end-to-end run sized for a CPU (timings: benchmarks/RESULTS.md, "Demo").
 
 Argument parsing and printing only; the demo itself is
 :func:`clci_keras.experiments.run_demo` (its docstring lists the steps, the

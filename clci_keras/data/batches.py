@@ -14,9 +14,9 @@ One batch source for in-memory and streamed data. A source is random access:
 
 :func:`fit_input` hands a source to ``fit`` / ``evaluate``: on the TensorFlow
 backend as a ``tf.data`` pipeline (one ``numpy_function`` per batch, two
-batches prefetched: the streamed input's measured speed), on JAX and PyTorch
-as a :class:`keras.utils.PyDataset` whose worker threads read ahead. The
-sources use neither Keras nor TensorFlow.
+batches prefetched; measurements: benchmarks/RESULTS.md, "Data: streaming
+input at scale"), on JAX and PyTorch as a :class:`keras.utils.PyDataset` whose
+worker threads read ahead. The sources use neither Keras nor TensorFlow.
 
 ``shard=(i, n)`` keeps part ``i`` of ``n`` equal parts of every batch: the
 process-local part of a global batch under multi-process data parallelism

@@ -1,8 +1,12 @@
-"""The one reader of the HDF5 slice file: subjects, slice selection, crop, batches.
+"""Reading the HDF5 slice file: subjects, slice selection, crop, batches, the input plan.
 
 The HDF5 file (``clci-keras prep``) stores 189 axial slices per subject,
-patient-major. Everything that reads it — training, evaluation, the demo,
-notebooks, benchmarks — goes through this module:
+patient-major. It has two readers with one ``read`` contract (cropped
+float32 ``(x, y)`` by global slice index): :class:`SliceReader` here (per-batch
+reads or subjects in memory) and :class:`clci_keras.data.stream.StreamingReader`
+(a cache of whole subjects loaded by worker processes, for data beyond the
+memory budget); :func:`plan_input` and :func:`open_reader` choose between them.
+This module holds:
 
 * :func:`subject_table` — ``{subject index: (offset, count)}``;
 * :func:`select_slices` — global slice indices of subjects chosen by a slice
@@ -15,7 +19,8 @@ notebooks, benchmarks — goes through this module:
   batches an uninterrupted run would see (the ``fit`` input over a reader is
   :mod:`clci_keras.data.batches`, on every backend);
 * :func:`load_subject_slices` — one patient's slices as numpy arrays;
-* :func:`dataset_info` — the file's provenance (attributes, synthetic flag).
+* :func:`dataset_info` — the file's provenance (attributes, synthetic flag);
+* :func:`plan_input` / :func:`open_reader` — in memory or streamed, and the reader of that plan.
 
 Slice specs (:func:`select_slices`):
 

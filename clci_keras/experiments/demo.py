@@ -45,8 +45,8 @@ def run_demo(out_dir, subjects=6, seed=0, epochs=3, steps_per_epoch=6, batch_siz
              verbose="auto", log=print):
     """Run the demo into ``out_dir``; returns the ``demo_summary.json`` dict.
 
-    The defaults fit about 7 minutes on a 2-core CPU (docs/training.md); each
-    is an option of ``clci-keras demo`` (:data:`DEMO_DEFAULTS`).
+    The defaults are sized for a 2-core CPU (timings: benchmarks/RESULTS.md,
+    "Demo"); each is an option of ``clci-keras demo`` (:data:`DEMO_DEFAULTS`).
 
     Args:
         out_dir: output folder; refused if not empty unless ``overwrite`` (then

@@ -27,8 +27,8 @@ import inspect
 #: slice): the left hemisphere around the middle-cerebral-artery territory, where the
 #: lesions of the QUICK synthetic subjects lie (the whole lesion of fold 0's training
 #: subject, most of the validation subject's, 14 ml of the test subject's); 26x fewer
-#: pixels than CLCI-Net's 224 x 176 window (a third fewer than 48 x 48, and so about a
-#: quarter less CPU for a QUICK run's training steps and evaluation).
+#: pixels than CLCI-Net's 224 x 176 window and a third fewer than 48 x 48 (measurements:
+#: benchmarks/RESULTS.md, "Measurements moved from docstrings").
 QUICK_CROP = "70:118,35:67"
 
 #: Slab of each subject's slices that QUICK runs predict and score (file order, as the

@@ -142,8 +142,9 @@ def _build_before_first_step():
 
     Without a ``tf.distribute`` strategy Keras creates them while tracing the
     training step, and TensorFlow then traces that step a second time; built
-    beforehand, it is traced once (about half of a model's set-up time on a
-    CPU). Same variables, same initial values: the run is unchanged.
+    beforehand, it is traced once. Same variables, same initial values: the run
+    is unchanged (measurements: benchmarks/RESULTS.md, "Measurements moved from
+    docstrings").
     """
     import keras
     import numpy as np
@@ -167,10 +168,9 @@ def _build_before_first_step():
 def _train_eagerly():
     """A callback that runs the training and validation steps eagerly (no ``tf.function``).
 
-    Tracing a network's training step costs TensorFlow tens of CPU-seconds (a
-    minute for DenseUNet on a CPU); a run of one or two steps spends almost all
-    its time there, and eagerly the same steps take seconds. Same operations,
-    same results (up to float rounding); only worth it for a handful of steps.
+    Same operations, same results (up to float rounding). Worth it only for a
+    handful of steps, where tracing the step costs more than running it eagerly
+    (measurements: benchmarks/RESULTS.md, "Measurements moved from docstrings").
     """
     import keras
 
@@ -190,8 +190,9 @@ EAGER_MAX_STEPS = 4
 def _use_eager(eager, options):
     """Whether a run's steps run eagerly: ``eager``, or for ``"auto"`` a short run off JAX.
 
-    JAX runs an eager step operation by operation, compiling each one apart
-    (minutes for CLCI-Net on a CPU): ``"auto"`` compiles the step there.
+    JAX runs an eager step operation by operation, compiling each one apart,
+    so ``"auto"`` compiles the step there
+    (measurements: benchmarks/RESULTS.md, "Measurements moved from docstrings").
     """
     import keras
 

@@ -48,8 +48,7 @@ from clci_keras.models.weights import LOAD_ERRORS, WeightsMismatchError
 
 #: Largest difference (mm) between an input's affine and :data:`ATLAS_AFFINE` still taken as the ATLAS grid.
 GRID_ATOL = 1e-2
-#: Slices per model call. Measured on a 2-core AVX-512 CPU (benchmarks/RESULTS.md):
-#: larger batches give no further speed and cost memory.
+#: Slices per model call (batch-size sweep: benchmarks/RESULTS.md, "Inference: ``clci-keras predict``").
 DEFAULT_BATCH_SIZE = 4
 #: Precision names of :func:`build_inference_model` -> Keras dtype policies (:mod:`clci_keras.hardware`'s).
 PRECISIONS = {name: DTYPE_POLICIES[name] for name in _PRECISION_NAMES}

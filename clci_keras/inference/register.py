@@ -10,11 +10,10 @@ mask is mapped back onto the scan's own grid.
 Speed: both images are first smoothed and resampled to ``resolution`` mm
 (default 3 mm), and the optimiser runs a two-level pyramid on those (factors
 2 and 1) in three stages (translation, rigid, affine) after a centre-of-mass
-start. Measured on a 2-core CPU this takes ~10-30 s per scan with a mean
-error of about 0.25 mm against the known transform (benchmarks/RESULTS.md);
-ANTsPy was faster and slightly more accurate but pins ``numpy<2.4`` and
-``scipy<1.16`` (antspyx 0.6.3), which this package's environment does not
-allow, so the optional extra is ``dipy`` (``pip install -e ".[register]"``).
+start (measurements: benchmarks/RESULTS.md, "Inference: ``clci-keras predict
+--register``" and "Measurements moved from docstrings"). The optional extra is ``dipy``
+(``pip install -e ".[register]"``), not ANTsPy: antspyx 0.6.3 pins ``numpy<2.4``
+and ``scipy<1.16``, which this package's environment does not allow.
 
 The result is a :class:`Registration`: the matrix that maps template world
 coordinates (mm, RAS) to the scan's world coordinates, the similarity of the
@@ -255,7 +254,8 @@ def register_to_mni(
         image: ``nibabel.Nifti1Image`` (any grid, axis order, voxel size).
         data: its voxel array if already loaded.
         resolution: working voxel size in mm (both images are smoothed and
-            resampled to it; 3 mm is a good trade-off, 2 mm is ~3x slower).
+            resampled to it; smaller is slower; measurements: benchmarks/RESULTS.md,
+            "Measurements moved from docstrings").
         iterations: optimiser iterations per pyramid level, coarsest first
             (levels at ``2**(n-1-k)`` times the working resolution).
         min_similarity: correlation with the template below which the
