@@ -5,7 +5,8 @@
   Keras ``save_weights``, nibabel, matplotlib), :func:`atomic_folder` (a whole folder),
   all through :func:`temporary` and :func:`publish` (or :func:`discard`);
   :func:`move` renames a finished file elsewhere; :func:`remove_temporaries` clears
-  what a killed writer left.
+  what a killed writer left, :func:`remove_dead_temporaries` what a killed process left
+  of a temporary named for it (``per_process=True``).
 * :func:`check_writable_folder`: fail early, naming the folder, where outputs cannot be written.
 * :func:`progress_bar`: a tqdm bar on a terminal; plain lines (no carriage returns, no ANSI
   escapes) in log files and pipes.
@@ -15,7 +16,10 @@ Every writer follows one contract:
 * the data go to a temporary beside the target, named uniquely by ``tempfile``
   (``.XXXXXXXX.STEM.TAG.EXT``: hidden, the target's extension kept, e.g.
   ``.k3j_9q2a.best.partial.weights.h5`` for ``best.weights.h5``), so two writers of
-  one target never share a temporary;
+  one target never share a temporary; or, with ``per_process=True``, named for the
+  process that writes it (``.NAME.tmp-PID``: one writer of a target per process), so
+  that a rerun finds and removes what a killed process left
+  (:func:`remove_dead_temporaries`), even in a folder other processes write to;
 * on success the temporary gets the mode a direct ``open()`` would give (the user's
   umask) and is renamed over the target in one step: a reader sees the old file or
   the new one, never part of one;
@@ -103,6 +107,58 @@ def remove_temporaries(folder, of=None):
     return gone
 
 
+def _process_temporary_name(name, tag, pid):
+    return f".{name}.{tag}-{pid}"
+
+
+def _pid_alive(pid):
+    """Whether process ``pid`` is running (a zombie, dead but not yet reaped, is not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    except OSError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def remove_dead_temporaries(path, tag="tmp"):
+    """Remove the temporaries of ``path`` named for processes that are gone; returns their paths.
+
+    Only files named as :func:`temporary` names them with ``per_process=True``
+    (``.NAME.TAG-PID``, beside ``path``) whose process ``PID`` is no longer
+    running are removed; this process's, a live process's, and every other file
+    of the folder stay. Safe in a folder that other processes write to.
+    """
+    folder, name = os.path.split(os.path.abspath(os.fspath(path)))
+    pattern = re.compile(re.escape(_process_temporary_name(name, tag, "")) + r"(\d+)")
+    try:
+        names = sorted(os.listdir(folder))
+    except FileNotFoundError:
+        return []
+    removed = []
+    for entry in names:
+        m = pattern.fullmatch(entry)
+        p = os.path.join(folder, entry)
+        if not m or not os.path.isfile(p) or os.path.islink(p):
+            continue
+        pid = int(m.group(1))
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        try:
+            os.remove(p)
+        except FileNotFoundError:  # another rerun removed it first
+            continue
+        removed.append(p)
+    return removed
+
+
 def _fsync(path, folder=False):
     """Flush ``path`` (a file, or a folder's entries) to the disk."""
     try:
@@ -171,17 +227,30 @@ def discard(tmp):
             os.remove(tmp)
 
 
-def temporary(path, tag="tmp", folder=False):
+def temporary(path, tag="tmp", folder=False, per_process=False):
     """A new, uniquely named, empty temporary file (or folder) beside ``path``; returns its path.
 
     The name is ``.XXXXXXXX.STEM.TAG.EXT`` (folders: ``.XXXXXXXX.NAME.TAG``); the
     folder of ``path`` is created if needed. The caller must :func:`publish` or
     :func:`discard` it; :func:`atomic_text`, :func:`atomic_path` and
     :func:`atomic_folder` do both.
+
+    With ``per_process=True`` (files only) the name is ``.NAME.TAG-PID``, this
+    process's id: unique among processes (one writer of ``path`` per process), and
+    what a killed process left is found and removed by :func:`remove_dead_temporaries`.
     """
     path = os.fspath(path)
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
+    if per_process:
+        if folder:
+            raise ValueError("per_process temporaries are files, not folders")
+        if tag not in TEMPORARY_TAGS:
+            raise ValueError(f"temporary tag must be one of {TEMPORARY_TAGS}, got {tag!r}")
+        tmp = os.path.join(parent, _process_temporary_name(os.path.basename(path), tag, os.getpid()))
+        with open(tmp, "wb"):  # this process's: a leftover of an earlier process with this id is emptied
+            pass
+        return tmp
     suffix = _temporary_suffix(os.path.basename(path), tag, folder)
     if folder:
         return tempfile.mkdtemp(prefix=".", suffix=suffix, dir=parent)
@@ -216,7 +285,7 @@ def atomic_text(path, newline=None, durable=False, base_mode=0o666):
 
 
 @contextlib.contextmanager
-def atomic_path(path, durable=False, tag="tmp"):
+def atomic_path(path, durable=False, tag="tmp", per_process=False):
     """A temporary path beside ``path`` for a library that writes by file name; published on success.
 
     The temporary keeps the target's extension (Keras' ``save_weights`` wants
@@ -231,9 +300,12 @@ def atomic_path(path, durable=False, tag="tmp"):
         path: the target file.
         durable: ``fsync`` the data and the rename (weights, results).
         tag: the word before the extension in the temporary's name (:data:`TEMPORARY_TAGS`).
+        per_process: name the temporary for this process (``.NAME.TAG-PID``, no
+            extension kept), so that a rerun removes what a killed run left
+            (:func:`remove_dead_temporaries`).
     """
     path = os.fspath(path)
-    tmp = temporary(path, tag, folder=False)
+    tmp = temporary(path, tag, folder=False, per_process=per_process)
     try:
         yield tmp
         publish(tmp, path, durable=durable)

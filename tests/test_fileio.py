@@ -161,6 +161,35 @@ def test_remove_temporaries_clears_what_a_killed_writer_left(tmp_path):
     assert fileio.remove_temporaries(tmp_path / "missing") == []
 
 
+def test_per_process_temporary_and_removing_dead_ones(tmp_path):
+    """``per_process=True`` names the temporary for this process; a rerun removes a dead process's only."""
+    import subprocess
+    import sys
+
+    target = tmp_path / "x.h5"
+    with fileio.atomic_path(target, per_process=True) as tmp:
+        assert os.path.basename(tmp) == f".x.h5.tmp-{os.getpid()}" and os.path.isfile(tmp)
+        assert fileio.remove_dead_temporaries(target) == []  # this process's stays
+        with open(tmp, "w") as f:
+            f.write("done")
+    assert target.read_text() == "done" and _listing(tmp_path) == ["x.h5"]
+    with pytest.raises(RuntimeError):
+        with fileio.atomic_path(target, per_process=True) as tmp:
+            raise RuntimeError("boom")
+    assert _listing(tmp_path) == ["x.h5"]
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    keep = [f".x.h5.tmp-{os.getppid()}", f".y.h5.tmp-{dead.pid}", ".x.h5.tmp-notapid", "x.h5"]
+    for name in keep[:-1] + [f".x.h5.tmp-{dead.pid}"]:
+        (tmp_path / name).write_text("")
+    assert fileio.remove_dead_temporaries(target) == [str(tmp_path / f".x.h5.tmp-{dead.pid}")]
+    assert _listing(tmp_path) == sorted(keep)
+    assert fileio.remove_dead_temporaries(tmp_path / "missing" / "x.h5") == []
+    with pytest.raises(ValueError, match="files, not folders"):
+        fileio.temporary(target, folder=True, per_process=True)
+
+
 def test_move_renames(tmp_path):
     (tmp_path / "a").write_text("a")
     (tmp_path / "attic").mkdir()

@@ -15,18 +15,6 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "clci_keras"
 WRITER = "clci_keras/fileio.py"
 
-#: ``(file, text of the line)`` still writing by hand: being moved in issue 22 (their files
-#: are another change's); a fixed entry must go from here.
-ALLOWED = (
-    ("clci_keras/data/preprocess.py", 'return os.path.join(d, f".{b}.tmp-{os.getpid()}")'),
-    ("clci_keras/data/preprocess.py", "Only files named as this module names them (``.OUT.h5.tmp-PID``"),
-    ("clci_keras/data/preprocess.py", r'pattern = re.compile(r"\." + re.escape(b) + r"\.tmp-(\d+)")'),
-    ("clci_keras/data/preprocess.py", "os.replace(tmp, out_h5)"),
-    ("clci_keras/inference/io.py", 'fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp"'),
-    ("clci_keras/inference/io.py", 'fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=suffix'),
-    ("clci_keras/models/weights.py", 'fd, tmp = tempfile.mkstemp(suffix=".h5.tmp", dir=directory)'),
-)
-
 _TMP_NAME = re.compile(r"\.tmp\b")
 _STRINGS = {tokenize.STRING} | {getattr(tokenize, "FSTRING_MIDDLE", tokenize.STRING)}
 #: Calls that are the writer's business: ``os.replace(``, ``os.rename(``; ``mkstemp(`` however imported.
@@ -62,20 +50,9 @@ def _all_offences():
     return out
 
 
-def _allowed(rel, line):
-    return any(rel == f and pattern in line for f, pattern in ALLOWED)
-
-
 def test_every_published_file_goes_through_fileio():
-    bad = [f"{rel}:{row}: {what}: {line}" for rel, row, line, what in _all_offences() if not _allowed(rel, line)]
+    bad = [f"{rel}:{row}: {what}: {line}" for rel, row, line, what in _all_offences()]
     assert not bad, "write these through clci_keras.fileio (atomic_text / atomic_path / atomic_folder):\n" + "\n".join(bad)
-
-
-def test_the_allowed_list_holds_no_fixed_entry():
-    """An ALLOWED entry that matches nothing any more is stale: remove it."""
-    found = _all_offences()
-    stale = [f"{f}: {p}" for f, p in ALLOWED if not any(rel == f and p in line for rel, _, line, _ in found)]
-    assert not stale, "remove from ALLOWED (fixed):\n" + "\n".join(stale)
 
 
 def test_the_check_finds_what_it_looks_for(tmp_path):

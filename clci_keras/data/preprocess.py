@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import time
 import warnings
@@ -49,7 +48,7 @@ from clci_keras.data.constants import (
     SLICES_PER_SUBJECT,
 )
 from clci_keras.data.intensity import normalize_slice, v2_reference
-from clci_keras.fileio import check_writable_folder, progress_bar
+from clci_keras.fileio import atomic_path, check_writable_folder, progress_bar, remove_dead_temporaries
 from clci_keras.process import PARENT_POLL_SECONDS, die_with_parent  # noqa: F401  (re-exported)
 
 CHUNK = (1,) + SLICE_SHAPE
@@ -99,52 +98,16 @@ def process_subject(record, scheme, level=1, affine_atol=1e-3):
     return sub
 
 
-def _tmp_path(out_h5):
-    d, b = os.path.split(os.path.abspath(out_h5))
-    return os.path.join(d, f".{b}.tmp-{os.getpid()}")
-
-
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    except OSError:
-        return False
-    try:  # a zombie (dead, not yet reaped) is not alive
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def remove_stale_temporaries(out_h5):
     """Remove temporaries that killed runs of :func:`prepare_h5` left for ``out_h5``.
 
-    Only files named as this module names them (``.OUT.h5.tmp-PID``, next to
-    ``OUT.h5``) whose process ``PID`` is no longer running are removed; a run
-    still writing, and every other file of the folder, is left alone.
-    Returns the removed paths.
+    :func:`prepare_h5` writes through a temporary named for its process
+    (:func:`clci_keras.fileio.atomic_path` with ``per_process=True``, next to
+    ``OUT.h5``); only those whose process is no longer running are removed
+    (:func:`clci_keras.fileio.remove_dead_temporaries`): a run still writing, and
+    every other file of the folder, is left alone. Returns the removed paths.
     """
-    d, b = os.path.split(os.path.abspath(out_h5))
-    pattern = re.compile(r"\." + re.escape(b) + r"\.tmp-(\d+)")
-    removed = []
-    for name in sorted(os.listdir(d)):
-        m = pattern.fullmatch(name)
-        path = os.path.join(d, name)
-        if not m or not os.path.isfile(path) or os.path.islink(path):
-            continue
-        pid = int(m.group(1))
-        if pid == os.getpid() or _pid_alive(pid):
-            continue
-        try:
-            os.remove(path)
-        except FileNotFoundError:  # another rerun removed it first
-            continue
-        removed.append(path)
-    return removed
+    return remove_dead_temporaries(out_h5)
 
 
 def _iter_results(records, scheme, level, workers, affine_atol):
@@ -247,13 +210,12 @@ def prepare_h5(
     scheme = intensity or LAYOUT_INTENSITY[layout]
     n = len(records)
     t0 = time.perf_counter()
-    tmp = _tmp_path(out_h5)
     bar = None
     if progress:
         bar = progress_bar(n, desc=f"prep {layout}", unit="subject", file=sys.stderr)
     meta = {k: [] for k in ("affine", "lesion_voxels", "intensity_reference", "warnings")}
     try:
-        with h5py.File(tmp, "w") as f:
+        with atomic_path(out_h5, per_process=True) as tmp, h5py.File(tmp, "w") as f:
             kw = dict(chunks=CHUNK, compression="gzip", compression_opts=int(compression_level))
             data = f.create_dataset("data", (n * SLICES_PER_SUBJECT,) + SLICE_SHAPE, dtype="<f4", shuffle=True, **kw)
             label = f.create_dataset("label", (n * SLICES_PER_SUBJECT,) + SLICE_SHAPE, dtype="u1", **kw)
@@ -307,11 +269,6 @@ def prepare_h5(
                     "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 }
             )
-        os.replace(tmp, out_h5)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     finally:
         if bar is not None:
             bar.close()

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 
 import numpy as np
 
 from clci_keras.data.atlas import is_r11_t1
-from clci_keras.fileio import publish
+from clci_keras.fileio import discard, publish, temporary
 
 #: File name endings recognised as NIfTI.
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -186,23 +185,16 @@ def save_atomic(images_and_paths):
     try:
         for image, path in images_and_paths:
             path = os.fspath(path)
-            folder = os.path.dirname(os.path.abspath(path))
-            os.makedirs(folder, exist_ok=True)
-            if isinstance(image, (bytes, bytearray)):
-                fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-                done.append((tmp, path))
-                with os.fdopen(fd, "wb") as f:
-                    f.write(image)
-                continue
-            suffix = ".nii.gz" if path.endswith(".gz") else ".nii"
-            fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=suffix, dir=folder)
-            os.close(fd)
+            tmp = temporary(path)  # keeps the extension: nibabel picks gzip from ``.nii.gz``
             done.append((tmp, path))
-            nib.save(image, tmp)
+            if isinstance(image, (bytes, bytearray)):
+                with open(tmp, "wb") as f:
+                    f.write(image)
+            else:
+                nib.save(image, tmp)
         for tmp, path in done:
             publish(tmp, path)
     except BaseException:
         for tmp, _ in done:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+            discard(tmp)
         raise

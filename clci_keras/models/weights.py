@@ -25,7 +25,7 @@ import zipfile
 import h5py
 import numpy as np
 
-from clci_keras.fileio import publish
+from clci_keras.fileio import atomic_path
 
 from clci_keras.version import __version__
 
@@ -282,28 +282,18 @@ def save_weights_legacy(model, path, keras_version="2.2.0"):
     ``written_by`` names this package. Written to a temporary file, then renamed.
     """
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".h5.tmp", dir=directory)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            layers = _flat_layers(model)
-            f.attrs["layer_names"] = np.array([l.name.encode("utf8") for l in layers])
-            f.attrs["backend"] = b"tensorflow"
-            f.attrs["keras_version"] = keras_version.encode("utf8")
-            f.attrs["written_by"] = f"clci_keras {__version__}".encode("utf8")
-            for layer in layers:
-                g = f.create_group(layer.name)
-                names = []
-                for var in _ordered_weights(layer):
-                    wname = f"{layer.name}/{var.name}:0"
-                    names.append(wname.encode("utf8"))
-                    g.create_dataset(wname, data=np.asarray(var.numpy()))
-                g.attrs["weight_names"] = np.array(names, dtype="S") if names else np.array([], dtype="S1")
-        publish(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        layers = _flat_layers(model)
+        f.attrs["layer_names"] = np.array([l.name.encode("utf8") for l in layers])
+        f.attrs["backend"] = b"tensorflow"
+        f.attrs["keras_version"] = keras_version.encode("utf8")
+        f.attrs["written_by"] = f"clci_keras {__version__}".encode("utf8")
+        for layer in layers:
+            g = f.create_group(layer.name)
+            names = []
+            for var in _ordered_weights(layer):
+                wname = f"{layer.name}/{var.name}:0"
+                names.append(wname.encode("utf8"))
+                g.create_dataset(wname, data=np.asarray(var.numpy()))
+            g.attrs["weight_names"] = np.array(names, dtype="S") if names else np.array([], dtype="S1")
     return path
