@@ -29,7 +29,7 @@ import time
 import numpy as np
 import pytest
 
-from test_training import CROP, MODEL, write_tiny_h5
+from test_training import CROP, MODEL, tiny  # noqa: F401  (the module-scoped tiny HDF5 file and split)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(ROOT, "tests")
@@ -143,18 +143,6 @@ PAUSE_WRAPPER = textwrap.dedent("""
         callbacks.ResumePoint = PauseAfterFirstEpoch
     sys.exit(main(sys.argv[1:]))
     """)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from clci_keras.data.splits import save_split
-
-    d = tmp_path_factory.mktemp("tiny_backends")
-    h5 = write_tiny_h5(str(d / "tiny.h5"))
-    split = str(d / "split.json")
-    save_split({"train": [0, 1], "val": [2], "test": [3], "subject_ids": ["s0", "s1", "s2", "s3"],
-                "mode": "holdout"}, split)
-    return h5, split
 
 
 @per_backend

@@ -38,7 +38,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HANG_GUARD = 900  # seconds; only against a hang, ended as soon as the processes are done
 BATCH, STEPS, EPOCHS = 4, 2, 3
 
-WORKER = textwrap.dedent(
+#: The worker script's start on TensorFlow: the model class records what each replica trains on.
+WORKER_TF = textwrap.dedent(
     """
     import json, os, sys, time
     sys.path.insert(0, {root!r})
@@ -46,11 +47,7 @@ WORKER = textwrap.dedent(
     import numpy as np
     import tensorflow as tf
 
-    from clci_keras.models import register_model
-    from clci_keras.models.clci_net import conv_bias_bn_relu as conv_bn_relu
-    from clci_keras.training import train
-
-    FEED, DUMP, PAUSE = os.environ["MW_FEED"], os.environ["MW_DUMP"], os.environ.get("MW_PAUSE")
+    FEED = os.environ["MW_FEED"]
 
 
     def record(x):
@@ -59,50 +56,17 @@ WORKER = textwrap.dedent(
         return np.int64(0)
 
 
-    class FeedRecorder(keras.Model):
+    class ModelClass(keras.Model):
         # writes the per-slice sums of every batch this replica trains on
         def train_step(self, data):
             done = tf.numpy_function(record, [data[0]], tf.int64, stateful=True)
             with tf.control_dependencies([done]):
                 return super().train_step(data)
-
-
-    def mw_tiny(input_shape=(32, 32, 1), num_class=1, name="mw_tiny"):
-        inputs = keras.Input(input_shape)
-        a = conv_bn_relu(inputs, 4, name="a")
-        b = conv_bn_relu(keras.layers.MaxPooling2D()(a), 8, name="b")
-        c = conv_bn_relu(keras.layers.Concatenate()([a, keras.layers.UpSampling2D()(b)]), 4, name="c")
-        outputs = keras.layers.Conv2D(num_class, 1, activation="sigmoid", name="out")(c)
-        return FeedRecorder(inputs, outputs, name=name)
-
-
-    register_model("mw_tiny", mw_tiny, description="test model", reference="tests/test_multiworker.py")
-
-
-    class Dump(keras.callbacks.Callback):
-        def on_train_end(self, logs=None):
-            arrays = {{"w/" + v.path: np.asarray(v) for v in self.model.weights}}
-            arrays.update({{"opt/" + v.path: np.asarray(v) for v in self.model.optimizer.variables}})
-            np.savez(DUMP, **arrays)
-
-
-    class PauseAfterFirstEpoch(keras.callbacks.Callback):
-        # runs after the resume point is written; the test kills the process here
-        def on_epoch_end(self, epoch, logs=None):
-            if PAUSE and epoch == 0:
-                open(PAUSE, "w").close()
-                time.sleep(3600)
-
-
-    res = train("mw_tiny", {h5!r}, {split!r}, {out!r}, strategy="multiworker",
-                callbacks=[Dump(), PauseAfterFirstEpoch()], **{opts!r})
-    print("RESULT", json.dumps(res, default=str))
     """
 )
 
-
-#: The JAX worker: the same run without TensorFlow (no feed record: under JAX the step sees the
-#: global batch; each process reads its part of it, tests/test_batches.py checks the parts).
+#: On JAX, without TensorFlow: no feed record (the step sees the global batch; each process reads
+#: its part of it, tests/test_batches.py checks the parts).
 WORKER_JAX = textwrap.dedent(
     """
     import json, os, sys, time
@@ -110,12 +74,19 @@ WORKER_JAX = textwrap.dedent(
     import keras
     import numpy as np
 
+    assert "tensorflow" not in sys.modules and keras.backend.backend() == "jax"
+    ModelClass = keras.Model
+    """
+)
+
+#: The rest of the worker script, the same on both backends.
+WORKER_RUN = textwrap.dedent(
+    """
     from clci_keras.models import register_model
     from clci_keras.models.clci_net import conv_bias_bn_relu as conv_bn_relu
     from clci_keras.training import train
 
     DUMP, PAUSE = os.environ["MW_DUMP"], os.environ.get("MW_PAUSE")
-    assert "tensorflow" not in sys.modules and keras.backend.backend() == "jax"
 
 
     def mw_tiny(input_shape=(32, 32, 1), num_class=1, name="mw_tiny"):
@@ -124,7 +95,7 @@ WORKER_JAX = textwrap.dedent(
         b = conv_bn_relu(keras.layers.MaxPooling2D()(a), 8, name="b")
         c = conv_bn_relu(keras.layers.Concatenate()([a, keras.layers.UpSampling2D()(b)]), 4, name="c")
         outputs = keras.layers.Conv2D(num_class, 1, activation="sigmoid", name="out")(c)
-        return keras.Model(inputs, outputs, name=name)
+        return ModelClass(inputs, outputs, name=name)
 
 
     register_model("mw_tiny", mw_tiny, description="test model", reference="tests/test_multiworker.py")
@@ -138,6 +109,7 @@ WORKER_JAX = textwrap.dedent(
 
 
     class PauseAfterFirstEpoch(keras.callbacks.Callback):
+        # runs after the resume point is written; the test kills the process here
         def on_epoch_end(self, epoch, logs=None):
             if PAUSE and epoch == 0:
                 open(PAUSE, "w").close()
@@ -252,7 +224,8 @@ def test_two_workers_resume_after_a_kill_and_end_with_identical_weights(tiny, tm
     opts = dict(crop=CROP, batch_size=BATCH, steps_per_epoch=STEPS, epochs=EPOCHS, val_batch_size=10,
                 train_slices="lesion", val_slices="lesion", tensorboard=False, verbose=2, learning_rate=1e-3,
                 export="last", early_stopping_patience=50, reduce_lr_patience=1, reduce_lr_min_delta=10.0)
-    script = (WORKER_JAX if backend == "jax" else WORKER).format(root=ROOT, h5=h5, split=split, out=run, opts=opts)
+    start = WORKER_JAX if backend == "jax" else WORKER_TF
+    script = (start + WORKER_RUN).format(root=ROOT, h5=h5, split=split, out=run, opts=opts)
     ports = _free_ports(2)
     launched = []
     try:
