@@ -23,6 +23,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
@@ -42,11 +43,19 @@ def installed(backend):
     return importlib.util.find_spec(backend) is not None
 
 
+#: JAX's persistent compilation cache, shared by the JAX children of a test run: building a
+#: network compiles one small XLA program per weight initialiser, which a later process reuses
+#: (the same programs, so the same results).
+JAX_CACHE = os.path.join(tempfile.gettempdir(), "clci_keras_tests_jax_cache")
+
+
 def backend_env(backend, **extra):
     """The environment of a child process on ``backend`` without TensorFlow."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     env.update(KERAS_BACKEND=backend, PYTHONPATH=os.pathsep.join([BLOCKER, TESTS, ROOT]),
                CUDA_VISIBLE_DEVICES="", **extra)
+    if backend == "jax":
+        env.update(JAX_COMPILATION_CACHE_DIR=JAX_CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     return env
 
 
