@@ -56,6 +56,8 @@ def backend_env(backend, **extra):
                CUDA_VISIBLE_DEVICES="", **extra)
     if backend == "jax":
         env.update(JAX_COMPILATION_CACHE_DIR=JAX_CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    if backend == "torch":  # one thread per process: the suite runs two workers on two cores, and
+        env.setdefault("OMP_NUM_THREADS", "1")  # PyTorch's threads spin at barriers on a shared CPU
     return env
 
 
