@@ -409,6 +409,7 @@ def _callbacks(cfg, run_dir, monitor):
 
 def _finish(cfg, run_dir, model, split, data, replicas):
     """Export the chosen weights (Keras 2 legacy HDF5) and summarise the run."""
+    import keras
     import numpy as np
 
     from clci_keras.data.reader import dataset_info
@@ -430,8 +431,6 @@ def _finish(cfg, run_dir, model, split, data, replicas):
     if vals and not np.all(np.isnan(vals)):  # no validation data: no best epoch
         best_epoch = int(np.nanargmin(vals)) if "loss" in monitor else int(np.nanargmax(vals))
         best_value = vals[best_epoch]
-    import keras
-
     return {
         "model": cfg.model,
         "backend": keras.backend.backend(),
