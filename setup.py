@@ -47,10 +47,17 @@ EXTRAS = {
     "torch": ["torch>=2.2"],
     # tf-keras (Keras 2 line) builds Keras-2 reference models in the tests only;
     # it declares a dependency on plain `tensorflow`, so .ci/run installs it with --no-deps.
+    # The test extra carries every optional feature's packages, so that CI tests them all
+    # (registration, the BIDS App with the BIDS validator, ONNX export).
     "test": ["pytest>=7.4", "pytest-xdist>=3.5", "nbclient>=0.9", "nbformat>=5.9", "ipykernel>=6.25", "papermill>=2.5",
-             "dipy>=1.7"],  # the registration tests (tests/test_register.py) run in CI
+             "dipy>=1.7", "pybids>=0.16", "bids-validator-deno>=2.0",
+             "tf2onnx>=1.16", "onnx>=1.16", "onnxruntime>=1.17"],
     # `clci-keras predict --register`: affine registration to MNI152 (docs/predict.md)
     "register": ["dipy>=1.7"],
+    # `clci-keras bids`: the BIDS App (docs/bids.md); native-space scans also need .[register]
+    "bids": ["pybids>=0.16"],
+    # `clci-keras export --format onnx` (docs/export.md); ONNX Runtime runs the exported file
+    "export": ["tf2onnx>=1.16", "onnx>=1.16", "onnxruntime>=1.17"],
     "notebooks": ["jupyterlab>=4.0", "papermill>=2.5", "ipykernel>=6.25"],
 }
 

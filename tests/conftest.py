@@ -42,8 +42,9 @@ SYNTH_V2_SUBJECTS = 3
 #: Test files handed to the workers first, longest first (the rest keep their order); measured
 #: with ``--durations=0`` on the 2-core AVX2 machine (benchmarks/RESULTS.md, CI section).
 LONGEST_FIRST = ("test_notebooks.py", "test_backends.py", "test_gpu_check.py", "test_comparators.py", "test_clci_net.py", "test_cli.py",
-                 "test_recipe.py", "test_training.py", "test_predict.py", "test_register.py",
-                 "test_multiworker.py", "test_batchnorm.py")
+                 "test_recipe.py", "test_bids.py", "test_training.py", "test_predict.py", "test_register.py",
+                 "test_reliability.py", "test_multiworker.py", "test_model_card.py", "test_export.py",
+                 "test_batchnorm.py")
 
 
 def pytest_collection_modifyitems(config, items):

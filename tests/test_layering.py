@@ -26,7 +26,8 @@ ALLOWED = {
     "inference": {"data", "models"},
     "reports": {"data", "models", "evaluation"},
     "experiments": {"data", "models", "training", "evaluation", "inference", "reports"},
-    "cli": {"data", "models", "training", "evaluation", "inference", "reports", "experiments"},
+    "bids": {"data", "models", "inference", "reports", "evaluation"},
+    "cli": {"data", "models", "training", "evaluation", "inference", "reports", "experiments", "bids"},
 }
 
 

@@ -37,6 +37,8 @@ SUBCOMMANDS = {
     "recipe": ("clci_keras.cli.recipe", "write the Table-1 recipe (prep, split, models x folds, tables) as sh or Slurm"),
     "demo": ("clci_keras.cli.demo", "synthetic end-to-end demo: data, training, evaluation, figure"),
     "predict": ("clci_keras.cli.predict", "segment NIfTI T1 scans into NIfTI lesion masks"),
+    "export": ("clci_keras.cli.export", "export trained weights to ONNX or a TensorFlow SavedModel, with a model card"),
+    "bids": ("clci_keras.cli.bids", "BIDS App: segment a BIDS dataset's T1w scans into a BIDS derivative dataset"),
 }
 
 

@@ -26,9 +26,7 @@ import sys
 
 
 def add_arguments(parser):
-    from clci_keras.cli import nonnegative_float, positive_float, positive_int, positive_ints
-    from clci_keras.data.intensity import SCHEMES
-    from clci_keras.hardware import PRECISIONS
+    from clci_keras.cli import nonnegative_float
 
     parser.add_argument(
         "inputs",
@@ -53,6 +51,14 @@ def add_arguments(parser):
     parser.add_argument("--min-lesion-size", type=nonnegative_float, default=0.0, metavar="MM3",
                         help="drop lesion components smaller than MM3 mm^3 (on the 1 mm template grid; "
                         "default 0: off)")
+    _add_registration_arguments(parser)
+    _add_model_arguments(parser)
+
+
+def _add_registration_arguments(parser):
+    """``--register`` and its options (part of :func:`add_arguments`)."""
+    from clci_keras.cli import positive_float, positive_ints
+
     parser.add_argument("--register", action="store_true",
                         help="affine registration of each scan to the MNI152 1 mm template first (native-space "
                         "scans; needs dipy: pip install -e \".[register]\"); the mask comes back on the scan's grid "
@@ -63,8 +69,17 @@ def add_arguments(parser):
                         help="working voxel size of the registration in mm (default 3)")
     parser.add_argument("--reg-iterations", type=positive_ints, default=None, metavar="N,N",
                         help="optimiser iterations per pyramid level, coarse to fine (default 100,30)")
+
+
+def _add_model_arguments(parser):
+    """The options about outputs, the model, its precision and its input (part of :func:`add_arguments`)."""
+    from clci_keras.cli import positive_int
+    from clci_keras.data.intensity import SCHEMES
+    from clci_keras.hardware import PRECISIONS
+
     parser.add_argument("--no-qc", action="store_true", help="do not write the QC montage PNGs")
-    parser.add_argument("--model", default="clci_net", metavar="NAME", help="registered model name (default: clci_net)")
+    parser.add_argument("--model", default=None, metavar="NAME",
+                        help="registered model name (default: the weights' model card's, else clci_net)")
     parser.add_argument("--prob", "--save-probabilities", dest="prob", action="store_true",
                         help="also write the float32 probability map")
     parser.add_argument("--threshold", type=float, default=0.5, help="mask = probability > THRESHOLD (default: 0.5)")
@@ -95,7 +110,8 @@ def add_arguments(parser):
         default=None,
         help="intensity scaling: r1.1 (divide by 100, the original's) or v2 (divide each scan by its "
         "99.5th percentile; also the fix for scans on another scale). Default: the scheme in the "
-        "weights' training record (run folder result.json, weights manifest, catalogue), else r1.1",
+        "weights' model card, else their training record (run folder result.json, weights manifest, "
+        "catalogue), else r1.1",
     )
     parser.add_argument("--no-intensity-check", action="store_true",
                         help="segment scans whose intensities are far from the training scale anyway")
@@ -125,6 +141,7 @@ def _predict(args) -> int:
 
     from clci_keras.hardware import resolve_precision
     from clci_keras.inference import DEFAULT_BATCH_SIZE, build_inference_model, configure_threads, segment_files
+    from clci_keras.inference.predict import card_settings
     from clci_keras.inference.scaling import resolve_intensity
 
     weights = ([args.weights] if args.weights else []) + list(args.ensemble or [])
@@ -137,13 +154,17 @@ def _predict(args) -> int:
     if batch_size < 1:
         raise ValueError(f"--batch-size must be a positive integer, got {batch_size}")
     jobs, failures, transform, summary = _plan(args)
-    intensity, intensity_source = resolve_intensity(weights, args.intensity)
+    card = card_settings(weights, model=args.model, intensity=args.intensity)  # refuses what cannot fit
+    for note in card["warnings"]:
+        print(f"warning: {note}", file=sys.stderr)
+    intensity, intensity_source = ((card["intensity"], card["intensity_source"]) if card["intensity"]
+                                   else resolve_intensity(weights, args.intensity))
     configure_threads(intra_op=args.threads, inter_op=1, warn=args.threads is not None)
     precision = resolve_precision(args.precision, force=args.force_bf16)
-    models = [build_inference_model(args.model, w, precision=precision) for w in weights]
+    models = [build_inference_model(card["model"], w, precision=precision, crop=card["crop"]) for w in weights]
     registered = args.register or transform is not None
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
-    say(f"model {args.model} ({precision}) with weights {', '.join(weights)}; {len(jobs)} input(s); "
+    say(f"model {card['model']} ({precision}) with weights {', '.join(weights)}; {len(jobs)} input(s); "
         f"{'all slices' if args.all_slices else 'brain slices only'}, batch size {batch_size}; intensity "
         f"{intensity} ({intensity_source})" + (f"; tta {args.tta}" if args.tta != "none" else "")
         + ("; registration to MNI152" if registered else ""))

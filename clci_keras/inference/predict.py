@@ -43,6 +43,7 @@ from clci_keras.hardware import DTYPE_POLICIES, precision_policy
 from clci_keras.hardware import PRECISIONS as _PRECISION_NAMES
 from clci_keras.inference.io import InputError, describe, validate_volume
 from clci_keras.inference.register import resample
+from clci_keras.models.card import card_path, check_card, read_card
 from clci_keras.models.predictor import predict_slices
 from clci_keras.models.weights import LOAD_ERRORS, WeightsMismatchError
 
@@ -56,6 +57,10 @@ PRECISIONS = {name: DTYPE_POLICIES[name] for name in _PRECISION_NAMES}
 
 class GridWarning(UserWarning):
     """The input is not on the ATLAS MNI152 1 mm grid and was resampled to it."""
+
+
+class CardWarning(UserWarning):
+    """The input fits the weights' model card only with a caveat (another crop, another intensity scheme)."""
 
 
 #: Weights that cannot be read, or that belong to another architecture: the one weights error,
@@ -136,13 +141,20 @@ def build_inference_model(name="clci_net", weights=None, precision="fp32", crop=
             ``mixed_bfloat16`` policy (bfloat16 compute, float32 variables; the
             same weight files load). Faster on CPUs with AVX-512 BF16 / AMX.
         crop: input window name (``"clci"``: 224 x 176, ``"xnet"``: 224 x 192);
-            defaults to ``"clci"``.
+            defaults to the crop of the weights' model card, else ``"clci"``.
         optimize: apply :func:`clci_keras.inference.optimize.optimize_for_inference`:
             the exact zero-state ConvLSTM rewrite (same outputs, 19 % fewer
             FLOPs for CLCI-Net) and, for ``"bf16"`` only, batch-norm folding.
 
+    Weights with a model card (:func:`clci_keras.models.card.read_card`) are
+    checked against it before the model is built: another architecture or
+    input size is refused, another crop window of the same size warned
+    (:class:`CardWarning`).
+
     Raises:
-        ValueError: unknown ``name``, ``precision`` or ``crop``.
+        ValueError: unknown ``name``, ``precision`` or ``crop``; a corrupt model card.
+        CardMismatchError: (a ``ValueError``) ``name`` or ``crop`` does not fit
+            the weights' card; the message names the weights.
         WeightsMismatchError: (``WeightsError``, a ``ValueError``) ``weights``
             is missing, unreadable or of another architecture (any of
             :data:`clci_keras.models.weights.LOAD_ERRORS`); the message names
@@ -152,9 +164,13 @@ def build_inference_model(name="clci_net", weights=None, precision="fp32", crop=
 
     if precision not in PRECISIONS:
         raise ValueError(f"`precision` must be one of {sorted(PRECISIONS)}, got precision={precision!r}")
-    crop = DEFAULT_CROP if crop is None else crop
+    card = read_card(weights) if weights is not None else None
+    if crop is None:  # the card's crop if predict can paste it back (a named window), else the default
+        crop = card["input"]["crop"] if card and card["input"]["crop"] in CROPS else DEFAULT_CROP
     if crop not in CROPS:
         raise ValueError(f"`crop` must be one of {sorted(CROPS)}, got crop={crop!r}")
+    for note in check_card(card, weights, model=name, input_shape=(*crop_shape(crop), 1), crop=crop):
+        warnings.warn(note, CardWarning, stacklevel=2)
     with precision_policy(precision):
         model = build_model(name, input_shape=(*crop_shape(crop), 1))
     if weights is not None:
@@ -173,6 +189,45 @@ def build_inference_model(name="clci_net", weights=None, precision="fp32", crop=
 
         model = optimize_for_inference(model, fold_batch_norm=precision == "bf16")
     return model
+
+
+def card_settings(weights, model=None, intensity=None):
+    """What the model cards of ``weights`` (one path or a list: an ensemble) fix for prediction.
+
+    Args:
+        weights: weights path(s); those without a card fix nothing.
+        model: the model name asked for, or None (the cards' architecture, else ``"clci_net"``).
+        intensity: the intensity scheme asked for, or None (the cards', if any).
+
+    Returns:
+        A dict: ``model``; ``crop`` (the cards' crop name, or None: the default);
+        ``intensity`` and ``intensity_source`` (None when no card says it:
+        :func:`clci_keras.inference.scaling.resolve_intensity` decides);
+        ``warnings`` (one-line strings: an asked-for intensity scheme other than
+        the cards'); ``cards`` (``{path: card}`` of the weights that have one).
+
+    Raises:
+        CardMismatchError: ``model`` is not the architecture of a card (names the weights).
+        ValueError: a corrupt card, or cards that disagree (architecture, crop, intensity).
+    """
+    paths = [os.fspath(w) for w in ([weights] if isinstance(weights, (str, os.PathLike)) else weights)]
+    cards = {p: c for p, c in ((p, read_card(p)) for p in paths) if c is not None}
+    out = {"model": model, "crop": None, "intensity": intensity, "warnings": [], "cards": cards,
+           "intensity_source": "given" if intensity is not None else None}
+    for key, what in (("architecture", "model"), ("input", "crop"), ("input", "intensity")):
+        sub = "name" if key == "architecture" else what
+        found = {p: c[key][sub] for p, c in cards.items()}
+        if len(set(found.values())) > 1:
+            raise ValueError("the weights' model cards disagree on the " + what + ": "
+                             + "; ".join(f"{p}: {v}" for p, v in found.items()))
+        if found and out[what] is None and (what != "crop" or set(found.values()) <= set(CROPS)):
+            out[what] = next(iter(found.values()))
+            if what == "intensity":
+                out["intensity_source"] = "model card " + ", ".join(card_path(p) for p in found)
+    out["model"] = out["model"] or "clci_net"
+    for p, c in cards.items():
+        out["warnings"] += check_card(c, p, model=out["model"], intensity=out["intensity"])
+    return out
 
 
 # --------------------------------------------------------------------------
@@ -440,21 +495,9 @@ def segment_image(
                         tta="flip" if check_tta(tta) else "none", removed_components=removed)
 
 
-def predict_volume(
-    model,
-    image,
-    *,
-    threshold=0.5,
-    intensity="r1.1",
-    batch_size=DEFAULT_BATCH_SIZE,
-    skip_empty_slices=True,
-    return_probabilities=False,
-    progress=False,
-    tta=None,
-    min_lesion_size=0,
-    register=False,
-    check_intensity=True,
-):
+def predict_volume(model, image, *, threshold=0.5, intensity="r1.1", batch_size=DEFAULT_BATCH_SIZE,
+                   skip_empty_slices=True, return_probabilities=False, progress=False, tta=None,
+                   min_lesion_size=0, register=False, check_intensity=True):
     """Segment the stroke lesion of a T1 NIfTI image with a trained 2D model.
 
     The volume follows the training data path of CLCI-Net (Yang et al.,
@@ -506,17 +549,9 @@ def predict_volume(
         RegistrationUnavailable: ``register=True`` without dipy installed.
     """
     seg = segment_image(
-        model,
-        image,
-        threshold=threshold,
-        intensity=intensity,
-        batch_size=batch_size,
-        skip_empty_slices=skip_empty_slices,
-        return_probabilities=return_probabilities,
-        progress=progress,
-        tta=tta,
-        min_lesion_size=min_lesion_size,
-        registration=register if register is not False else None,
+        model, image, threshold=threshold, intensity=intensity, batch_size=batch_size,
+        skip_empty_slices=skip_empty_slices, return_probabilities=return_probabilities, progress=progress,
+        tta=tta, min_lesion_size=min_lesion_size, registration=register if register is not False else None,
         check_intensity=check_intensity,
     )
     return (seg.mask, seg.probabilities) if return_probabilities else seg.mask

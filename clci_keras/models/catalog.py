@@ -33,7 +33,9 @@ arXiv:2109.08791).  Facts from their repository
   0.215 on their small-lesion subset.
 
 The repository holds the same data as ``weights/catalog.json``
-(:func:`catalog_json`; a test keeps the two equal).
+(:func:`catalog_json`; a test keeps the two equal). :func:`catalog_card` gives
+each entry's model card (:mod:`clci_keras.models.card`), generated from the
+entry and :data:`CARD_FACTS`.
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ import json
 import os
 
 from clci_keras.fileio import atomic_text
+from clci_keras.models.card import LAYOUT_SPACES, make_card
 
 CATALOG_FORMAT = 1
 
@@ -102,6 +105,30 @@ CATALOG = {
         },
     },
 }
+
+
+#: What a model card needs that the catalogue entry says in words: the intensity scheme of
+#: ``intensity`` ("T1 / 100" is r1.1) and the space of ``training_data.dataset`` (R1.2 standard MNI).
+CARD_FACTS = {
+    "spin_clcinet": {"intensity": "r1.1", "space": LAYOUT_SPACES["r1.2"]},
+}
+
+
+def catalog_card(name):
+    """The model card of the catalogue entry ``name`` (a new dict; ValueError for an unknown name)."""
+    e = get_weights_entry(name)
+    facts = CARD_FACTS[name]
+    return make_card(
+        name=e["name"], description=e["description"], architecture=e["architecture"],
+        input_shape=e["input_shape"], num_class=e["num_class"], crop=e["crop"], intensity=facts["intensity"],
+        space=facts["space"],
+        weights={"file": e["file"], "format": e["format"], "sha256": e["sha256"], "bytes": None},
+        training=e["training_data"],
+        metrics={"published": e["published_scores"], "evaluation": e["evaluation"]},
+        software={"framework": e["framework"]},
+        source=e["source"],
+        origin="published catalogue entry (clci_keras.models.catalog)",
+    )
 
 
 def list_weights(manifest=None):

@@ -7,7 +7,12 @@ Layout::
                   "format": "keras2_legacy_h5", "architecture": "clci_net",
                   "builder_options": {...}, "input_shape": [224, 176, 1],
                   "num_class": 1, "training": {...}, "metrics": {...},
-                  "created": "...", "clci_keras_version": "..."}, ...]}
+                  "created": "...", "clci_keras_version": "...",
+                  "card": "<file>.card.json"}, ...]}
+
+``card`` (entries written by ``clci-keras train``) names the model card beside
+the weights (:mod:`clci_keras.models.card`), which holds the same provenance
+plus the input the weights expect (crop, space, intensity scheme).
 
 ``file`` is relative to the manifest's folder when the weights lie inside it
 (or below), absolute otherwise. Entries are keyed by ``name``; registering an

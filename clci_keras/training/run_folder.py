@@ -12,6 +12,8 @@ No Keras and no backend here: only files. Layout of ``RUN_DIR``:
 ``previous_attempt/``      what a start without a resume point found and kept
 ``.workers/``              private folders of the multi-process workers other than the chief
 ``<model>_weights.h5``     the exported weights, Keras 2 legacy HDF5 layout
+``<model>_weights.h5.card.json``  their model card (:mod:`clci_keras.models.card`): architecture,
+                           input, space, intensity, training data, metrics, software
 ``result.json``            the summary of a finished run
 """
 from __future__ import annotations

@@ -181,31 +181,39 @@ def train(model_name="clci_net", h5_path=None, split_path=None, out_dir=None, fo
     chief = role is None or role["chief"]
     run_dir = cfg.out_dir
     cfg_path = os.path.join(run_dir, rf.CONFIG_FILE)
-    result_path = os.path.join(run_dir, rf.RESULT_FILE)
     if chief and overwrite and os.path.isdir(run_dir):
         rf.remove_folder(run_dir, retries=2 if role else 0)
     if chief:
         os.makedirs(run_dir, exist_ok=True)
     if (chief or not overwrite) and os.path.exists(cfg_path):
-        old = TrainConfig.from_dict(rf.read_json(cfg_path))
-        diff = cfg.differences(old)
-        if diff:
-            raise ValueError(
-                f"{run_dir} holds a run with different settings "
-                + ", ".join(f"{k}: {getattr(old, k)!r} -> {getattr(cfg, k)!r}" for k in diff)
-                + "; use another output folder or overwrite=True (--overwrite)"
-            )
-        result = rf.read_json(result_path)
+        result = _existing_run(cfg, run_dir, chief)
         if result is not None:
-            if result.get("epochs_run", 0) >= cfg.epochs or result.get("stopped_early"):
-                print(f"{run_dir}: run already complete; nothing to do (--overwrite to retrain)")
-                return result
-            if chief:
-                os.remove(result_path)  # more epochs asked for: continue
+            return result
     if chief:
         cfg.save(cfg_path)
     with precision_policy(cfg.mixed_precision):
         return _fit(cfg, run_dir, list(callbacks), role)
+
+
+def _existing_run(cfg, run_dir, chief):
+    """The result of the complete run in ``run_dir``, or None to (re)start; ValueError for other settings."""
+    old = TrainConfig.from_dict(rf.read_json(os.path.join(run_dir, rf.CONFIG_FILE)))
+    diff = cfg.differences(old)
+    if diff:
+        raise ValueError(
+            f"{run_dir} holds a run with different settings "
+            + ", ".join(f"{k}: {getattr(old, k)!r} -> {getattr(cfg, k)!r}" for k in diff)
+            + "; use another output folder or overwrite=True (--overwrite)"
+        )
+    result_path = os.path.join(run_dir, rf.RESULT_FILE)
+    result = rf.read_json(result_path)
+    if result is not None:
+        if result.get("epochs_run", 0) >= cfg.epochs or result.get("stopped_early"):
+            print(f"{run_dir}: run already complete; nothing to do (--overwrite to retrain)")
+            return result
+        if chief:
+            os.remove(result_path)  # more epochs asked for: continue
+    return None
 
 
 def _join_cluster(replicas, run_dir):
@@ -269,8 +277,10 @@ def _fit(cfg, run_dir, extra_callbacks, role=None):
         result["run_dir"] = os.path.abspath(cfg.out_dir)
         rf.remove_worker_folder(run_dir)
         return result
+    weights_path = os.path.join(run_dir, result["weights"])
+    result["card"] = os.path.basename(_write_card(cfg, model, weights_path, result))
     if cfg.manifest:
-        result["manifest_entry"] = _register(cfg, model, os.path.join(run_dir, result["weights"]), result)
+        result["manifest_entry"] = _register(cfg, model, weights_path, result)
     rf.write_json(os.path.join(run_dir, rf.RESULT_FILE), result, indent=2)
     # The run is complete: the resume point is no longer needed.
     shutil.rmtree(os.path.join(run_dir, rf.BACKUP_DIR), ignore_errors=True)
@@ -457,23 +467,16 @@ def _finish(cfg, run_dir, model, split, data, replicas):
     }
 
 
-def _register(cfg, model, weights_path, result):
-    """Add the exported weights to the manifest ``cfg.manifest``; returns the entry's name."""
+def _provenance(cfg, model, result):
+    """What the manifest entry and the model card say about the exported weights."""
     import datetime
 
     from clci_keras.models import get_model_spec
-    from clci_keras.models.manifest import register_weights
     from clci_keras.version import __version__
 
-    spec = get_model_spec(cfg.model)
-    name = f"{cfg.model}-{os.path.basename(os.path.abspath(cfg.out_dir))}"
-    entry = register_weights(
-        cfg.manifest,
-        weights_path,
-        name,
-        format="keras2_legacy_h5",
+    return dict(
         architecture=cfg.model,
-        builder_options=spec.options,
+        builder_options=get_model_spec(cfg.model).options,
         input_shape=list(model.input_shape[1:]),
         num_class=int(model.output_shape[-1]),
         training={
@@ -485,11 +488,45 @@ def _register(cfg, model, weights_path, result):
             "val_subjects": result["val_subjects"],
             "train_slices": cfg.train_slices,
             "epochs_run": result["epochs_run"],
+            "exported_from": result["exported_from"],
+            "dry_run": result["dry_run"],
             "config": cfg.to_dict(),
         },
         metrics={"validation": {"monitor": result["monitor"], "best": result["best_value"],
-                                "best_epoch": result["best_epoch"]}},
+                                "best_epoch": result["best_epoch"], "final": result["final"]}},
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         clci_keras_version=__version__,
     )
+
+
+def _write_card(cfg, model, weights_path, result):
+    """Write the model card beside the exported weights (:mod:`clci_keras.models.card`); returns its path."""
+    from clci_keras.models.card import LAYOUT_SPACES, make_card, software_versions, write_card
+    from clci_keras.models.manifest import sha256
+
+    p = _provenance(cfg, model, result)
+    data = result["data"]
+    card = make_card(
+        name=f"{cfg.model}-{os.path.basename(os.path.abspath(cfg.out_dir))}",
+        description=f"{cfg.model} trained by clci-keras train" + (" on SYNTHETIC data" if data["synthetic"] else "")
+        + (" (DRY RUN)" if result["dry_run"] else ""),
+        architecture=p["architecture"], builder_options=p["builder_options"], input_shape=p["input_shape"],
+        num_class=p["num_class"], params=result["params"], crop=cfg.crop,
+        intensity=data.get("intensity_scheme", "r1.1"), space=LAYOUT_SPACES.get(data.get("layout")),
+        weights={"file": os.path.basename(weights_path), "format": "keras2_legacy_h5",
+                 "sha256": sha256(weights_path), "bytes": os.path.getsize(weights_path)},
+        training=p["training"], metrics=p["metrics"], software=software_versions(result["backend"]),
+        created=p["created"],
+    )
+    return write_card(weights_path, card)
+
+
+def _register(cfg, model, weights_path, result):
+    """Add the exported weights to the manifest ``cfg.manifest``; returns the entry's name."""
+    from clci_keras.models.card import card_path
+    from clci_keras.models.manifest import register_weights
+
+    name = f"{cfg.model}-{os.path.basename(os.path.abspath(cfg.out_dir))}"
+    entry = register_weights(cfg.manifest, weights_path, name, format="keras2_legacy_h5",
+                             card=os.path.basename(card_path(weights_path)), **_provenance(cfg, model, result))
     return entry["name"]

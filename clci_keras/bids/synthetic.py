@@ -1,0 +1,121 @@
+"""A small synthetic BIDS dataset for the BIDS App (tests, docs/bids.md).
+
+Subjects come from :func:`clci_keras.data.synthetic.generate_subject` (v2 intensity scale) and
+are written as a valid raw BIDS dataset, one subject per kind:
+
+* ``"mni"``: on the template grid, named as ATLAS 2.0 does
+  (``space-MNI152NLin2009aSym_T1w``, with its ``label-L_desc-T1lesion_mask``);
+* ``"native"``: moved off the template by a known affine (rotation, 1.2 mm voxels, PIR axis
+  order) and named without ``space-``, as a scan from the scanner;
+* ``"sessions"``: two sessions on the template grid, ``ses-2`` stored in LAS axis order;
+* ``"broken"``: a truncated ``.nii.gz``.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from clci_keras.data.constants import ATLAS_AFFINE, V2_SPACE
+
+KINDS = ("mni", "native", "sessions", "broken")
+
+
+def _rot(axis, deg):
+    c, s = np.cos(np.radians(deg)), np.sin(np.radians(deg))
+    i, j = [k for k in range(3) if k != axis]
+    r = np.eye(3)
+    r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
+    return r
+
+
+def native_grid(seed=0):
+    """``(native_to_mni world matrix, native affine, shape)`` of the ``"native"`` subject."""
+    rng = np.random.default_rng([int(seed), 99])
+    angles = rng.uniform(-10, 10, 3)
+    a = np.eye(4)
+    a[:3, :3] = _rot(0, angles[0]) @ _rot(1, angles[1]) @ _rot(2, angles[2]) @ np.diag(rng.uniform(0.95, 1.05, 3))
+    a[:3, 3] = rng.uniform(-6, 6, 3)
+    zooms = np.array([1.2, 1.2, 1.2])
+    perm = np.zeros((3, 3))
+    perm[1, 0], perm[2, 1], perm[0, 2] = -1, -1, 1  # PIR
+    n = np.eye(4)
+    n[:3, :3] = perm * zooms[None, :]
+    shape = (190, 160, 140)
+    n[:3, 3] = np.array([0.0, -18.0, 10.0]) - n[:3, :3] @ ((np.array(shape) - 1) / 2)
+    return a, n, shape
+
+
+def _save(data, affine, path, dtype=np.int16):
+    import nibabel as nib
+
+    from clci_keras.fileio import atomic_path
+
+    img = nib.Nifti1Image(np.asarray(data, np.float32), affine)
+    img.set_data_dtype(dtype)
+    img.header.set_xyzt_units("mm")
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    with atomic_path(path) as tmp:
+        nib.save(img, tmp)
+
+
+def write_synthetic_bids(out_dir, kinds=KINDS, seed=0):
+    """Write a raw BIDS dataset with one subject per entry of ``kinds`` (:data:`KINDS`); returns
+    ``{"sub-01": {"kind", "t1": [paths]}, ...}``. ``out_dir`` must not exist or be empty."""
+    from nibabel import orientations as no
+
+    from clci_keras.data.synthetic import generate_subject
+    from clci_keras.fileio import atomic_path, atomic_text
+    from clci_keras.inference.register import resample
+
+    out_dir = os.fspath(out_dir)
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        raise ValueError(f"{out_dir}: folder is not empty")
+    bad = [k for k in kinds if k not in KINDS]
+    if bad:
+        raise ValueError(f"kinds must be among {KINDS}, got {bad}")
+    os.makedirs(out_dir, exist_ok=True)
+    with atomic_text(os.path.join(out_dir, "dataset_description.json")) as f:
+        json.dump({"Name": "clci-keras synthetic ATLAS-like T1w scans", "BIDSVersion": "1.10.0",
+                   "DatasetType": "raw", "Authors": ["clci-keras synthetic generator"]}, f, indent=2)
+    records = {}
+    for i, kind in enumerate(kinds):
+        sub = f"sub-{i + 1:02d}"
+        subj = generate_subject(seed=seed, index=i, layout="v2")
+        anat = os.path.join(out_dir, sub, "anat")
+        paths = []
+        if kind == "mni":
+            stem = os.path.join(anat, f"{sub}_space-{V2_SPACE}")
+            paths.append(stem + "_T1w.nii.gz")
+            _save(subj.t1, ATLAS_AFFINE, paths[-1])
+            merged = np.zeros_like(subj.masks[0])
+            for m in subj.masks:
+                merged |= m
+            _save(merged, ATLAS_AFFINE, stem + "_label-L_desc-T1lesion_mask.nii.gz", np.uint8)
+        elif kind == "native":
+            a, n, shape = native_grid(seed)
+            vol = resample(subj.t1, ATLAS_AFFINE, a @ n, shape, order=1)
+            paths.append(os.path.join(anat, f"{sub}_T1w.nii.gz"))
+            _save(np.clip(vol, 0, None), n, paths[-1])
+        elif kind == "sessions":
+            for ses, codes in (("1", "RAS"), ("2", "LAS")):
+                t1 = subj.t1 if ses == "1" else generate_subject(seed=seed, index=100 + i, layout="v2").t1
+                ornt = no.ornt_transform(no.axcodes2ornt("RAS"), no.axcodes2ornt(codes))
+                data = no.apply_orientation(t1, ornt)
+                affine = ATLAS_AFFINE @ no.inv_ornt_aff(ornt, t1.shape)
+                paths.append(os.path.join(out_dir, sub, f"ses-{ses}", "anat", f"{sub}_ses-{ses}_T1w.nii.gz"))
+                _save(data, affine, paths[-1])
+        else:  # broken: a truncated .nii.gz
+            paths.append(os.path.join(anat, f"{sub}_T1w.nii.gz"))
+            _save(subj.t1, ATLAS_AFFINE, paths[-1])
+            with open(paths[-1], "rb") as f:
+                head = f.read(4000)
+            with atomic_path(paths[-1]) as tmp, open(tmp, "wb") as g:
+                g.write(head)
+        records[sub] = {"kind": kind, "t1": paths}
+    with atomic_text(os.path.join(out_dir, "participants.tsv")) as f:
+        f.write("participant_id\tkind\n" + "".join(f"{s}\t{r['kind']}\n" for s, r in records.items()))
+    return records
+
