@@ -8,6 +8,8 @@
   what a killed writer left, :func:`remove_dead_temporaries` what a killed process left
   of a temporary named for it (``per_process=True``).
 * :func:`check_writable_folder`: fail early, naming the folder, where outputs cannot be written.
+* :func:`walk`: a folder walk that follows links to folders, each folder once.
+* :func:`exclusive`: one run at a time per output (a second one fails at once, naming the first's PID).
 * :func:`progress_bar`: a tqdm bar on a terminal; plain lines (no carriage returns, no ANSI
   escapes) in log files and pipes.
 
@@ -31,6 +33,7 @@ Every writer follows one contract:
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -218,8 +221,37 @@ def move(src, dst, durable=False):
         _fsync(os.path.dirname(os.path.abspath(os.fspath(dst))), folder=True)
 
 
+def _close_hdf5(tmp):
+    """Close HDF5 files that a failed writer left open on ``tmp`` (or inside the folder ``tmp``).
+
+    A library that fails while writing an HDF5 file (Keras' ``save_weights`` on a full
+    disk) can leave its ``h5py`` objects open, referenced by the exception's frames;
+    HDF5 then flushes them again when they are freed at exit, fails, and the process
+    dies with a segmentation fault. Closed here, they cannot. Only if h5py is loaded.
+    """
+    h5py = sys.modules.get("h5py")
+    if h5py is None:
+        return
+    tmp = os.path.abspath(tmp)
+    try:
+        ids = h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE)
+    except Exception:  # noqa: BLE001 - best effort: h5py's own errors vary by version
+        return
+    for fid in ids:
+        try:
+            name = os.path.abspath(os.fsdecode(fid.name))
+            if name == tmp or name.startswith(tmp + os.sep):
+                h5py.File(fid).close()
+        except Exception:  # noqa: BLE001 - the flush fails again (full disk): the ids are closed anyway
+            pass
+
+
 def discard(tmp):
-    """Remove the temporary file or folder ``tmp`` (nothing if it is gone: published or never made)."""
+    """Remove the temporary file or folder ``tmp`` (nothing if it is gone: published or never made).
+
+    HDF5 files still open on it are closed first (:func:`_close_hdf5`).
+    """
+    _close_hdf5(tmp)
     if os.path.isdir(tmp) and not os.path.islink(tmp):
         shutil.rmtree(tmp, ignore_errors=True)
     else:
@@ -259,6 +291,22 @@ def temporary(path, tag="tmp", folder=False, per_process=False):
     return tmp
 
 
+#: errno values of "the disk is full" (full, over quota, over the file size limit).
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _failed(exc, path):
+    """The error to raise for a writer of ``path`` that failed with ``exc``.
+
+    A full disk becomes one ``OSError`` naming the target (libraries such as h5py
+    name their temporary and carry several lines of detail); anything else as is.
+    """
+    no = getattr(exc, "errno", None)
+    if isinstance(exc, OSError) and no in _NO_SPACE:
+        return OSError(no, f"cannot write it: {os.strerror(no)}", path)
+    return exc
+
+
 @contextlib.contextmanager
 def atomic_text(path, newline=None, durable=False, base_mode=0o666):
     """Open ``path`` for writing text through a temporary file beside it.
@@ -279,13 +327,16 @@ def atomic_text(path, newline=None, durable=False, base_mode=0o666):
         with open(tmp, "w", newline=newline) as f:
             yield f
         publish(tmp, path, durable=durable, base_mode=base_mode)
-    except BaseException:
+    except BaseException as e:
         discard(tmp)
-        raise
+        err = _failed(e, path)
+        if err is e:
+            raise
+        raise err from e
 
 
 @contextlib.contextmanager
-def atomic_path(path, durable=False, tag="tmp", per_process=False):
+def atomic_path(path, durable=False, tag="tmp", per_process=False, skip_empty=False):
     """A temporary path beside ``path`` for a library that writes by file name; published on success.
 
     The temporary keeps the target's extension (Keras' ``save_weights`` wants
@@ -303,15 +354,26 @@ def atomic_path(path, durable=False, tag="tmp", per_process=False):
         per_process: name the temporary for this process (``.NAME.TAG-PID``, no
             extension kept), so that a rerun removes what a killed run left
             (:func:`remove_dead_temporaries`).
+        skip_empty: a temporary still empty at the end is discarded, not
+            published (the library decided not to write: Keras' checkpoint).
+
+    Raises:
+        OSError: naming ``path`` when the disk is full; any error of the block.
     """
     path = os.fspath(path)
     tmp = temporary(path, tag, folder=False, per_process=per_process)
     try:
         yield tmp
+        if skip_empty and not os.path.getsize(tmp):
+            discard(tmp)
+            return
         publish(tmp, path, durable=durable)
-    except BaseException:
+    except BaseException as e:
         discard(tmp)
-        raise
+        err = _failed(e, path)
+        if err is e:
+            raise
+        raise err from e
 
 
 @contextlib.contextmanager
@@ -333,9 +395,12 @@ def atomic_folder(path, durable=False, tag="tmp"):
         if os.path.lexists(path):
             discard(path)
         publish(tmp, path, durable=durable)
-    except BaseException:
+    except BaseException as e:
         discard(tmp)
-        raise
+        err = _failed(e, path)
+        if err is e:
+            raise
+        raise err from e
 
 
 def check_writable_folder(folder, what="output folder"):
@@ -371,6 +436,92 @@ def check_writable_folder(folder, what="output folder"):
     os.close(fd)
     os.remove(tmp)
     return folder
+
+
+def walk(top, skip=None):
+    """``os.walk(top)`` in sorted order, following links to folders, each folder once.
+
+    A folder reached twice (a link loop, or two links to one folder) is walked the
+    first time only, so the walk ends. ``skip(root)`` (optional) prunes a folder.
+    Yields ``(root, dirs, files)`` like ``os.walk``.
+    """
+    seen = set()
+    for root, dirs, files in os.walk(top, followlinks=True):
+        dirs.sort()
+        st = os.stat(root)
+        if (st.st_dev, st.st_ino) in seen or (skip is not None and skip(root)):
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        yield root, dirs, sorted(files)
+
+
+#: Name of the lock file :func:`exclusive` keeps beside an output: ``.NAME.lock``.
+LOCK_NAME = ".{}.lock"
+
+
+class OutputInUseError(OSError):
+    """Another live process holds :func:`exclusive` on the same output (the message names it and the PID)."""
+
+
+def _lock_owner(fd):
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        return os.read(fd, 512).decode("utf-8", "replace").strip().replace("\n", ", ") or "unknown"
+    except OSError:
+        return "unknown"
+
+
+@contextlib.contextmanager
+def exclusive(path, what="output", inside=False):
+    """Hold an exclusive lock on output ``path`` (a file or a folder) for the ``with`` block.
+
+    The lock is ``flock`` on ``.NAME.lock`` beside ``path`` (with ``inside``:
+    ``path/.clci-keras.lock`` in the folder ``path``; folders are created if needed), which records the
+    holder's PID and command line; the kernel releases it when the holder ends,
+    however it ends (a lock file left by a killed process is reused). Take it
+    before checking whether ``path`` exists, so that two runs cannot both find
+    it absent. Where ``flock`` is unavailable (not POSIX), nothing is locked.
+
+    Raises:
+        OutputInUseError: a live process holds the lock (named, with its PID and command).
+        OSError: the lock file cannot be created (the message names it).
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    path = os.path.abspath(os.fspath(path))
+    if inside:
+        os.makedirs(path, exist_ok=True)
+        lock = os.path.join(path, LOCK_NAME.format("clci-keras"))
+    else:
+        os.makedirs(os.path.dirname(path), exist_ok=True)  # as the output's writer would
+        lock = os.path.join(os.path.dirname(path), LOCK_NAME.format(os.path.basename(path)))
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, umask_mode(0o666))
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = _lock_owner(fd)
+            os.close(fd)
+            raise OutputInUseError(f"{path}: this {what} is in use by another run (process {owner}); "
+                                   "wait for it to end or choose another output") from None
+        try:  # the holder before us may have removed the file after we opened it: lock the current one
+            if os.fstat(fd).st_ino == os.stat(lock).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n{' '.join(sys.argv)[:400]}\n".encode("utf-8", "replace"))
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(lock)
+        os.close(fd)
 
 
 class _LineProgress:

@@ -66,7 +66,7 @@ PARENT_POLL_SECONDS = 0.5
 
 
 def die_with_parent(parent_pid, use_prctl=True, poll=PARENT_POLL_SECONDS):
-    """Pool-worker initializer: end this worker when ``parent_pid`` ends.
+    """Pool-worker initializer: end this worker when ``parent_pid`` ends; ignore Ctrl-C.
 
     A ``ProcessPoolExecutor`` worker blocks on its task queue forever once its
     parent is killed with SIGKILL (no cleanup code runs), so an interrupted
@@ -83,6 +83,9 @@ def die_with_parent(parent_pid, use_prctl=True, poll=PARENT_POLL_SECONDS):
     import signal
     import threading
 
+    # Ctrl-C reaches the whole process group: the parent handles it (and shuts the
+    # pool down); a worker that raised KeyboardInterrupt too would print its own traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if use_prctl and sys.platform.startswith("linux"):
         try:
             import ctypes

@@ -506,3 +506,69 @@ def test_progress_in_a_log_has_no_redraws(threshold_model, ras_case, capfd):
     err = capfd.readouterr().err
     assert "predicting: 155/155 slice (100%)" in err
     assert "\r" not in err and "\x1b[" not in err
+
+
+# --------------------------------------------------------------------------
+# Re-running a batch (issue 24): --continue, the merged summary, links, one run per folder
+# --------------------------------------------------------------------------
+def _summary_rows(out):
+    import csv
+
+    with open(out / "predict_summary.csv") as f:
+        return {os.path.basename(r["input"]): r for r in csv.DictReader(f)}
+
+
+def test_continue_redoes_only_unfinished_inputs_and_the_summary_keeps_earlier_rows(ras_case, weights_dir, tmp_path,
+                                                                                 capsys):
+    src, out = tmp_path / "scans", tmp_path / "out"
+    img, _ = ras_case
+    for name in ("a.nii.gz", "b.nii.gz", "c.nii.gz"):
+        _save(img, src / name)
+    args = ["--weights", str(weights_dir / "threshold.h5"), "--model", "test_threshold"]
+    assert cli_main(["predict", str(src / "a.nii.gz"), "-o", str(out), *args]) == 0
+    assert set(_summary_rows(out)) == {"a.nii.gz"}
+    # A batch over the folder refuses to replace a's outputs, and a's row stays as it was.
+    assert cli_main(["predict", str(src), "-o", str(out), *args]) == 1
+    assert "a_lesion_mask.nii.gz exists" in capsys.readouterr().err
+    rows = _summary_rows(out)
+    assert set(rows) == {"a.nii.gz", "b.nii.gz", "c.nii.gz"} and {r["status"] for r in rows.values()} == {"ok"}
+    # An interrupted run: c's QC picture never written, b's mask corrupt.
+    os.remove(out / "c_qc.png")
+    (out / "b_lesion_mask.nii.gz").write_bytes(b"not a NIfTI")
+    before = (out / "a_lesion_mask.nii.gz").stat().st_mtime_ns
+    assert cli_main(["predict", str(src), "-o", str(out), "--continue", *args]) == 0
+    printed = capsys.readouterr().out
+    assert "a.nii.gz: finished earlier, skipped" in printed and "segmented 2 of 3 input(s)" in printed
+    assert (out / "a_lesion_mask.nii.gz").stat().st_mtime_ns == before
+    assert nib.load(out / "b_lesion_mask.nii.gz").shape == ATLAS_SHAPE and (out / "c_qc.png").exists()
+    assert {r["status"] for r in _summary_rows(out).values()} == {"ok"} and len(_summary_rows(out)) == 3
+    with pytest.raises(SystemExit) as e:
+        cli_main(["predict", str(src), "-o", str(out), "--continue", "--overwrite", *args])
+    assert e.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def test_linked_folders_are_followed_once_and_a_link_loop_ends(ras_case, weights_dir, tmp_path):
+    src, elsewhere, out = tmp_path / "scans", tmp_path / "elsewhere" / "site2", tmp_path / "out"
+    img, _ = ras_case
+    _save(img, src / "site1" / "a.nii.gz")
+    _save(img, elsewhere / "b.nii.gz")
+    os.symlink(elsewhere, src / "site2")
+    os.symlink(src, src / "site1" / "loop")  # a loop back to the top
+    assert cli_main(["predict", str(src), "-o", str(out), "--weights", str(weights_dir / "threshold.h5"),
+                     "--model", "test_threshold", "--no-qc"]) == 0
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.nii.gz")) == [
+        "site1/a_lesion_mask.nii.gz", "site2/b_lesion_mask.nii.gz"]
+
+
+def test_a_second_predict_into_a_folder_in_use_fails_at_once_naming_the_process(ras_case, weights_dir, tmp_path,
+                                                                              capsys):
+    from clci_keras.fileio import exclusive
+
+    src, out = tmp_path / "a.nii.gz", tmp_path / "out"
+    _save(ras_case[0], src)
+    with exclusive(out, inside=True):  # as a first run holds it
+        rc = cli_main(["predict", str(src), "-o", str(out), "--weights", str(weights_dir / "threshold.h5"),
+                       "--model", "test_threshold"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and f"in use by another run (process {os.getpid()}" in err[0]
+    assert not list(out.glob("*.nii.gz"))

@@ -406,3 +406,32 @@ def test_cli_bf16_falls_back_to_fp32_on_cpus_that_emulate_it(monkeypatch):
     monkeypatch.setattr(hardware, "has_native_bf16", lambda flags=None: True)
     assert cli_train.run(parser.parse_args(base)) == 0
     assert calls["mixed_precision"] == "bf16"
+
+
+def test_a_folder_without_a_finished_epoch_restarts_with_new_settings(tiny, tmp_path, capsys):
+    """Issue 24: an attempt that ended before its first epoch leaves nothing to keep."""
+    from clci_keras.training import train
+
+    h5, split = tiny
+    run = tmp_path / "run"
+    run.mkdir()
+    TrainConfig(model=MODEL, h5=h5, split=split, out_dir=str(run), **fast(epochs=3, learning_rate=0.5)).save(
+        str(run / "config.json"))
+    (run / "log.csv").write_text("")  # what the aborted attempt left
+    result = train(MODEL, h5, split, str(run), **fast(epochs=1))
+    assert result["epochs_run"] == 1 and "starting again with the new settings" in capsys.readouterr().out
+    assert json.load(open(run / "config.json"))["learning_rate"] == 1e-3
+    with pytest.raises(ValueError, match="different settings"):  # a finished epoch is kept: refused
+        train(MODEL, h5, split, str(run), **fast(epochs=1, learning_rate=0.5))
+
+
+def test_a_second_train_into_a_run_folder_in_use_fails_at_once(tiny, tmp_path):
+    from clci_keras.fileio import OutputInUseError, exclusive
+    from clci_keras.training import train
+
+    h5, split = tiny
+    run = tmp_path / "run"
+    with exclusive(run, what="run folder"):  # as a first run holds it
+        with pytest.raises(OutputInUseError, match=rf"run folder is in use by another run \(process {os.getpid()}"):
+            train(MODEL, h5, split, str(run), **fast(epochs=1))
+    assert not run.exists()  # nothing written

@@ -6,6 +6,10 @@ it parses, calls the library and prints. Only the module of the subcommand
 given is imported, and neither it nor the parser imports Keras or a backend
 (TensorFlow, JAX, PyTorch) before ``run``: every ``--help`` is fast and quiet.
 
+Ctrl-C (SIGINT) ends any command with one line saying what was kept and how to
+go on (:data:`ON_INTERRUPT`) and exit code 130, after the same cleanup as any
+other error (temporaries removed, nothing half-written under a final name).
+
 Errors: :func:`main` turns the errors of bad inputs and outputs (``ValueError``,
 ``OSError`` and their subclasses, e.g. ``FileNotFoundError``,
 ``PermissionError``, h5py's errors, :class:`clci_keras.data.AtlasDataError`)
@@ -44,6 +48,17 @@ SUBCOMMANDS = {
 
 #: Environment variable: set to 1 to let every error end in its traceback.
 DEBUG_ENV = "CLCI_KERAS_DEBUG"
+
+#: Exit code of a command ended by Ctrl-C (SIGINT), as shells report 128 + 2.
+INTERRUPTED_EXIT = 130
+
+#: What an interrupted command kept and how to go on (``None``: any other command).
+ON_INTERRUPT = {
+    None: "nothing was published under a final name; run the command again",
+    "train": "the run folder keeps the last finished epoch; run the same command again to resume",
+    "predict": "finished scans are kept; run the same command again with --continue to do the rest",
+    "demo": "run the same command again with --overwrite",
+}
 
 
 def positive_int(value):
@@ -194,11 +209,17 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    module = importlib.import_module(available[args.command][0])
     try:
+        module = importlib.import_module(available[args.command][0])
         return int(module.run(args) or 0)
     except (OSError, ValueError) as e:  # bad inputs or outputs; anything else is a bug: traceback
         return report(args.command, e)
+    except KeyboardInterrupt:  # Ctrl-C: the cleanup ran while the exception unwound
+        if debugging():
+            raise
+        print(f"clci-keras {args.command}: interrupted; {ON_INTERRUPT.get(args.command, ON_INTERRUPT[None])}",
+              file=sys.stderr)
+        return INTERRUPTED_EXIT
 
 
 if __name__ == "__main__":  # pragma: no cover

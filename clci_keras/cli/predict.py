@@ -15,14 +15,18 @@ input's shape, affine and header. Files found in a folder keep their
 sub-folder under OUT. With one input file, OUT may be the mask's file name.
 Beside each mask: ``NAME_qc.png`` (axial montage with the mask outline; not
 with ``--no-qc``) and, with ``--register``, ``NAME_to_mni152.json`` (the
-affine transform); ``OUT/predict_summary.csv`` has one row per input.
-Bad inputs are reported at the end; the exit status is 0 if every input was
-segmented, 1 if some failed, 2 for bad arguments or weights.
+affine transform); ``OUT/predict_summary.csv`` has one row per input (rows of
+earlier runs into OUT are kept). Bad inputs are reported at the end; the exit
+status is 0 if every input was segmented, 1 if some failed, 2 for bad arguments
+or weights, 130 after Ctrl-C. ``--continue`` re-runs an interrupted batch: the
+inputs whose outputs are complete are skipped, the others done. One run at a
+time writes OUT (a second fails at once, naming the first's process).
 """
 from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 
 def add_arguments(parser):
@@ -119,7 +123,11 @@ def _add_model_arguments(parser):
         "--threads", type=positive_int, default=None, metavar="N",
         help="TensorFlow intra-op threads (default: all cores)"
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    redo = parser.add_mutually_exclusive_group()
+    redo.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    redo.add_argument("--continue", dest="resume", action="store_true",
+                      help="skip inputs whose outputs a previous run finished; do the others "
+                           "(re-running an interrupted batch)")
     parser.add_argument("--quiet", action="store_true", help="print only failures")
 
 
@@ -141,7 +149,7 @@ def _predict(args) -> int:
 
     from clci_keras.hardware import resolve_precision
     from clci_keras.inference import DEFAULT_BATCH_SIZE, build_inference_model, configure_threads, segment_files
-    from clci_keras.inference.predict import card_settings
+    from clci_keras.inference.predict import CardWarning, card_settings
     from clci_keras.inference.scaling import resolve_intensity
 
     weights = ([args.weights] if args.weights else []) + list(args.ensemble or [])
@@ -161,7 +169,14 @@ def _predict(args) -> int:
                                    else resolve_intensity(weights, args.intensity))
     configure_threads(intra_op=args.threads, inter_op=1, warn=args.threads is not None)
     precision = resolve_precision(args.precision, force=args.force_bf16)
-    models = [build_inference_model(card["model"], w, precision=precision, crop=card["crop"]) for w in weights]
+    with warnings.catch_warnings(record=True) as caught:  # the cards' notes: one "warning:" line each
+        warnings.simplefilter("always", CardWarning)
+        models = [build_inference_model(card["model"], w, precision=precision, crop=card["crop"]) for w in weights]
+    for w in caught:
+        if issubclass(w.category, CardWarning):
+            print(f"warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     registered = args.register or transform is not None
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
     say(f"model {card['model']} ({precision}) with weights {', '.join(weights)}; {len(jobs)} input(s); "
@@ -182,7 +197,8 @@ def _predict(args) -> int:
         print(f"[{n}/{len(jobs)}] FAILED {msg}", file=sys.stderr)
 
     result = segment_files(
-        models if len(models) > 1 else models[0], jobs, overwrite=args.overwrite, on_done=done,
+        models if len(models) > 1 else models[0], jobs, overwrite=args.overwrite, resume=args.resume,
+        on_done=done, on_skip=lambda n, job: say(f"[{n}/{len(jobs)}] {job.input}: finished earlier, skipped"),
         on_failure=failed, register=args.register, registration_options=_registration_options(args),
         transform=transform, summary=summary, intensity_source=intensity_source, threshold=args.threshold,
         intensity=intensity, batch_size=batch_size, skip_empty_slices=not args.all_slices,
@@ -190,8 +206,9 @@ def _predict(args) -> int:
         check_intensity=not args.no_intensity_check,
     )
     failures += result.failures
-    total = len(result.done) + len(failures)
-    say(f"segmented {len(result.done)} of {total} input(s) in {result.seconds:.1f} s; summary {summary}")
+    total = len(result.done) + len(result.skipped) + len(failures)
+    say(f"segmented {len(result.done)} of {total} input(s) in {result.seconds:.1f} s"
+        + (f" ({len(result.skipped)} finished earlier, skipped)" if result.skipped else "") + f"; summary {summary}")
     if failures:
         print(f"{len(failures)} of {total} input(s) failed:", file=sys.stderr)
         for _, msg in failures:

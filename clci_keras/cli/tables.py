@@ -23,13 +23,17 @@ def run(args) -> int:
     from clci_keras.cli import report
     from clci_keras.fileio import check_writable_folder
 
+    broken = []
     try:
         check_writable_folder(args.output, what="tables folder")
-        written = write_tables(args.runs, args.output, part=args.part, tables=tuple(args.table or (1, 2)))
+        written = write_tables(args.runs, args.output, part=args.part, tables=tuple(args.table or (1, 2)),
+                               broken=broken)
     except (OSError, ValueError) as e:
         return report("tables", e)
     for name in sorted(written):
         if name.endswith(".md"):
             print(open(written[name]).read())
     print("wrote " + ", ".join(sorted(written.values())))
-    return 0
+    for run, _, message in broken:
+        print(f"clci-keras tables: error: left out {run}: {message}", file=sys.stderr)
+    return 1 if broken else 0

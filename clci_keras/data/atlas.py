@@ -43,6 +43,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from clci_keras.data.constants import ATLAS_SHAPE, R11_CSV_NAME
+from clci_keras.fileio import walk
 
 _NII = (".nii.gz", ".nii")
 _V2_T1 = re.compile(r"^(sub-[A-Za-z0-9]+)_(ses-[A-Za-z0-9]+)_(?:.*_)?T1w\.nii(\.gz)?$")
@@ -136,11 +137,17 @@ def detect_layout(src):
 
 
 def _walk_files(folder):
-    out = []
-    for root, dirs, files in os.walk(folder):
-        dirs.sort()
-        out.extend(os.path.join(root, f) for f in sorted(files))
-    return out
+    """Every file below ``folder``, sorted; linked folders are followed (each folder once)."""
+    return [os.path.join(root, f) for root, _, files in walk(folder) for f in files]
+
+
+def _plain_name(value, what, where):
+    """``value`` if it names one folder inside the release; AtlasDataError naming ``where`` otherwise."""
+    if (not value or value in (".", "..") or "/" in value or "\\" in value or "\0" in value
+            or os.path.isabs(value)):
+        raise AtlasDataError(f"{where}: {what} {value!r} is not a plain folder name (no path separators, "
+                             "'..' or absolute paths: it must name a folder inside the release)")
+    return value
 
 
 #: Column names of the R1.1 table's first three columns, as the release spells them.
@@ -201,7 +208,8 @@ def discover_r11(src):
             raise AtlasDataError(
                 f"{csv_path}, line {line_no}: expected at least 3 columns (site, subject id, session), got {row!r}."
             )
-        site, sid, session = row[0].strip(), row[1].strip(), row[2].strip()
+        site, sid, session = (_plain_name(row[k].strip(), what, f"{csv_path}, line {line_no}")
+                              for k, what in enumerate(("site", "subject id", "session")))
         key = (site, sid.lstrip("0"), session)
         if key in seen:
             raise AtlasDataError(

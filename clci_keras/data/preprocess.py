@@ -48,7 +48,7 @@ from clci_keras.data.constants import (
     SLICES_PER_SUBJECT,
 )
 from clci_keras.data.intensity import normalize_slice, v2_reference
-from clci_keras.fileio import atomic_path, check_writable_folder, progress_bar, remove_dead_temporaries
+from clci_keras.fileio import atomic_path, check_writable_folder, exclusive, progress_bar, remove_dead_temporaries
 from clci_keras.process import PARENT_POLL_SECONDS, die_with_parent  # noqa: F401  (re-exported)
 
 CHUNK = (1,) + SLICE_SHAPE
@@ -174,36 +174,29 @@ def prepare_h5(
         output, removed with a :class:`StaleTemporaryWarning` each).
 
     Raises:
+        ValueError: ``workers``, ``compression_level`` or ``max_subjects`` out of range.
         FileExistsError: output exists and ``overwrite`` is False.
+        clci_keras.fileio.OutputInUseError: another run writes the same output (named, with its PID).
         FileNotFoundError, NotADirectoryError, PermissionError: the output
             folder is missing, a file, or not writable (checked before any work).
         AtlasDataError: any problem with the inputs (message names the file).
     """
-    import h5py
-
-    from clci_keras.version import __version__
-
     out_h5 = os.fspath(out_h5)
     workers = int(workers)
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}.")
-    if not 0 <= int(compression_level) <= 9:
-        raise ValueError(f"compression_level must be in 0..9, got {compression_level}.")
-    if max_subjects is not None and (isinstance(max_subjects, bool) or int(max_subjects) != max_subjects
-                                     or max_subjects < 1):
-        raise ValueError(f"max_subjects must be a positive integer or None, got {max_subjects!r}.")
-    if os.path.exists(out_h5) and not overwrite:
-        raise FileExistsError(f"{out_h5}: output exists; pass overwrite=True (--overwrite) to replace it.")
-    out_dir = os.path.dirname(os.path.abspath(out_h5))
-    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
-        raise NotADirectoryError(f"{out_h5}: output folder {out_dir} is a file, not a folder.")
-    if not os.path.isdir(out_dir):
-        raise FileNotFoundError(f"{out_h5}: output folder {out_dir} does not exist.")
-    check_writable_folder(out_dir)
-    stale = remove_stale_temporaries(out_h5)
-    for path in stale:
-        warnings.warn(f"{path}: removed the temporary file of an interrupted earlier run", StaleTemporaryWarning,
-                      stacklevel=2)
+    _check_prepare_arguments(out_h5, workers, compression_level, max_subjects)
+    # One run per output: the second of two runs started together fails at once, naming the first.
+    with exclusive(out_h5, what="HDF5 output"):
+        if os.path.exists(out_h5) and not overwrite:
+            raise FileExistsError(f"{out_h5}: output exists; pass overwrite=True (--overwrite) to replace it.")
+        return _prepare(src, out_h5, layout, workers, intensity, compression_level, progress, max_subjects,
+                        affine_atol)
+
+
+def _prepare(src, out_h5, layout, workers, intensity, compression_level, progress, max_subjects, affine_atol):
+    """:func:`prepare_h5` once its output is checked and locked."""
+    import h5py
+
+    stale = _remove_stale_temporaries_warning(out_h5)
     layout, records = discover_subjects(src, layout)
     if max_subjects is not None:
         records = records[: int(max_subjects)]
@@ -213,62 +206,12 @@ def prepare_h5(
     bar = None
     if progress:
         bar = progress_bar(n, desc=f"prep {layout}", unit="subject", file=sys.stderr)
-    meta = {k: [] for k in ("affine", "lesion_voxels", "intensity_reference", "warnings")}
     try:
         with atomic_path(out_h5, per_process=True) as tmp, h5py.File(tmp, "w") as f:
-            kw = dict(chunks=CHUNK, compression="gzip", compression_opts=int(compression_level))
-            data = f.create_dataset("data", (n * SLICES_PER_SUBJECT,) + SLICE_SHAPE, dtype="<f4", shuffle=True, **kw)
-            label = f.create_dataset("label", (n * SLICES_PER_SUBJECT,) + SLICE_SHAPE, dtype="u1", **kw)
             results = _iter_results(records, scheme, int(compression_level), workers, float(affine_atol))
-            for i, (rec, res) in enumerate(results):
-                base = i * SLICES_PER_SUBJECT
-                for z, (dc, lc) in enumerate(zip(res["data_chunks"], res["label_chunks"])):
-                    data.id.write_direct_chunk((base + z, 0, 0), dc)
-                    label.id.write_direct_chunk((base + z, 0, 0), lc)
-                for w in res["warnings"]:
-                    warnings.warn(w, NonBinaryMaskWarning, stacklevel=2)
-                meta["affine"].append(res["affine"])
-                meta["lesion_voxels"].append(res["lesion_voxels"])
-                meta["intensity_reference"].append(res["intensity_reference"])
-                meta["warnings"].append(" | ".join(res["warnings"]))
-                if bar is not None:
-                    bar.update(1)
-            g = f.create_group("subjects")
-            st = h5py.string_dtype()
-            g.create_dataset("subject_id", data=[r.subject_id for r in records], dtype=st)
-            g.create_dataset("site", data=[r.site for r in records], dtype=st)
-            g.create_dataset("session", data=[r.session for r in records], dtype=st)
-            g.create_dataset("offset", data=np.arange(n, dtype=np.int64) * SLICES_PER_SUBJECT)
-            g.create_dataset("count", data=np.full(n, SLICES_PER_SUBJECT, dtype=np.int64))
-            g.create_dataset("affine", data=np.asarray(meta["affine"], dtype=np.float64).reshape(n, 4, 4))
-            g.create_dataset("lesion_voxels", data=np.asarray(meta["lesion_voxels"], dtype=np.int64))
-            g.create_dataset("intensity_reference", data=np.asarray(meta["intensity_reference"], np.float64))
-            g.create_dataset("t1_path", data=[os.path.abspath(r.t1_path) for r in records], dtype=st)
-            mask_json = [json.dumps([os.path.abspath(p) for p in r.mask_paths]) for r in records]
-            g.create_dataset("mask_paths", data=mask_json, dtype=st)
-            g.create_dataset("csv_row", data=np.asarray([r.csv_row for r in records], dtype=np.int64))
-            g.create_dataset("warnings", data=meta["warnings"], dtype=st)
-            f.attrs.update(
-                {
-                    "format": "clci_keras ATLAS slices",
-                    "format_version": H5_FORMAT_VERSION,
-                    "layout": layout,
-                    "intensity_scheme": scheme,
-                    "intensity_divisor": R11_SCALE if scheme == "r1.1" else -1.0,
-                    "n_subjects": n,
-                    "slices_per_subject": SLICES_PER_SUBJECT,
-                    "atlas_shape": ATLAS_SHAPE,
-                    "slice_shape": SLICE_SHAPE,
-                    "slicing": "slices = volume.transpose(2, 1, 0); slice i = volume[:, :, i].T",
-                    "label_rule": "OR over masks of (int(value) > 0)",
-                    "crops": json.dumps({k: [[r.start, r.stop], [c.start, c.stop]] for k, (r, c) in CROPS.items()}),
-                    "default_crop": DEFAULT_CROP,
-                    "source": os.path.abspath(os.fspath(src)),
-                    "synthetic": os.path.isfile(os.path.join(os.fspath(src), SYNTHETIC_MARKER)),
-                    "clci_keras_version": __version__,
-                    "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                }
-            )
+            meta = _write_slices(f, n, results, int(compression_level), bar)
+            _write_subject_table(f, records, meta)
+            f.attrs.update(_file_attributes(src, layout, scheme, n))
     finally:
         if bar is not None:
             bar.close()
@@ -280,6 +223,107 @@ def prepare_h5(
         "seconds": time.perf_counter() - t0,
         "bytes": os.path.getsize(out_h5),
         "removed_temporaries": stale,
+    }
+
+
+def _check_prepare_arguments(out_h5, workers, compression_level, max_subjects):
+    """Refuse bad arguments and an unusable output of :func:`prepare_h5` before any work (its Raises)."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}.")
+    if not 0 <= int(compression_level) <= 9:
+        raise ValueError(f"compression_level must be in 0..9, got {compression_level}.")
+    if max_subjects is not None and (isinstance(max_subjects, bool) or int(max_subjects) != max_subjects
+                                     or max_subjects < 1):
+        raise ValueError(f"max_subjects must be a positive integer or None, got {max_subjects!r}.")
+    out_dir = os.path.dirname(os.path.abspath(out_h5))
+    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+        raise NotADirectoryError(f"{out_h5}: output folder {out_dir} is a file, not a folder.")
+    if not os.path.isdir(out_dir):
+        raise FileNotFoundError(f"{out_h5}: output folder {out_dir} does not exist.")
+    check_writable_folder(out_dir)
+
+
+def _remove_stale_temporaries_warning(out_h5):
+    """:func:`remove_stale_temporaries`, with a :class:`StaleTemporaryWarning` (to the caller of
+    :func:`prepare_h5`) for each removed path; returns the paths."""
+    stale = remove_stale_temporaries(out_h5)
+    for path in stale:
+        warnings.warn(f"{path}: removed the temporary file of an interrupted earlier run", StaleTemporaryWarning,
+                      stacklevel=4)
+    return stale
+
+
+def _write_slices(f, n, results, level, bar):
+    """Datasets ``data`` and ``label`` of the open file ``f`` from the ``(record, result)`` pairs of
+    :func:`_iter_results` (``n`` subjects); warns of each subject's non-binary masks.
+
+    Returns the per-subject metadata as lists: ``affine``, ``lesion_voxels``,
+    ``intensity_reference`` and ``warnings`` (one string per subject).
+    """
+    kw = dict(chunks=CHUNK, compression="gzip", compression_opts=level)
+    data = f.create_dataset("data", (n * SLICES_PER_SUBJECT,) + SLICE_SHAPE, dtype="<f4", shuffle=True, **kw)
+    label = f.create_dataset("label", (n * SLICES_PER_SUBJECT,) + SLICE_SHAPE, dtype="u1", **kw)
+    meta = {k: [] for k in ("affine", "lesion_voxels", "intensity_reference", "warnings")}
+    for i, (_, res) in enumerate(results):
+        base = i * SLICES_PER_SUBJECT
+        for z, (dc, lc) in enumerate(zip(res["data_chunks"], res["label_chunks"])):
+            data.id.write_direct_chunk((base + z, 0, 0), dc)
+            label.id.write_direct_chunk((base + z, 0, 0), lc)
+        for w in res["warnings"]:
+            warnings.warn(w, NonBinaryMaskWarning, stacklevel=4)  # the caller of prepare_h5
+        meta["affine"].append(res["affine"])
+        meta["lesion_voxels"].append(res["lesion_voxels"])
+        meta["intensity_reference"].append(res["intensity_reference"])
+        meta["warnings"].append(" | ".join(res["warnings"]))
+        if bar is not None:
+            bar.update(1)
+    return meta
+
+
+def _write_subject_table(f, records, meta):
+    """Group ``subjects`` of the open file ``f``: one entry per record, ``meta`` from :func:`_write_slices`."""
+    import h5py
+
+    n = len(records)
+    g = f.create_group("subjects")
+    st = h5py.string_dtype()
+    g.create_dataset("subject_id", data=[r.subject_id for r in records], dtype=st)
+    g.create_dataset("site", data=[r.site for r in records], dtype=st)
+    g.create_dataset("session", data=[r.session for r in records], dtype=st)
+    g.create_dataset("offset", data=np.arange(n, dtype=np.int64) * SLICES_PER_SUBJECT)
+    g.create_dataset("count", data=np.full(n, SLICES_PER_SUBJECT, dtype=np.int64))
+    g.create_dataset("affine", data=np.asarray(meta["affine"], dtype=np.float64).reshape(n, 4, 4))
+    g.create_dataset("lesion_voxels", data=np.asarray(meta["lesion_voxels"], dtype=np.int64))
+    g.create_dataset("intensity_reference", data=np.asarray(meta["intensity_reference"], np.float64))
+    g.create_dataset("t1_path", data=[os.path.abspath(r.t1_path) for r in records], dtype=st)
+    mask_json = [json.dumps([os.path.abspath(p) for p in r.mask_paths]) for r in records]
+    g.create_dataset("mask_paths", data=mask_json, dtype=st)
+    g.create_dataset("csv_row", data=np.asarray([r.csv_row for r in records], dtype=np.int64))
+    g.create_dataset("warnings", data=meta["warnings"], dtype=st)
+
+
+def _file_attributes(src, layout, scheme, n):
+    """The file attributes of an HDF5 slice file of ``n`` subjects converted from ``src``."""
+    from clci_keras.version import __version__
+
+    return {
+        "format": "clci_keras ATLAS slices",
+        "format_version": H5_FORMAT_VERSION,
+        "layout": layout,
+        "intensity_scheme": scheme,
+        "intensity_divisor": R11_SCALE if scheme == "r1.1" else -1.0,
+        "n_subjects": n,
+        "slices_per_subject": SLICES_PER_SUBJECT,
+        "atlas_shape": ATLAS_SHAPE,
+        "slice_shape": SLICE_SHAPE,
+        "slicing": "slices = volume.transpose(2, 1, 0); slice i = volume[:, :, i].T",
+        "label_rule": "OR over masks of (int(value) > 0)",
+        "crops": json.dumps({k: [[r.start, r.stop], [c.start, c.stop]] for k, (r, c) in CROPS.items()}),
+        "default_crop": DEFAULT_CROP,
+        "source": os.path.abspath(os.fspath(src)),
+        "synthetic": os.path.isfile(os.path.join(os.fspath(src), SYNTHETIC_MARKER)),
+        "clci_keras_version": __version__,
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
 

@@ -36,6 +36,7 @@ Neither Keras nor TensorFlow is imported.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
@@ -43,7 +44,7 @@ import re
 import numpy as np
 
 from clci_keras.data.constants import ATLAS_SHAPE, CACHED_PIXEL_BYTES, DEFAULT_CROP, SLICES_PER_SUBJECT
-from clci_keras.data.preprocess import subject_table  # defined beside read_subjects; re-exported here
+from clci_keras.data.preprocess import read_subjects, subject_table  # subject_table: re-exported here
 from clci_keras.data.slicing import get_crop
 from clci_keras.data.stream import wrap_around_batches
 from clci_keras.hardware import memory_total_bytes
@@ -230,8 +231,9 @@ class SliceReader:
         position = {}  # global slice index -> row in memory
         pos = 0
         for off, count in blocks:
-            x[pos : pos + count] = self.file["data"][off : off + count, self.rows, self.cols]
-            y[pos : pos + count] = self.file["label"][off : off + count, self.rows, self.cols] > 0
+            with self._naming(np.arange(off, off + count)):
+                x[pos : pos + count] = self.file["data"][off : off + count, self.rows, self.cols]
+                y[pos : pos + count] = self.file["label"][off : off + count, self.rows, self.cols] > 0
             position.update(zip(range(off, off + count), range(pos, pos + count)))
             pos += count
         self._mem = (x, y, position)
@@ -251,9 +253,20 @@ class SliceReader:
         else:
             # h5py wants increasing, unique indices: read those, then restore the order.
             uniq, inverse = np.unique(idx, return_inverse=True)
-            x = self.file["data"][uniq, self.rows, self.cols][inverse]
-            y = self.file["label"][uniq, self.rows, self.cols][inverse]
+            with self._naming(uniq):
+                x = self.file["data"][uniq, self.rows, self.cols][inverse]
+                y = self.file["label"][uniq, self.rows, self.cols][inverse]
         return x[..., None].astype(np.float32), (y[..., None] > 0).astype(np.float32)
+
+    @contextlib.contextmanager
+    def _naming(self, indices):
+        """Re-raise a failed read of the file (a corrupt chunk) naming the file, subjects and slices."""
+        try:
+            yield
+        except OSError as e:
+            reason = " ".join(str(e).split())
+            raise OSError(f"{self.h5_path}: cannot read {describe_slices(self.h5_path, indices)} ({reason}); "
+                          "the file is damaged: run `clci-keras prep` again") from e
 
     def read_subject(self, index):
         """All slices of subject ``index``: ``(x, y)`` of shape ``(count, H, W, 1)``."""
@@ -270,6 +283,18 @@ class SliceReader:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def describe_slices(h5_path, indices):
+    """``"subject ID (index I) slices A..B; ..."`` for the subjects that hold global slice ``indices``."""
+    idx = np.unique(np.asarray(indices, dtype=np.int64))
+    parts = []
+    for s in read_subjects(h5_path):
+        off, count = int(s["offset"]), int(s["count"])
+        mine = idx[(idx >= off) & (idx < off + count)] - off
+        if mine.size:
+            parts.append(f"subject {s['subject_id']} (index {s['index']}) slices {mine.min()}..{mine.max()}")
+    return "; ".join(parts) or f"slices {idx.min()}..{idx.max()}"
 
 
 def load_subject_slices(h5_path, index, crop=DEFAULT_CROP, channel_axis=True):

@@ -140,18 +140,27 @@ def validate_split(split, n_subjects=None, source="split"):
     an id split (``"ids"``) has its id lists checked, and its index lists too
     once resolved.
     """
+    if not isinstance(split, dict):
+        raise ValueError(f"{source}: a split must be a JSON object with {list(PARTS)}, got {type(split).__name__}.")
     if "ids" in split:
         _validate_ids(split, source)
         if not all(p in split for p in PARTS):  # not resolved against a file yet
             return split
-    for i, fold in enumerate(split.get("folds", ())):
-        sub = {**fold, "subject_ids": split.get("subject_ids", [])}
+    folds = split.get("folds", ())
+    if not isinstance(folds, (list, tuple)) or not all(isinstance(f, dict) for f in folds):
+        raise ValueError(f"{source}: 'folds' must be a list of objects, got {folds!r:.60}.")
+    ids = split.get("subject_ids", [])
+    if not isinstance(ids, (list, tuple)):
+        raise ValueError(f"{source}: 'subject_ids' must be a list, got {ids!r:.60}.")
+    for i, fold in enumerate(folds):
+        sub = {**fold, "subject_ids": ids}
         sub.setdefault("val", [])
         validate_split(sub, n_subjects, source=f"{source} (fold {fold.get('fold', i)})")
     for p in PARTS:
         if p not in split:
             raise ValueError(f"{source}: missing key {p!r}.")
-        if not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in split[p]):
+        if not isinstance(split[p], (list, tuple)) or not all(
+                isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in split[p]):
             raise ValueError(f"{source}: {p!r} must be a list of integer subject indices.")
     seen = {}
     for p in PARTS:

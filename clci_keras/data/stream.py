@@ -265,7 +265,21 @@ def _worker_load(slot, off, count, rows, cols, ranges=None):
 
     ``ranges``: ``(data ranges, label ranges)``, each ``[(byte offset, size)]`` per slice
     (:func:`chunk_index`), or None to let h5py decode.
+
+    Raises:
+        OSError: a failed read or a chunk that does not decode (a damaged file),
+            naming the file and the slices.
     """
+    try:
+        return _load_slices(slot, off, count, rows, cols, ranges)
+    except Exception as e:  # noqa: BLE001 - h5py, zlib and libdeflate each raise their own errors
+        reason = " ".join(f"{type(e).__name__}: {e}".split())
+        raise OSError(f"{_W['file'].filename}: cannot read slices {off}..{off + count - 1} ({reason}); "
+                      "the file is damaged: run `clci-keras prep` again") from None
+
+
+def _load_slices(slot, off, count, rows, cols, ranges):
+    """:func:`_worker_load`'s work."""
     x_slot, y_slot = _slot_views(_W["shm"].buf, _W["geometry"], slot)
     data, label = _W["data"], _W["label"]
     (r0, r1), (c0, c1) = rows, cols

@@ -34,6 +34,7 @@ import os
 
 import numpy as np
 
+from clci_keras.data.constants import DEFAULT_CROP
 from clci_keras.evaluation.metrics import (
     ATLAS2_NAMES,
     COUNT_NAMES,
@@ -42,7 +43,7 @@ from clci_keras.evaluation.metrics import (
     segmentation_scores,
     summarize,
 )
-from clci_keras.fileio import atomic_text
+from clci_keras.fileio import atomic_text, exclusive
 
 EVAL_SLICES = ("all", "brain")  # and slabs "A:B"
 
@@ -89,7 +90,7 @@ def _eval_slices(count, slices):
     return np.arange(a, b)
 
 
-def predict_subject(model, h5_path, index, crop="clci", batch_size=8, slices="all", reader=None,
+def predict_subject(model, h5_path, index, crop=DEFAULT_CROP, batch_size=8, slices="all", reader=None,
                     progress=None):
     """Predict one patient; returns ``(prob, gt)`` of shape ``(count, H, W)``.
 
@@ -113,7 +114,7 @@ def predict_subject(model, h5_path, index, crop="clci", batch_size=8, slices="al
     return prob, gt[..., 0].astype(np.uint8)
 
 
-def evaluate_model(model, h5_path, subjects, crop="clci", batch_size=8, threshold=0.5,
+def evaluate_model(model, h5_path, subjects, crop=DEFAULT_CROP, batch_size=8, threshold=0.5,
                    slices="all", progress=True, keep_predictions=False):
     """Per-patient score rows of ``model`` on ``subjects`` (subject indices).
 
@@ -187,7 +188,7 @@ def format_summary(summary, names=("dsc", "precision", "recall", "voe", "rvd", "
 
 
 def evaluate_run(weights, model_name, h5_path, split_path, part="test", out_dir=None, fold=None,
-                 crop="clci", batch_size=8, threshold=0.5, slices="all", progress=True,
+                 crop=DEFAULT_CROP, batch_size=8, threshold=0.5, slices="all", progress=True,
                  manifest=None, manifest_name=None, model=None, tag=None, allow_missing=False,
                  max_subjects=None):
     """Evaluate weights on a split part; write ``scores_<part>.csv`` and ``summary_<part>.json``.
@@ -211,35 +212,32 @@ def evaluate_run(weights, model_name, h5_path, split_path, part="test", out_dir=
 
     Returns:
         The summary dict (also written to JSON).
+
+    Raises:
+        ValueError: bad ``slices``, ``part`` or ``max_subjects``; a part without subjects;
+            neither ``weights`` nor ``model`` given.
     """
-    from clci_keras.data.reader import dataset_info
-    from clci_keras.data.slicing import crop_shape
-    from clci_keras.data.splits import load_split
-
     check_eval_slices(slices)
-    split = load_split(split_path, fold=fold, h5=h5_path, parts=(part,), allow_missing=allow_missing)
-    if part not in ("train", "val", "test"):
-        raise ValueError(f"`part` must be train, val or test, got {part!r}")
-    subjects = list(split.get(part) or [])
-    if not subjects:
-        raise ValueError(f"{split_path}: split has no {part!r} subjects")
-    part_subjects = len(subjects)
-    if max_subjects is not None:
-        if isinstance(max_subjects, bool) or not isinstance(max_subjects, int) or max_subjects < 1:
-            raise ValueError(f"`max_subjects` must be a positive integer or None, got {max_subjects!r}")
-        subjects = subjects[:max_subjects]
-    if model is None:
-        from clci_keras.models import build_model, load_weights
-
-        model = build_model(model_name, input_shape=(*crop_shape(crop), 1))
-        if weights is None:
-            raise ValueError("`weights` is required unless a built `model` is given")
-        load_weights(model, weights)
+    subjects, part_subjects = _part_subjects(split_path, fold, h5_path, part, allow_missing, max_subjects)
+    model = _scoring_model(model, model_name, weights, crop)
     if out_dir is None:
         out_dir = os.path.dirname(os.path.abspath(weights)) if weights else "."
     os.makedirs(out_dir, exist_ok=True)
-    rows = evaluate_model(model, h5_path, subjects, crop, batch_size, threshold, slices, progress)
     suffix = f"{part}_{tag}" if tag else part
+    with exclusive(os.path.join(out_dir, f"scores_{suffix}.csv"), what="evaluation output"):  # one run at a time
+        summary = _score_and_write(model, model_name, weights, h5_path, subjects, part_subjects, out_dir, suffix,
+                                   part, fold, crop, batch_size, threshold, slices, progress, max_subjects)
+    if manifest and manifest_name:
+        _record_in_manifest(manifest, manifest_name, summary)
+    return summary
+
+
+def _score_and_write(model, model_name, weights, h5_path, subjects, part_subjects, out_dir, suffix, part, fold,
+                     crop, batch_size, threshold, slices, progress, max_subjects):
+    """Score ``subjects``; write ``scores_<suffix>.csv`` and ``summary_<suffix>.json``; return the summary."""
+    from clci_keras.data.reader import dataset_info
+
+    rows = evaluate_model(model, h5_path, subjects, crop, batch_size, threshold, slices, progress)
     write_scores(rows, os.path.join(out_dir, f"scores_{suffix}.csv"))
     summary = {
         "model": model_name,
@@ -261,11 +259,48 @@ def evaluate_run(weights, model_name, h5_path, split_path, part="test", out_dir=
 
         summary["weights_sha256"] = sha256(weights)
     _write_json(summary, os.path.join(out_dir, f"summary_{suffix}.json"))
-    if manifest and manifest_name:
-        from clci_keras.models.manifest import update_entry
-
-        update_entry(manifest, manifest_name, metrics={
-            part: {k: v["mean"] for k, v in summary["scores"].items()} | {"subjects": len(subjects)}
-            | ({"partial": True, "part_subjects": part_subjects} if summary["partial"] else {})
-        })
     return summary
+
+
+def _part_subjects(split_path, fold, h5_path, part, allow_missing, max_subjects):
+    """``(subjects to score, how many the part has)``: the first ``max_subjects`` of ``part``'s
+    subject indices (all with ``None``); ``ValueError`` for a bad ``part``, an empty part or
+    a bad ``max_subjects``."""
+    from clci_keras.data.splits import load_split
+
+    split = load_split(split_path, fold=fold, h5=h5_path, parts=(part,), allow_missing=allow_missing)
+    if part not in ("train", "val", "test"):
+        raise ValueError(f"`part` must be train, val or test, got {part!r}")
+    subjects = list(split.get(part) or [])
+    if not subjects:
+        raise ValueError(f"{split_path}: split has no {part!r} subjects")
+    part_subjects = len(subjects)
+    if max_subjects is not None:
+        if isinstance(max_subjects, bool) or not isinstance(max_subjects, int) or max_subjects < 1:
+            raise ValueError(f"`max_subjects` must be a positive integer or None, got {max_subjects!r}")
+        subjects = subjects[:max_subjects]
+    return subjects, part_subjects
+
+
+def _scoring_model(model, model_name, weights, crop):
+    """``model`` if given, else a ``model_name`` network for ``crop`` with ``weights`` loaded."""
+    if model is not None:
+        return model
+    from clci_keras.data.slicing import crop_shape
+    from clci_keras.models import build_model, load_weights
+
+    model = build_model(model_name, input_shape=(*crop_shape(crop), 1))
+    if weights is None:
+        raise ValueError("`weights` is required unless a built `model` is given")
+    load_weights(model, weights)
+    return model
+
+
+def _record_in_manifest(manifest, name, summary):
+    """Store the mean scores of ``summary`` in the ``metrics[part]`` of manifest entry ``name``."""
+    from clci_keras.models.manifest import update_entry
+
+    update_entry(manifest, name, metrics={
+        summary["part"]: {k: v["mean"] for k, v in summary["scores"].items()} | {"subjects": len(summary["subjects"])}
+        | ({"partial": True, "part_subjects": summary["part_subjects"]} if summary["partial"] else {})
+    })

@@ -12,7 +12,7 @@ import re
 import numpy as np
 
 from clci_keras.data.atlas import is_r11_t1
-from clci_keras.fileio import discard, publish, temporary
+from clci_keras.fileio import discard, publish, temporary, walk
 
 #: File name endings recognised as NIfTI.
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -118,7 +118,8 @@ def find_inputs(paths, exclude=()):
     """Expand files and folders into a list of ``(path, relative_dir)`` T1 inputs.
 
     Files are taken as given (``relative_dir`` is ``""``). Folders are walked
-    recursively in sorted order; their NIfTI files that look like labels
+    recursively in sorted order, following links to folders (each folder once,
+    so a link loop ends); their NIfTI files that look like labels
     (names containing ``lesion``, ``mask``, ``label``, ``_seg``, ``_prob``) are
     skipped, and if the folder holds ATLAS T1 images (R1.1
     ``*_t1w_deface_stx.nii.gz`` or 2.0 ``*_T1w.nii.gz``) only those are taken.
@@ -145,12 +146,8 @@ def find_inputs(paths, exclude=()):
             errors.append((given, f"{given}: no such file or folder"))
             continue
         found = []
-        for root, dirs, files in os.walk(given):
-            dirs.sort()
-            if is_excluded(root):
-                dirs[:] = []
-                continue
-            for f in sorted(files):
+        for root, _, files in walk(given, skip=is_excluded):  # linked folders too, each once
+            for f in files:
                 if is_nifti_name(f) and not _NOT_T1.search(strip_nifti_suffix(f)):
                     found.append(os.path.join(root, f))
         atlas_t1 = [p for p in found if is_r11_t1(os.path.basename(p)) or _BIDS_T1.search(p)]

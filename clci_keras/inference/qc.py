@@ -100,6 +100,28 @@ def summary_row(input_path, mask_path=None, seg=None, status="ok", message="", i
     return row
 
 
+def read_summary_csv(path):
+    """The rows of an existing summary CSV (``[]`` if there is none); ValueError naming a broken one."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+        header = reader.fieldnames or []
+    if "input" not in header or any(None in r or None in r.values() for r in rows):
+        raise ValueError(f"{path}: not a readable {SUMMARY_NAME} (a row cut short or another header); "
+                         "move it away to start a new one")
+    return rows
+
+
+def merge_summary_rows(old, new):
+    """``old`` rows with each input's row replaced by its row in ``new``; new inputs appended (in order)."""
+    latest = {r["input"]: r for r in new}
+    merged = [latest.pop(r["input"], r) for r in old]
+    return merged + [r for r in new if r["input"] in latest and latest.pop(r["input"]) is r]
+
+
 def write_summary_csv(rows, path):
     """Write the rows (dicts of :data:`SUMMARY_COLUMNS`) to ``path`` atomically."""
     from clci_keras.fileio import atomic_text

@@ -42,29 +42,59 @@ COLUMNS = METRICS
 
 
 def _read_json(path):
-    with open(path) as f:
-        return json.load(f)
+    """A JSON object from ``path``; ValueError naming the file if it is not one."""
+    try:
+        with open(path) as f:
+            obj = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(obj).__name__}")
+    return obj
 
 
-def collect_runs(root, part="test"):
+def _read_run(run, summary_path, part):
+    """``(model, summary, config, rows)`` of one run folder (model ``None``: not a run)."""
+    summary = _read_json(summary_path)
+    cfg_path = os.path.join(run, "config.json")
+    cfg = _read_json(cfg_path) if os.path.exists(cfg_path) else {}
+    model = summary.get("model") or cfg.get("model")
+    csv_path = os.path.join(run, f"scores_{part}.csv")
+    rows = _read_rows(csv_path) if model and os.path.exists(csv_path) else []
+    return model, summary, cfg, rows
+
+
+def _model_of(run):
+    """The model a run folder's ``config.json`` names, or the folder's name."""
+    try:
+        return _read_json(os.path.join(run, "config.json")).get("model") or os.path.basename(run)
+    except (OSError, ValueError):
+        return os.path.basename(run)
+
+
+def collect_runs(root, part="test", broken=None):
     """``{model name: run info}`` for every run folder below ``root``.
 
     Run info: ``runs`` (folders), ``rows`` (per-patient score dicts),
     ``data`` (provenance of the first run), ``synthetic``, ``folds``.
+
+    A run folder whose summary, config or scores cannot be read raises a
+    ValueError/OSError naming the file; with a list ``broken`` it is appended
+    there as ``(run folder, model, message)`` and left out instead.
     """
     found = {}
     pattern = os.path.join(os.fspath(root), "**", f"summary_{part}.json")
     for summary_path in sorted(glob.glob(pattern, recursive=True)):
         run = os.path.dirname(summary_path)
-        summary = _read_json(summary_path)
-        model = summary.get("model")
-        cfg_path = os.path.join(run, "config.json")
-        cfg = _read_json(cfg_path) if os.path.exists(cfg_path) else {}
-        model = model or cfg.get("model")
+        try:
+            model, summary, cfg, rows = _read_run(run, summary_path, part)
+        except (OSError, ValueError) as e:
+            if broken is None:
+                raise
+            broken.append((run, _model_of(run), str(e)))
+            continue
         if not model:
             continue
-        csv_path = os.path.join(run, f"scores_{part}.csv")
-        rows = _read_rows(csv_path) if os.path.exists(csv_path) else []
         info = found.setdefault(model, {"runs": [], "rows": [], "data": summary.get("data", {}),
                                         "synthetic": False, "folds": [], "summaries": [], "dry": []})
         info["runs"].append(run)
@@ -96,9 +126,17 @@ def _dry_run(cfg, summary):
 
 
 def _read_rows(path):
-    with open(path) as f:
-        return [{k: (float(v) if v not in ("", None) and _isnum(v) else (math.nan if v == "" else v))
-                 for k, v in r.items()} for r in csv.DictReader(f)]
+    """Per-patient rows of a scores CSV; ValueError naming the file and line of a cut row."""
+    rows = []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        for r in reader:
+            if None in r or None in r.values():  # more or fewer fields than the header
+                raise ValueError(f"{path}, line {reader.line_num}: {len(reader.fieldnames or ())} fields "
+                                 "expected; the row is cut short or malformed")
+            rows.append({k: (float(v) if v != "" and _isnum(v) else (math.nan if v == "" else v))
+                         for k, v in r.items()})
+    return rows
 
 
 def _isnum(v):
@@ -160,7 +198,8 @@ def build_table(which, runs):
         for i, (key, title, _) in enumerate(COLUMNS):
             row[f"paper_{key}"] = published[i] if published else None
         info = runs.get(model)
-        if info:
+        left_out = (info or {}).get("broken", [])
+        if info and info["runs"]:
             vals, n = _measured(info)
             for (key, _, _), v in zip(COLUMNS, vals):
                 row[f"measured_{key}"] = v
@@ -175,6 +214,9 @@ def build_table(which, runs):
             row["synthetic"] = None
             row["dry_run"] = None
             row["runs"] = 0
+        if left_out:
+            note = f"{len(left_out)} unreadable run folder(s) left out: {', '.join(left_out)}"
+            row["measured_on"] = f"{row['measured_on']}; {note}" if row["runs"] else f"not measured: {note}"
         out.append(row)
     return out
 
@@ -264,9 +306,16 @@ def to_csv_text(rows):
     return buf.getvalue()
 
 
-def write_tables(runs_dir, out_dir, part="test", tables=(1, 2)):
-    """Write ``table{1,2}.{csv,md,tex}`` to ``out_dir``; returns ``{name: path}``."""
-    runs = collect_runs(runs_dir, part)
+def write_tables(runs_dir, out_dir, part="test", tables=(1, 2), broken=None):
+    """Write ``table{1,2}.{csv,md,tex}`` to ``out_dir``; returns ``{name: path}``.
+
+    With a list ``broken``, unreadable run folders are appended to it (see
+    :func:`collect_runs`) and the tables are written from the others; a row
+    whose runs were left out says so in ``measured_on``.
+    """
+    runs = collect_runs(runs_dir, part, broken)
+    for run, model, _ in broken or ():
+        runs.setdefault(model, {"runs": []}).setdefault("broken", []).append(run)
     os.makedirs(out_dir, exist_ok=True)
     written = {}
     for which in tables:

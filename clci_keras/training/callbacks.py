@@ -122,15 +122,13 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
 
     def _save_model(self, epoch, batch, logs):
         template, final = self.filepath, self._get_file_path(epoch, batch, logs)
-        tmp = fileio.temporary(final, tag="partial")  # empty until Keras decides to save
-        try:
+        # Empty until Keras decides to save (an HDF5 or .keras file is never empty).
+        with fileio.atomic_path(final, durable=True, tag="partial", skip_empty=True) as tmp:
             self.filepath = tmp.replace("{", "{{").replace("}", "}}")  # Keras formats it
-            super()._save_model(epoch, batch, logs)
-            if os.path.getsize(tmp):  # saved (an HDF5 or .keras file is never empty)
-                fileio.publish(tmp, final, durable=True)
-        finally:
-            self.filepath = template
-            fileio.discard(tmp)
+            try:
+                super()._save_model(epoch, batch, logs)
+            finally:
+                self.filepath = template
 
 
 class ScalarLogs(keras.callbacks.Callback):

@@ -15,11 +15,13 @@ A completed run is not retrained (``overwrite=True`` starts afresh).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
 import time
 
+from clci_keras.fileio import exclusive
 from clci_keras.hardware import is_mixed_precision, precision_policy  # precision_policy: public here too
 from clci_keras.training import run_folder as rf
 from clci_keras.training.config import TrainConfig
@@ -179,7 +181,13 @@ def train(model_name="clci_net", h5_path=None, split_path=None, out_dir=None, fo
     # Multi-worker: the other workers only read what the chief writes (nothing, with overwrite).
     role = distribution.worker_role(backend_name=distribution.backend()) if cfg.strategy == "multiworker" else None
     chief = role is None or role["chief"]
-    run_dir = cfg.out_dir
+    # One run per folder: a second one fails at once, naming the first's process.
+    with exclusive(cfg.out_dir, what="run folder") if chief else contextlib.nullcontext():
+        return _train_in(cfg, cfg.out_dir, chief, role, overwrite, list(callbacks))
+
+
+def _train_in(cfg, run_dir, chief, role, overwrite, callbacks):
+    """:func:`train` once its arguments are checked (and the chief holds the run folder)."""
     cfg_path = os.path.join(run_dir, rf.CONFIG_FILE)
     if chief and overwrite and os.path.isdir(run_dir):
         rf.remove_folder(run_dir, retries=2 if role else 0)
@@ -192,13 +200,20 @@ def train(model_name="clci_net", h5_path=None, split_path=None, out_dir=None, fo
     if chief:
         cfg.save(cfg_path)
     with precision_policy(cfg.mixed_precision):
-        return _fit(cfg, run_dir, list(callbacks), role)
+        return _fit(cfg, run_dir, callbacks, role)
 
 
 def _existing_run(cfg, run_dir, chief):
-    """The result of the complete run in ``run_dir``, or None to (re)start; ValueError for other settings."""
+    """The result of the complete run in ``run_dir``, or None to (re)start; ValueError for other settings.
+
+    A folder in which no epoch finished (no resume point, no result) holds nothing
+    to keep: it is restarted with the new settings, without ``overwrite``.
+    """
     old = TrainConfig.from_dict(rf.read_json(os.path.join(run_dir, rf.CONFIG_FILE)))
     diff = cfg.differences(old)
+    if diff and rf.resume_point(run_dir)[0] == 0 and rf.read_json(os.path.join(run_dir, rf.RESULT_FILE)) is None:
+        print(f"{run_dir}: no epoch finished in the earlier attempt; starting again with the new settings")
+        return None
     if diff:
         raise ValueError(
             f"{run_dir} holds a run with different settings "
