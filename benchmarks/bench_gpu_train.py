@@ -31,14 +31,19 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import _harness  # noqa: E402  (puts the checkout on sys.path)
+from clci_keras.models.paper import TABLE1_MODELS, TABLE2_MODELS  # noqa: E402  (imports nothing)
 
 PEAK_TFLOPS = {"bf16": 989.4, "fp32": 494.7}  # dense datasheet peaks (fp32 as TF32)
+#: The paper's model (the last row of Tables 1 and 2) and its Baseline (Table 2's first row).
+PAPER_MODEL, BASELINE = TABLE1_MODELS[-1], TABLE2_MODELS[0]
+#: Table 1's other methods and Table 2's intermediate variants, in table order.
+TABLE1_OTHERS = tuple(m for m in TABLE1_MODELS if m not in (PAPER_MODEL, BASELINE))
+ABLATION_VARIANTS = tuple(m for m in TABLE2_MODELS if m not in (PAPER_MODEL, BASELINE))
 DEFAULT_CONFIGS = (
     # the paper's model first, then each comparator; batch 8 is the protocol's
-    ["clci_net:bf16:8", "clci_net:fp32:8", "clci_net:bf16:32"]
-    + [f"{m}:bf16:8" for m in ("baseline", "fcn8s", "pspnet", "deeplabv3plus", "denseunet",
-                               "clci_aspp", "clci_aspp_clf")]
-    + [f"{m}:fp32:8" for m in ("baseline", "fcn8s", "pspnet", "deeplabv3plus", "denseunet")]
+    [f"{PAPER_MODEL}:bf16:8", f"{PAPER_MODEL}:fp32:8", f"{PAPER_MODEL}:bf16:32"]
+    + [f"{m}:bf16:8" for m in (BASELINE, *TABLE1_OTHERS, *ABLATION_VARIANTS)]
+    + [f"{m}:fp32:8" for m in (BASELINE, *TABLE1_OTHERS)]
 )
 
 

@@ -88,13 +88,14 @@ def run(args) -> int:
                               "choose another with --out)")
         if args.preset:
             return _run_preset(args)
+        from clci_keras.data.constants import DEFAULT_CROP
         from clci_keras.evaluation.evaluate import evaluate_run, format_summary
 
         if args.split is None:
             raise ValueError("--split is required (a split file or a published split name) unless --preset is given")
         opts = {k: (v if getattr(args, k) is None else getattr(args, k)) for k, v in PRESET_FIXED.items()}
         s = evaluate_run(args.weights, opts["model"], args.h5, args.split, part=opts["part"], out_dir=args.out,
-                         fold=args.fold, crop=args.crop or "clci", batch_size=args.batch_size,
+                         fold=args.fold, crop=args.crop or DEFAULT_CROP, batch_size=args.batch_size,
                          threshold=opts["threshold"], slices=opts["slices"], progress=not args.quiet,
                          manifest=args.manifest, manifest_name=args.name, allow_missing=args.allow_missing,
                          max_subjects=args.max_subjects)

@@ -10,7 +10,7 @@ import re
 
 import numpy as np
 
-from clci_keras.data.constants import ATLAS_SHAPE, CROPS, SLICE_SHAPE
+from clci_keras.data.constants import ATLAS_SHAPE, CROPS, DEFAULT_CROP, SLICE_SHAPE
 
 
 def get_crop(crop):
@@ -75,7 +75,7 @@ def slices_to_volume(slices):
     return np.swapaxes(slices, 0, 2)
 
 
-def crop_slices(arr, crop="clci"):
+def crop_slices(arr, crop=DEFAULT_CROP):
     """Crop the last two (or, with a channel axis of size 1, the two before it) axes.
 
     Works on a single slice (233, 197), a stack (N, 233, 197) or (N, 233, 197, 1).
@@ -89,7 +89,7 @@ def crop_slices(arr, crop="clci"):
     return arr[..., rows, cols]
 
 
-def uncrop_slices(arr, crop="clci", fill=0):
+def uncrop_slices(arr, crop=DEFAULT_CROP, fill=0):
     """Inverse of :func:`crop_slices`: paste cropped slices into full 233 x 197 slices.
 
     Accepts (h, w), (N, h, w) or (N, h, w, 1) with (h, w) the crop's shape;

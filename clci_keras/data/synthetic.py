@@ -244,7 +244,9 @@ def generate_subject(seed=0, index=0, scale=None, layout="r1.1"):
     return SyntheticSubject(img, masks, affine.copy(), hemisphere, locations, volumes)
 
 
-def _save_nifti(arr, affine, path, dtype):
+def save_nifti(arr, affine, path, dtype, xform_code=4):
+    """Write ``arr`` as a NIfTI image of ``dtype`` (atomically), qform and sform ``affine``
+    with ``xform_code`` (4: MNI152, 1: scanner); float data stored as integers are scaled."""
     import nibabel as nib
 
     dtype = np.dtype(dtype)
@@ -255,8 +257,8 @@ def _save_nifti(arr, affine, path, dtype):
     img = nib.Nifti1Image(data, affine)
     img.set_data_dtype(dtype)
     img.header.set_xyzt_units("mm")
-    img.set_qform(affine, code=4)
-    img.set_sform(affine, code=4)
+    img.set_qform(affine, code=xform_code)
+    img.set_sform(affine, code=xform_code)
     with atomic_path(path) as tmp:
         nib.save(img, tmp)
 
@@ -330,6 +332,48 @@ def generate_dataset(out_dir, layout="r1.1", n_subjects=4, seed=0, t1_dtype="int
     Returns:
         A list of dicts (one per subject, in CSV / generation order) with the
         subject id, site, T1 path, mask paths and lesion volumes.
+
+    Raises:
+        ValueError: unknown ``layout``, ``subject_ids`` outside r1.2 or malformed,
+            ``n_subjects`` below 1 (or, for r1.2, above the known ids).
+        FileExistsError: ``out_dir`` is not empty and ``overwrite`` is False.
+    """
+    out_dir, n_subjects, r12_ids = _check_dataset_arguments(out_dir, layout, n_subjects, subject_ids, overwrite)
+    os.makedirs(out_dir, exist_ok=True)
+    records = []
+    bar = None
+    if progress:
+        from clci_keras.fileio import progress_bar
+
+        bar = progress_bar(n_subjects, desc="synth", unit="subject")
+    for i in range(n_subjects):
+        subj = generate_subject(seed=seed, index=i, layout=layout)
+        if layout == "r1.1":
+            sid, site, t1_path, mask_paths = _write_r11_subject(out_dir, i, seed, subj, t1_dtype)
+        elif layout == "r1.2":
+            sid, site, t1_path, mask_paths = _write_r12_subject(out_dir, r12_ids[i], subj, t1_dtype)
+        else:
+            sid, site, t1_path, mask_paths = _write_v2_subject(out_dir, i, subj, t1_dtype)
+        records.append(
+            {"index": i, "subject_id": sid, "site": site, "t1_path": t1_path,
+             "mask_paths": mask_paths, "lesion_volumes": subj.lesion_volumes,
+             "locations": subj.locations, "hemisphere": subj.hemisphere}
+        )
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    _write_tables(out_dir, layout, records)
+    _write_marker(out_dir, layout, n_subjects, seed)
+    return records
+
+
+def _check_dataset_arguments(out_dir, layout, n_subjects, subject_ids, overwrite):
+    """Check :func:`generate_dataset`'s arguments (``ValueError``, ``FileExistsError`` naming the value).
+
+    Returns:
+        ``(out_dir, n_subjects, r12_ids)``: the folder as a ``str``, the number of
+        subjects to write and, for the r1.2 layout, their scan ids (else ``None``).
     """
     if layout not in ("r1.1", "r1.2", "v2"):
         raise ValueError(f"Unknown layout {layout!r}; expected 'r1.1', 'r1.2' or 'v2'.")
@@ -345,86 +389,84 @@ def generate_dataset(out_dir, layout="r1.1", n_subjects=4, seed=0, t1_dtype="int
     out_dir = os.fspath(out_dir)
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
         raise FileExistsError(f"Output folder {out_dir!r} is not empty (use overwrite=True / --overwrite).")
-    os.makedirs(out_dir, exist_ok=True)
-    records = []
-    bar = None
-    if progress:
-        from clci_keras.fileio import progress_bar
+    return out_dir, n_subjects, r12_ids
 
-        bar = progress_bar(n_subjects, desc="synth", unit="subject")
-    rows = []
-    for i in range(n_subjects):
-        subj = generate_subject(seed=seed, index=i, layout=layout)
-        if layout == "r1.1":
-            site = f"Site{i % N_SITES + 1}"
-            sid = r11_subject_id(i, seed)
-            folder = os.path.join(out_dir, site, sid, "t01")
-            os.makedirs(folder, exist_ok=True)
-            t1_path = os.path.join(folder, f"{sid}_t1w_deface_stx.nii.gz")
-            mask_paths = [
-                os.path.join(folder, f"{sid}_LesionSmooth{'' if k == 0 else f'_{k}'}_stx.nii.gz")
-                for k in range(len(subj.masks))
-            ]
-            _save_nifti(subj.t1, subj.affine, t1_path, t1_dtype)
-            for m, p in zip(subj.masks, mask_paths):
-                _save_nifti(m, subj.affine, p, np.uint8)
-            rows.append(
-                [site, sid.lstrip("0"), " t01", subj.hemisphere, " MCA",
-                 " Ischemic", " " + "/".join(subj.locations), str(len(subj.masks))]
-            )
-        elif layout == "r1.2":
-            sid = r12_ids[i]
-            site = sid[:5]
-            folder = os.path.join(out_dir, site, sid)
-            os.makedirs(folder, exist_ok=True)
-            t1_path = os.path.join(folder, f"{sid}_t1w_stx.nii.gz")
-            mask_paths = [
-                os.path.join(folder, f"{sid}_LesionSmooth{'' if k == 0 else f'_{k}'}_stx.nii.gz")
-                for k in range(len(subj.masks))
-            ]
-            _save_nifti(subj.t1, subj.affine, t1_path, t1_dtype)
-            for m, p in zip(subj.masks, mask_paths):
-                _save_nifti(m, subj.affine, p, np.uint8)
-        else:
-            cohort = f"R{i % N_SITES + 1:03d}"
-            sid = f"sub-r{i % N_SITES + 1:03d}s{i // N_SITES + 1:03d}"
-            site = cohort
-            folder = os.path.join(out_dir, "Training", cohort, sid, "ses-1", "anat")
-            os.makedirs(folder, exist_ok=True)
-            stem = os.path.join(folder, f"{sid}_ses-1_space-{V2_SPACE}")
-            t1_path = stem + "_T1w.nii.gz"
-            mask_paths = [stem + "_label-L_desc-T1lesion_mask.nii.gz"]
-            merged = np.zeros_like(subj.masks[0])
-            for m in subj.masks:
-                merged |= m
-            _save_nifti(subj.t1, subj.affine, t1_path, t1_dtype)
-            _save_nifti(merged, subj.affine, mask_paths[0], np.uint8)
-        records.append(
-            {"index": i, "subject_id": sid, "site": site, "t1_path": t1_path,
-             "mask_paths": mask_paths, "lesion_volumes": subj.lesion_volumes,
-             "locations": subj.locations, "hemisphere": subj.hemisphere}
-        )
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+
+def _save_lesion_masks(subj, folder, sid):
+    """Each lesion of ``subj`` as its own mask (R1.1 / R1.2 names); returns their paths."""
+    mask_paths = [
+        os.path.join(folder, f"{sid}_LesionSmooth{'' if k == 0 else f'_{k}'}_stx.nii.gz")
+        for k in range(len(subj.masks))
+    ]
+    for m, p in zip(subj.masks, mask_paths):
+        save_nifti(m, subj.affine, p, np.uint8)
+    return mask_paths
+
+
+def _write_r11_subject(out_dir, i, seed, subj, t1_dtype):
+    """Subject ``i`` in the R1.1 layout; returns ``(subject id, site, T1 path, mask paths)``."""
+    site = f"Site{i % N_SITES + 1}"
+    sid = r11_subject_id(i, seed)
+    folder = os.path.join(out_dir, site, sid, "t01")
+    os.makedirs(folder, exist_ok=True)
+    t1_path = os.path.join(folder, f"{sid}_t1w_deface_stx.nii.gz")
+    save_nifti(subj.t1, subj.affine, t1_path, t1_dtype)
+    return sid, site, t1_path, _save_lesion_masks(subj, folder, sid)
+
+
+def _write_r12_subject(out_dir, sid, subj, t1_dtype):
+    """Scan ``sid`` in the R1.2 layout; returns ``(subject id, site, T1 path, mask paths)``."""
+    site = sid[:5]
+    folder = os.path.join(out_dir, site, sid)
+    os.makedirs(folder, exist_ok=True)
+    t1_path = os.path.join(folder, f"{sid}_t1w_stx.nii.gz")
+    save_nifti(subj.t1, subj.affine, t1_path, t1_dtype)
+    return sid, site, t1_path, _save_lesion_masks(subj, folder, sid)
+
+
+def _write_v2_subject(out_dir, i, subj, t1_dtype):
+    """Subject ``i`` in the 2.0 (BIDS) layout, its lesions merged into one mask;
+    returns ``(subject id, cohort, T1 path, [mask path])``."""
+    cohort = f"R{i % N_SITES + 1:03d}"
+    sid = f"sub-r{i % N_SITES + 1:03d}s{i // N_SITES + 1:03d}"
+    folder = os.path.join(out_dir, "Training", cohort, sid, "ses-1", "anat")
+    os.makedirs(folder, exist_ok=True)
+    stem = os.path.join(folder, f"{sid}_ses-1_space-{V2_SPACE}")
+    t1_path = stem + "_T1w.nii.gz"
+    mask_paths = [stem + "_label-L_desc-T1lesion_mask.nii.gz"]
+    merged = np.zeros_like(subj.masks[0])
+    for m in subj.masks:
+        merged |= m
+    save_nifti(subj.t1, subj.affine, t1_path, t1_dtype)
+    save_nifti(merged, subj.affine, mask_paths[0], np.uint8)
+    return sid, cohort, t1_path, mask_paths
+
+
+def _write_tables(out_dir, layout, records):
+    """The release's subject table, from :func:`generate_dataset`'s records: R1.1's metadata CSV
+    (:data:`R11_CSV_HEADER`; a row per subject, its id without the leading 0, its lesion count
+    = its masks), 2.0's ``participants.tsv``; R1.2 has none."""
     if layout == "r1.1":
         csv_path = os.path.join(out_dir, R11_CSV_NAME)
         with atomic_text(csv_path, newline="") as f:
             w = csv.writer(f)
             w.writerow(R11_CSV_HEADER)
-            w.writerows(rows)
+            w.writerows([r["site"], r["subject_id"].lstrip("0"), " t01", r["hemisphere"], " MCA", " Ischemic",
+                         " " + "/".join(r["locations"]), str(len(r["mask_paths"]))] for r in records)
     elif layout == "v2":
         tsv = os.path.join(out_dir, "Training", "participants.tsv")
         with atomic_text(tsv) as f:
             f.write("participant_id\tcohort\n")
             for r in sorted(records, key=lambda r: r["subject_id"]):
                 f.write(f"{r['subject_id']}\t{r['site']}\n")
+
+
+def _write_marker(out_dir, layout, n_subjects, seed):
+    """:data:`~clci_keras.data.constants.SYNTHETIC_MARKER`, written last: the release is complete."""
     marker = os.path.join(out_dir, SYNTHETIC_MARKER)
     with atomic_text(marker) as f:
         json.dump({"generator": "clci_keras.data.synthetic", "version": __version__,
                    "layout": layout, "n_subjects": n_subjects, "seed": int(seed)}, f, indent=2)
-    return records
 
 
 def plot_synthetic_slices(out_png, n_subjects=4, seed=0, layout="r1.1", dpi=110):

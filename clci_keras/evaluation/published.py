@@ -226,13 +226,14 @@ def evaluate_published(preset, weights, h5_path, out_dir, *, allow_missing=False
 
     Returns:
         The summary dict (also written to ``summary_<part>.json``).
-    """
-    import h5py
 
-    from clci_keras.data.reader import SliceReader, dataset_info
-    from clci_keras.data.slicing import crop_shape
+    Raises:
+        ValueError: unknown ``preset``; ``h5_path`` lacks some of the part's ids (unless
+            ``allow_missing``) or holds none; neither ``weights`` nor ``model`` given.
+    """
+    from clci_keras.data import read_subjects
+    from clci_keras.data.reader import dataset_info
     from clci_keras.data.splits import load_split
-    from clci_keras.evaluation.evaluate import predict_subject
     from clci_keras.models.catalog import get_weights_entry
 
     entry = get_weights_entry(preset)
@@ -245,52 +246,14 @@ def evaluate_published(preset, weights, h5_path, out_dir, *, allow_missing=False
     missing = list((split.get("missing") or {}).get(part, []))
     if not subjects:
         raise ValueError(f"{h5_path}: holds none of the {len(wanted)} {part!r} ids of split {ev['split']!r}.")
-    if model is None:
-        if weights is None:
-            raise ValueError("`weights` is required unless a built `model` is given")
-        from clci_keras.models import build_model, load_weights
-
-        model = build_model(entry["architecture"], input_shape=(*crop_shape(used_crop), 1))
-        load_weights(model, weights)
+    model = _published_model(entry, weights, used_crop, model)
     os.makedirs(out_dir, exist_ok=True)
-    from clci_keras.data import read_subjects
-
     meta = {int(s["index"]): s for s in read_subjects(h5_path)}
-    bar = None
-    if progress:
-        from clci_keras.fileio import progress_bar
-
-        bar = progress_bar(int(sum(meta[s]["count"] for s in subjects)), desc=f"{preset}", unit="slice")
-    rows = []
-    t_all, c_all = time.perf_counter(), time.process_time()
-    try:
-        with SliceReader(h5_path, used_crop) as reader, h5py.File(h5_path, "r") as f:
-            for s in subjects:
-                t0 = time.perf_counter()
-                prob, gt = predict_subject(model, h5_path, s, used_crop, batch_size, ev["slices"], reader, bar)
-                row = {"subject_index": int(s), "subject_id": meta[s]["subject_id"], "site": meta[s]["site"]}
-                row.update(spin_scores(gt, prob, ev["threshold"]))
-                off, count = meta[s]["offset"], meta[s]["count"]
-                small = small_lesion_slices(f["label"][off : off + count])
-                row["sl_slices"] = int(small.size)
-                if small.size:
-                    sl = spin_scores(gt[small], prob[small], ev["threshold"])
-                    row.update({f"sl_{k}": sl[k] for k in TABLE_SCORES})
-                else:
-                    row.update({f"sl_{k}": math.nan for k in TABLE_SCORES})
-                row["seconds"] = round(time.perf_counter() - t0, 3)
-                rows.append(row)
-    finally:
-        if bar is not None:
-            bar.close()
-    wall, cpu = time.perf_counter() - t_all, time.process_time() - c_all
+    rows, wall, cpu = _score_patients(model, h5_path, subjects, meta, used_crop, batch_size, ev,
+                                      desc=str(preset) if progress else None)
     write_published_scores(rows, os.path.join(out_dir, f"scores_{part}.csv"))
     means = summarize_published(rows)
     info = dataset_info(h5_path)
-    notes = []
-    if crop and crop != ev["crop"]:
-        notes.append(f"**Departure:** crop `{crop}` instead of the preset's `{ev['crop']}`: "
-                     "not the published protocol.")
     summary = {
         "preset": preset,
         "weights": os.path.abspath(weights) if weights else None,
@@ -312,11 +275,92 @@ def evaluate_published(preset, weights, h5_path, out_dir, *, allow_missing=False
         from clci_keras.models.manifest import sha256
 
         summary["weights_sha256"] = sha256(weights)
+    notes = []
+    if crop and crop != ev["crop"]:
+        notes.append(f"**Departure:** crop `{crop}` instead of the preset's `{ev['crop']}`: "
+                     "not the published protocol.")
+    _write_summary_and_comparison(out_dir, summary, entry, notes)
+    return summary
+
+
+def _published_model(entry, weights, crop, model):
+    """``model`` if given, else the catalogue entry's architecture for ``crop`` with ``weights`` loaded."""
+    if model is not None:
+        return model
+    if weights is None:
+        raise ValueError("`weights` is required unless a built `model` is given")
+    from clci_keras.data.slicing import crop_shape
+    from clci_keras.models import build_model, load_weights
+
+    model = build_model(entry["architecture"], input_shape=(*crop_shape(crop), 1))
+    load_weights(model, weights)
+    return model
+
+
+def _score_patients(model, h5_path, subjects, meta, crop, batch_size, ev, desc=None):
+    """Predict and score each of ``subjects`` (indices; ``meta``: :func:`read_subjects` by index).
+
+    Args:
+        ev: the preset's ``evaluation`` (``slices``, ``threshold``).
+        desc: label of a progress bar over the slices; ``None``: no bar.
+
+    Returns:
+        ``(rows, wall seconds, CPU seconds)``: one :data:`CSV_COLUMNS` row per patient,
+        its small-lesion scores NaN when it has no small-lesion slice.
+    """
+    import h5py
+
+    from clci_keras.data.reader import SliceReader
+    from clci_keras.evaluation.evaluate import predict_subject
+
+    bar = None
+    if desc is not None:
+        from clci_keras.fileio import progress_bar
+
+        bar = progress_bar(int(sum(meta[s]["count"] for s in subjects)), desc=desc, unit="slice")
+    rows = []
+    t_all, c_all = time.perf_counter(), time.process_time()
+    try:
+        with SliceReader(h5_path, crop) as reader, h5py.File(h5_path, "r") as f:
+            for s in subjects:
+                t0 = time.perf_counter()
+                prob, gt = predict_subject(model, h5_path, s, crop, batch_size, ev["slices"], reader, bar)
+                row = {"subject_index": int(s), "subject_id": meta[s]["subject_id"], "site": meta[s]["site"]}
+                row.update(spin_scores(gt, prob, ev["threshold"]))
+                off, count = meta[s]["offset"], meta[s]["count"]
+                row.update(_small_lesion_scores(f["label"][off : off + count], gt, prob, ev["threshold"]))
+                row["seconds"] = round(time.perf_counter() - t0, 3)
+                rows.append(row)
+    finally:
+        if bar is not None:
+            bar.close()
+    return rows, time.perf_counter() - t_all, time.process_time() - c_all
+
+
+def _small_lesion_scores(full_labels, gt, prob, threshold):
+    """``sl_slices`` and the ``sl_*`` scores of one patient (NaN without a small-lesion slice).
+
+    ``full_labels``: its uncropped label slices, which select the subset;
+    ``gt``, ``prob``: its cropped ground truth and prediction.
+    """
+    small = small_lesion_slices(full_labels)
+    out = {"sl_slices": int(small.size)}
+    if small.size:
+        sl = spin_scores(gt[small], prob[small], threshold)
+        out.update({f"sl_{k}": sl[k] for k in TABLE_SCORES})
+    else:
+        out.update({f"sl_{k}": math.nan for k in TABLE_SCORES})
+    return out
+
+
+def _write_summary_and_comparison(out_dir, summary, entry, notes):
+    """``summary_<part>.json`` (durable) and ``comparison_<part>.md`` of :func:`evaluate_published`."""
+    part = summary["part"]
     with atomic_text(os.path.join(out_dir, f"summary_{part}.json"), durable=True) as fh:
         json.dump(summary, fh, indent=2, default=str)
         fh.write("\n")
-    md = comparison_markdown(entry, means, n_expected=len(wanted), missing=missing,
-                             synthetic=bool(info.get("synthetic")), notes=notes)
+    md = comparison_markdown(entry, summary["means"], n_expected=summary["expected_ids"],
+                             missing=summary["missing_ids"], synthetic=bool(summary["data"].get("synthetic")),
+                             notes=notes)
     with atomic_text(os.path.join(out_dir, f"comparison_{part}.md")) as fh:
         fh.write(md)
-    return summary

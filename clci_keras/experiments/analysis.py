@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 
+from clci_keras.data.constants import DEFAULT_CROP
 from clci_keras.fileio import atomic_text
 
 #: Lesion-size classes in ml: small below 5, medium, large from 30 (our choice;
@@ -46,7 +47,7 @@ def is_synthetic(h5):
 # ---------------------------------------------------------------------------
 # 01: the data
 # ---------------------------------------------------------------------------
-def describe_data(h5, tables_dir=None, size_bins_ml=SIZE_BINS_ML, crop="clci", quick=False):
+def describe_data(h5, tables_dir=None, size_bins_ml=SIZE_BINS_ML, crop=DEFAULT_CROP, quick=False):
     """Subjects of ``h5`` with slice counts and lesion volumes, and a summary.
 
     Slice counts per subject as training selects them
@@ -170,7 +171,8 @@ class Methods:
             weights: ``{label: (model name, weights path)}`` added after the runs.
             original_weights: the authors' Keras 2 CLCI-Net ``.h5`` (label
                 ``"clci_net (authors)"``).
-            crop: crop window; ``None``: the runs' (they must agree), else ``"clci"``.
+            crop: crop window; ``None``: the runs' (they must agree), else ``"clci"``
+                (:data:`~clci_keras.data.constants.DEFAULT_CROP`).
         """
         runs = find_runs(runs_dir, models, fold) if runs_dir else {}
         missing = [m for m in models if m not in runs]
@@ -184,7 +186,7 @@ class Methods:
             crops = {cfg["crop"] for cfg, _ in runs.values()}
             if len(crops) > 1:
                 raise ValueError(f"the runs use different crop windows {sorted(crops)}; give crop=")
-            crop = crops.pop() if crops else "clci"
+            crop = crops.pop() if crops else DEFAULT_CROP
         split = next(iter(runs.values()))[0].get("split") if runs else None
         return cls(methods, crop, split)
 

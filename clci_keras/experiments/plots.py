@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 
+from clci_keras.data.constants import DEFAULT_CROP
 from clci_keras.experiments.analysis import SIZE_BINS_ML
 from clci_keras.fileio import atomic_path
 
@@ -43,7 +44,7 @@ def lesion_volume_histogram(subjects, png, size_bins_ml=SIZE_BINS_ML, title=""):
     return _save(fig, png)
 
 
-def example_slices(h5, subjects, png, n=4, crop="clci", title=""):
+def example_slices(h5, subjects, png, n=4, crop=DEFAULT_CROP, title=""):
     """The largest-lesion slice of ``n`` subjects spread over the lesion volumes.
 
     Lesion outlined in red, the ``crop`` window in yellow.

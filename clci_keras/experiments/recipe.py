@@ -33,6 +33,7 @@ import os
 import shlex
 import subprocess
 
+from clci_keras.data.constants import SYNTHETIC_MARKER
 from clci_keras.experiments.workflows import TABLE1_MODELS, TABLE2_MODELS
 from clci_keras.training.config import RUN_FIELDS
 from clci_keras.version import __version__
@@ -43,7 +44,7 @@ EMITS = ("sh", "slurm")
 DRY_STEPS = 2
 DRY_SUBJECTS = 1
 #: ``clci-keras synth`` writes this file last: its presence means the release is complete.
-SYNTH_DONE = "clci_keras_synthetic.json"
+SYNTH_DONE = SYNTHETIC_MARKER
 
 
 def _train_option(field):

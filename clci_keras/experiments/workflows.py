@@ -3,7 +3,8 @@
 Each function is one row of the README's workflow table (or a sequence of
 them) and is what the notebooks and ``clci-keras demo`` call:
 
-* :func:`prepare_data` -- ATLAS release, synthetic data or an existing HDF5 file -> the HDF5 file;
+* :func:`prepare_data` -- ATLAS release, synthetic data or an existing HDF5 file -> the HDF5 file
+  (a :class:`PreparedData` path: its stages' wall times in ``.seconds``);
 * :func:`make_split` -- the subject-level split file and the folds to run;
 * :func:`train_and_evaluate` -- train one model on one fold (resumable; a
   finished run is reused), score the exported Keras 2 ``.h5`` weights per
@@ -42,10 +43,32 @@ def mark_synthetic(h5_path, description="synthetic ATLAS R1.1-like data (clci_ke
         f.attrs["description"] = description
 
 
+class PreparedData(str):
+    """The absolute path of the HDF5 slice file that :func:`prepare_data` returns (a ``str``),
+    with the wall time of each stage of that call.
+
+    Attributes:
+        seconds: ``{stage: wall seconds}`` of the stages that ran, in order:
+            ``synthetic_data`` (generating a synthetic release), ``hdf5`` (converting a
+            release with :func:`~clci_keras.data.prepare_h5`, and marking a synthetic
+            file); ``{}`` when an existing file was used as is.
+    """
+
+    seconds: dict
+
+    def __new__(cls, path, seconds=None):
+        self = super().__new__(cls, os.path.abspath(path))
+        self.seconds = dict(seconds or {})
+        return self
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.seconds))
+
+
 def prepare_data(data, out_dir, n_subjects=16, seed=0, layout="auto", synthetic_layout="r1.1",
                  workers=1, h5_name=None, source_dir=None, description=None, overwrite=False,
                  progress=True):
-    """The HDF5 slice file for ``data``; returns its path (absolute).
+    """The HDF5 slice file for ``data``; returns its path (absolute) and its stages' times.
 
     Args:
         data: ``"synthetic"`` (a synthetic ATLAS-like release of ``n_subjects``
@@ -61,27 +84,40 @@ def prepare_data(data, out_dir, n_subjects=16, seed=0, layout="auto", synthetic_
         h5_name: file name in ``out_dir`` (default ``synthetic.h5`` or ``atlas.h5``).
         source_dir: folder of the generated release (default ``out_dir/synthetic_atlas``).
         description: the synthetic file's ``description`` attribute.
+
+    Returns:
+        :class:`PreparedData`: the file's absolute path (a ``str``, usable as one)
+        whose ``seconds`` says how long each stage took (``synthetic_data``,
+        ``hdf5``; only the stages that ran).
+
+    Raises:
+        FileNotFoundError: ``data`` is neither ``"synthetic"``, a file nor a folder.
     """
     from clci_keras.data import generate_dataset, prepare_h5
 
     data = os.fspath(data)
+    seconds = {}
+    t = time.perf_counter()
     if data == "synthetic":
         src = source_dir or os.path.join(out_dir, "synthetic_atlas")
         generate_dataset(src, layout=synthetic_layout, n_subjects=int(n_subjects), seed=int(seed),
                          overwrite=True, progress=progress)
+        seconds["synthetic_data"], t = time.perf_counter() - t, time.perf_counter()
         h5 = os.path.join(out_dir, h5_name or "synthetic.h5")
         prepare_h5(src, h5, layout=layout, workers=int(workers), overwrite=True, progress=progress)
         mark_synthetic(h5, *([description] if description else []))
-        return os.path.abspath(h5)
+        seconds["hdf5"] = time.perf_counter() - t
+        return PreparedData(h5, seconds)
     if os.path.isfile(data):
-        return os.path.abspath(data)
+        return PreparedData(data)
     if os.path.isdir(data):
         h5 = os.path.join(out_dir, h5_name or "atlas.h5")
         if overwrite or not os.path.exists(h5):
             prepare_h5(data, h5, layout=layout, workers=int(workers), overwrite=True, progress=progress)
+            seconds["hdf5"] = time.perf_counter() - t
         else:
             print(f"{h5} exists; overwrite=True rebuilds it")
-        return os.path.abspath(h5)
+        return PreparedData(h5, seconds)
     raise FileNotFoundError(f"data={data!r}: neither 'synthetic', an HDF5 file nor an ATLAS release folder "
                             "(run notebook 01 or `clci-keras prep`)")
 
@@ -267,27 +303,16 @@ def train_and_evaluate(model_name, h5, split, out_dir, fold=None, part="test", e
         ``None``, ``seconds`` the wall time of ``training`` and ``evaluation``.
     """
     from clci_keras.evaluation.evaluate import evaluate_run, format_summary
-    from clci_keras.training import train
 
     t = time.time()
-    options = dict(train_options)
-    callbacks = list(options.pop("callbacks", ()))
-    callbacks.append(_train_eagerly() if _use_eager(eager, options) else _build_before_first_step())
-    result = train(model_name, h5, split, out_dir, fold=fold, manifest=manifest, callbacks=callbacks, **options)
+    result = _train(model_name, h5, split, out_dir, fold, manifest, eager, train_options)
     t_eval = time.time()
     run_dir = result["run_dir"]
     weights = os.path.join(run_dir, result["weights"])
     with open(os.path.join(run_dir, "config.json")) as f:
         crop = json.load(f)["crop"]
     slices = eval_slices or _evaluation_default_slices()
-
-    done = os.path.join(run_dir, f"summary_{part}.json")
-    summary = None
-    if os.path.exists(done) and os.path.getmtime(done) >= os.path.getmtime(weights):
-        with open(done) as f:
-            summary = json.load(f)  # already evaluated, unless with other slices or on another fold
-        if summary.get("slices") != slices or summary.get("fold") != fold or summary.get("part") != part:
-            summary = None
+    summary = _earlier_evaluation(run_dir, weights, part, slices, fold)
     if network is not None:
         from clci_keras.models import load_weights
 
@@ -307,6 +332,30 @@ def train_and_evaluate(model_name, h5, split, out_dir, fold=None, part="test", e
           + format_summary(summary["scores"]), flush=True)
     return dict(model=model_name, fold=fold, run_dir=run_dir, weights=weights, result=result, summary=summary,
                 network=network if keep_model else None, seconds=seconds)
+
+
+def _train(model_name, h5, split, out_dir, fold, manifest, eager, train_options):
+    """:func:`clci_keras.training.train` with ``train_options``, the step callback that
+    ``eager`` selects (:func:`_use_eager`) added after their ``callbacks``; returns its result."""
+    from clci_keras.training import train
+
+    options = dict(train_options)
+    callbacks = list(options.pop("callbacks", ()))
+    callbacks.append(_train_eagerly() if _use_eager(eager, options) else _build_before_first_step())
+    return train(model_name, h5, split, out_dir, fold=fold, manifest=manifest, callbacks=callbacks, **options)
+
+
+def _earlier_evaluation(run_dir, weights, part, slices, fold):
+    """The run's ``summary_<part>.json`` if it is newer than ``weights`` and scored the same
+    ``slices`` of the same ``part`` and ``fold``; else ``None`` (to evaluate)."""
+    done = os.path.join(run_dir, f"summary_{part}.json")
+    if not (os.path.exists(done) and os.path.getmtime(done) >= os.path.getmtime(weights)):
+        return None
+    with open(done) as f:
+        summary = json.load(f)
+    if summary.get("slices") != slices or summary.get("fold") != fold or summary.get("part") != part:
+        return None
+    return summary
 
 
 def _load_network(model_name, crop, weights):

@@ -290,22 +290,48 @@ def register_to_mni(
         raise RegistrationError(f"{name}: registration to MNI152 failed: almost no signal in the image")
     levels = len(iterations)
     factors = [2 ** (levels - 1 - k) for k in range(levels)]
-    sigmas = [float(f - 1) for f in factors]
     reg = imaffine.AffineRegistration(
         metric=imaffine.MutualInformationMetric(nbins=bins, sampling_proportion=None),
-        level_iters=iterations, sigmas=sigmas, factors=factors, verbosity=0,
+        level_iters=iterations, sigmas=[float(f - 1) for f in factors], factors=factors, verbosity=0,
     )
-    import warnings
+    similarity = _similarity_to_template(static, static_affine, moving, moving_affine)
+    sim, m, stage, sim_before = _optimise(imaffine, transforms, reg, similarity,
+                                          static, static_affine, moving, moving_affine)
+    settings = {"library": "dipy", "dipy_version": _dipy_version(), "resolution_mm": float(resolution),
+                "iterations": iterations, "factors": factors, "metric": f"mutual information ({bins} bins)",
+                "stages": ["centre of mass or header", "translation", "rigid", "rigid + isotropic scaling", "affine"],
+                "kept": stage,
+                "template": "nilearn load_mni152_template(resolution=1)"}
+    result = Registration(m, sim, sim_before, time.perf_counter() - start, settings, name)
+    _check_registration(name, m, sim, sim_before, min_similarity)
+    return result
 
+
+def _similarity_to_template(static, static_affine, moving, moving_affine):
+    """``similarity(m)``: correlation of the scan (``moving``) placed by ``m`` with the template
+    (``static``) inside the template's head, where the scan has data (partial fields of view);
+    0 when that overlap is under 5 % of the head."""
     head = static > 0.05
     fov = np.ones(moving.shape, np.float32)
 
     def similarity(m):
-        # correlation inside the template's head, where the scan has data (partial fields of view)
         inside = head & (resample(fov, moving_affine, m @ static_affine, static.shape, order=0) > 0.5)
         if np.count_nonzero(inside) < 0.05 * np.count_nonzero(head):
             return 0.0
         return correlation(static, resample(moving, moving_affine, m @ static_affine, static.shape), inside)
+
+    return similarity
+
+
+def _optimise(imaffine, transforms, reg, similarity, static, static_affine, moving, moving_affine):
+    """The staged optimisation of :func:`register_to_mni` (dipy's warnings silenced).
+
+    Returns:
+        ``(similarity, matrix, stage, similarity before)``: the plausible stage result most
+        similar to the template (similarity ``-inf`` mapped to 0), the name of its stage,
+        and the similarity of the scan placed by its header alone.
+    """
+    import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # dipy's convergence chatter
@@ -328,15 +354,15 @@ def register_to_mni(
                 best = (s, m, label)
             else:
                 m = best[1]
-    sim, m, model = best
+    sim, m, stage = best
     if not np.isfinite(sim):
         sim = 0.0
-    settings = {"library": "dipy", "dipy_version": _dipy_version(), "resolution_mm": float(resolution),
-                "iterations": iterations, "factors": factors, "metric": f"mutual information ({bins} bins)",
-                "stages": ["centre of mass or header", "translation", "rigid", "rigid + isotropic scaling", "affine"],
-                "kept": model,
-                "template": "nilearn load_mni152_template(resolution=1)"}
-    result = Registration(m, sim, sim_before, time.perf_counter() - start, settings, name)
+    return sim, m, stage, sim_before
+
+
+def _check_registration(name, m, sim, sim_before, min_similarity):
+    """Raise :class:`RegistrationError` (naming ``name``) for an implausible ``m`` or a
+    similarity ``sim`` below ``min_similarity``."""
     if not _plausible(m):
         scales = np.linalg.svd(m[:3, :3], compute_uv=False) if np.isfinite(m).all() else [np.nan]
         raise RegistrationError(
@@ -350,7 +376,6 @@ def register_to_mni(
             f"registration ({sim_before:.2f} before) is below {min_similarity:g}; "
             "is this a T1-weighted head MRI?"
         )
-    return result
 
 
 def _plausible(m):

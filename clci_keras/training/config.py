@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from clci_keras.data.constants import DEFAULT_CROP
 from clci_keras.fileio import atomic_text
 from clci_keras.hardware import MIXED_PRECISIONS
 
@@ -36,7 +37,7 @@ class TrainConfig:
     split: str = ""
     out_dir: str = ""
     fold: int | None = None
-    crop: str = "clci"
+    crop: str = DEFAULT_CROP
     # optimisation (CLCI-Net)
     loss: str = "dice"
     learning_rate: float = 1e-4
