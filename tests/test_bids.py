@@ -312,6 +312,61 @@ def test_cli_errors_are_one_line_with_exit_code_2(run, tmp_path, capsys):
     assert "must not lie inside the input dataset" in capsys.readouterr().err
 
 
+# --------------------------------------------------------------------------
+# Model cards
+# --------------------------------------------------------------------------
+def _carded_weights(run, folder, **card):
+    """A copy of the stand-in weights with a model card (``make_card`` of ``card``, crop clci)."""
+    from clci_keras.models.card import make_card, write_card
+
+    weights = folder / "carded.h5"
+    shutil.copyfile(run["weights"], weights)
+    write_card(weights, make_card(input_shape=(224, 176, 1), crop="clci", **card))
+    return weights
+
+
+def test_a_card_of_another_architecture_stops_the_run_naming_the_weights(run, tmp_path, capsys):
+    weights = _carded_weights(run, tmp_path, architecture="clci_net", intensity="v2")
+    out = tmp_path / "o"
+    assert cli_main(["bids", str(run["ds"]), str(out), "participant", "--weights", str(weights), "--model", MODEL,
+                     "--participant-label", "01"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"clci-keras bids: error: {weights}: the weights are a 'clci_net' model by their card, "
+                          f"not '{MODEL}'") and len(err.splitlines()) == 1
+    assert not (out / dv.PIPELINE_NAME / "dataset_description.json").exists()  # refused before any output
+
+
+def test_the_cards_model_and_intensity_are_used_and_its_space_checked_per_scan(run, participant, tmp_path):
+    from clci_keras.models.card import card_path, read_card
+
+    # sub-01 of the dataset, and the same image named as a native-space scan (space-T1w), not registered
+    ds = tmp_path / "ds"
+    src = run["ds"] / "sub-01/anat/sub-01_space-MNI152NLin2009aSym_T1w.nii.gz"
+    for rel in ("sub-01/anat/" + src.name, "sub-05/anat/sub-05_space-T1w_T1w.nii.gz"):
+        (ds / rel).parent.mkdir(parents=True)
+        shutil.copyfile(src, ds / rel)
+    shutil.copyfile(run["ds"] / "dataset_description.json", ds / "dataset_description.json")
+    weights = _carded_weights(run, tmp_path, architecture=MODEL, intensity="v2", name="band-card",
+                              space="MNI152NLin6Asym")
+    rc, out, err = _cli(["bids", str(ds), str(tmp_path / "o"), "participant", "--weights", str(weights),
+                         "--register", "never"])  # no --model, no --intensity: the card's
+    assert rc == 1 and "1 segmented, 0 finished earlier, 1 failed of 2" in out
+    assert re.search(r"FAILED .*sub-05_space-T1w_T1w\.nii\.gz: CardMismatchError: .*carded\.h5: the input is in "
+                     r"space 'T1w'.*register it to MNI152 first", err)
+    root = tmp_path / "o" / dv.PIPELINE_NAME
+    stem = "sub-01/anat/sub-01_space-MNI152NLin2009aSym_label-L_desc-lesion_"
+    meta = json.loads((root / (stem + "probseg.json")).read_text())
+    assert meta["Model"] == MODEL and meta["ModelCards"] == [read_card(weights)]
+    assert meta["IntensityScheme"] == "v2" and meta["IntensitySchemeSource"] == f"model card {card_path(weights)}"
+    assert any("input in space 'MNI152NLin2009aSym', the weights were trained in 'MNI152NLin6Asym'" in w
+               for w in meta["Warnings"])
+    # v2 scaling, as the participant run given --intensity v2: the same probabilities
+    np.testing.assert_array_equal(np.asarray(nib.load(root / (stem + "probseg.nii.gz")).dataobj),
+                                  np.asarray(nib.load(run["root"] / (stem + "probseg.nii.gz")).dataobj))
+    assert "band-card" in (root / "sub-01.html").read_text()
+    assert not list(root.glob("sub-05/anat/*"))
+
+
 def test_rerun_skips_finished_scans_and_redoes_a_half_finished_one(run, participant, group):
     root = run["root"]
     half = root / "sub-03/ses-1/anat/sub-03_ses-1_label-L_desc-lesion_probseg.json"

@@ -1,9 +1,13 @@
 """Participant level of the BIDS App: segment each T1w scan and write its derivatives and report.
 
-Per scan (:class:`clci_keras.bids.derivatives.ScanOutputs` names the files):
+The weights' model cards are read once per run as ``clci-keras predict`` reads them
+(:func:`clci_keras.inference.predict.card_settings`: model, crop, intensity scheme). Per scan
+(:class:`clci_keras.bids.derivatives.ScanOutputs` names the files):
 
 1. ``--register auto`` decides from the image's grid and ``space-`` entity
-   (:func:`clci_keras.bids.layout.needs_registration`);
+   (:func:`clci_keras.bids.layout.needs_registration`); the scan's space and grid are checked
+   against the cards (:func:`clci_keras.models.card.check_card`: a native-space scan left
+   unregistered is refused, a non-MNI space or a resampled grid warned);
 2. a registered scan is resampled onto the template grid with its transform and segmented there
    (the path of ``clci-keras predict --register``), the mask mapped back onto the scan's grid with
    nearest neighbour (probabilities trilinear); the template-space mask and probability map are
@@ -18,8 +22,6 @@ A scan that fails is named and the others go on.
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import importlib.util
 import json
 import os
 import time
@@ -28,8 +30,9 @@ import warnings
 import numpy as np
 
 from clci_keras.bids import derivatives as dv
-from clci_keras.bids.layout import find_scans, needs_registration
-from clci_keras.data.constants import ATLAS_AFFINE, ATLAS_SHAPE
+from clci_keras.bids.layout import find_scans, needs_registration, on_template_grid
+from clci_keras.data.constants import ATLAS_AFFINE
+from clci_keras.models.card import check_card
 
 #: Largest number of lesion components listed in a report (largest first).
 MAX_COMPONENT_ROWS = 25
@@ -50,27 +53,6 @@ class ParticipantResult:
     def ok(self):
         return not self.failures
 
-
-def read_model_card(weights):
-    """The weights' model card (``clci_keras.models.card.read_card``) or ``None``: no card, or no card module."""
-    if importlib.util.find_spec("clci_keras.models.card") is None:
-        return None
-    module = importlib.import_module("clci_keras.models.card")  # by name: the module is optional
-    return module.read_card(weights)
-
-
-def _native_like(ref, data, dtype, description):
-    """A NIfTI image of ``data`` with ``ref``'s shape, affine, header and sform/qform codes."""
-    header = ref.header.copy()
-    header.set_data_dtype(dtype)
-    header.set_intent("none")
-    header["descrip"] = description.encode("ascii")[:79]
-    header["cal_min"], header["cal_max"] = 0, 1
-    out = type(ref)(np.asarray(data, dtype=dtype).reshape(ref.shape[:3]), ref.affine, header)
-    out.header.set_slope_inter(1.0, 0.0)
-    for code in ("sform_code", "qform_code"):
-        out.header[code] = ref.header[code]
-    return out
 
 
 def _template_image(data, dtype, description):
@@ -143,12 +125,66 @@ def intensity_check(data, scheme, source):
             "passed": bool(lo <= ref <= hi) if scheme == "r1.1" else True}
 
 
+
+# --------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------
+@dataclasses.dataclass
+class _Run:
+    """A participant run's settings, shared by its scans; ``models`` are built at the first scan to segment."""
+
+    root: str
+    weights: list
+    card: dict  # clci_keras.inference.predict.card_settings of the weights
+    register: str
+    overwrite: bool
+    precision: str
+    threads: object
+    seg_opts: dict  # segment_image keywords
+    reg_opts: dict  # register_to_mni keywords
+    settings: dict  # the sidecars' run-wide fields
+    event: object
+    models: list = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class _Job:
+    """One scan to segment: its outputs, registration decision, loaded image and warnings so far."""
+
+    scan: object
+    outs: dv.ScanOutputs
+    register_it: bool
+    reason: str
+    image: object
+    data: np.ndarray
+    notes: list
+
+
+@dataclasses.dataclass
+class _Segmented:
+    """Masks and probabilities of one scan on its own grid and, when registered, on the template grid."""
+
+    grid: str
+    mask: np.ndarray
+    prob: np.ndarray
+    notes: list  # segment_image's
+    registration: object = None
+    template_mask: np.ndarray = None
+    template_prob: np.ndarray = None
+    template_data: np.ndarray = None  # the registered scan
+    warnings: list = dataclasses.field(default_factory=list)  # GridWarnings issued
+
+
 def run_participant(bids_dir, output_dir, weights, *, participant_labels=None, session_labels=None,
-                    register="auto", model="clci_net", threshold=0.5, tta="none", precision="fp32",
+                    register="auto", model=None, threshold=0.5, tta="none", precision="fp32",
                     intensity=None, batch_size=4, min_lesion_size=0.0, skip_empty_slices=True,
                     check_intensity=True, registration_options=None, overwrite=False, on_event=None,
                     threads=None):
     """Segment the T1w scans of a BIDS dataset into ``OUTPUT_DIR/clci_keras/`` (BIDS derivatives).
+
+    The weights' model cards fix the model, crop and intensity scheme as for ``clci-keras predict``
+    (:func:`clci_keras.inference.predict.card_settings`); each scan's ``space-`` and grid are
+    checked against them (:func:`clci_keras.models.card.check_card`).
 
     Args:
         bids_dir: the input BIDS dataset.
@@ -156,8 +192,10 @@ def run_participant(bids_dir, output_dir, weights, *, participant_labels=None, s
         weights: a weights path or a list of them (several: an ensemble, mean probability).
         participant_labels, session_labels: restrict to these labels (with or without ``sub-``/``ses-``).
         register: ``"auto"``, ``"always"`` or ``"never"`` (:func:`~clci_keras.bids.layout.needs_registration`).
-        model, threshold, tta, precision, intensity, batch_size, min_lesion_size, skip_empty_slices,
-            check_intensity: as ``clci-keras predict`` (``intensity=None``: the weights' record).
+        model: registered model name; ``None``: the architecture of the weights' model card, else ``clci_net``.
+        threshold, tta, precision, intensity, batch_size, min_lesion_size, skip_empty_slices,
+            check_intensity: as ``clci-keras predict`` (``intensity=None``: the model card's scheme,
+            else the weights' training record).
         registration_options: ``register_to_mni`` keywords (``resolution``, ``iterations``).
         overwrite: redo finished scans too.
         on_event: called as ``on_event(kind, scan, text)``, kind ``"skip"``, ``"done"``, ``"failed"``.
@@ -167,18 +205,45 @@ def run_participant(bids_dir, output_dir, weights, *, participant_labels=None, s
         :class:`ParticipantResult`.
 
     Raises:
-        ValueError: bad arguments, weights that do not load, a bad dataset or label (named);
+        ValueError: bad arguments, a bad dataset or label (named); weights that do not load, a corrupt
+            model card, or a ``model`` that is not their card's (``CardMismatchError``), naming the weights;
         OSError: the output folder cannot be written;
         clci_keras.bids.layout.BidsUnavailable: pybids is missing;
         clci_keras.inference.RegistrationUnavailable: a scan needs registration and dipy is missing.
-        A failure of one scan is not raised: it is in ``failures``.
+        A failure of one scan is not raised: it is in ``failures`` (a scan its weights' card
+        refuses, e.g. a native-space scan left unregistered, included).
     """
     from clci_keras.fileio import check_writable_folder
-    from clci_keras.inference.io import load_image
+    from clci_keras.inference.predict import card_settings
     from clci_keras.inference.scaling import resolve_intensity
-    from clci_keras.models.manifest import sha256
 
     start = time.perf_counter()
+    weights, bids_dir, output_dir = _check_arguments(weights, threshold, bids_dir, output_dir)
+    scans = find_scans(bids_dir, participant_labels, session_labels)
+    root = os.path.join(output_dir, dv.PIPELINE_NAME)
+    check_writable_folder(root)
+    card = card_settings(weights, model=model, intensity=intensity)  # refuses what cannot fit, as predict
+    scheme = ((card["intensity"], card["intensity_source"]) if card["intensity"]
+              else resolve_intensity(weights, intensity))
+    dv.write_dataset_files(root, bids_dir)
+    seg_opts = dict(threshold=float(threshold), intensity=scheme[0], batch_size=int(batch_size), tta=tta,
+                    skip_empty_slices=skip_empty_slices, min_lesion_size=float(min_lesion_size),
+                    check_intensity=check_intensity)
+    run = _Run(root=root, weights=weights, card=card, register=register, overwrite=overwrite,
+               precision=precision, threads=threads, seg_opts=seg_opts, reg_opts=registration_options or {},
+               settings=_run_settings(weights, card, scheme, seg_opts, precision),
+               event=on_event or (lambda *a: None))
+    done, skipped, failures = _process_scans(scans, run)
+    return ParticipantResult(root, done, skipped, failures, time.perf_counter() - start)
+
+
+def _check_arguments(weights, threshold, bids_dir, output_dir):
+    """``(weights, bids_dir, output_dir)``: the weights as a list of existing files, the folders absolute.
+
+    Raises:
+        ValueError: no weights, a missing weights file, a threshold outside [0, 1), an output folder
+            inside the input dataset (but not under its ``derivatives/``); the message echoes it.
+    """
     weights = [os.fspath(w) for w in ([weights] if isinstance(weights, (str, os.PathLike)) else list(weights))]
     if not weights:
         raise ValueError("give the weights: --weights W (several for an ensemble)")
@@ -193,142 +258,227 @@ def run_participant(bids_dir, output_dir, weights, *, participant_labels=None, s
             os.path.join(bids_dir, "derivatives") + os.sep):
         raise ValueError(f"{output_dir}: the output folder must not lie inside the input dataset {bids_dir} "
                          "(except under its derivatives/ folder)")
-    scans = find_scans(bids_dir, participant_labels, session_labels)
-    root = os.path.join(output_dir, dv.PIPELINE_NAME)
-    check_writable_folder(root)
-    scheme, scheme_source = resolve_intensity(weights, intensity)
-    dv.write_dataset_files(root, bids_dir)
-    event = on_event or (lambda *a: None)
+    return weights, bids_dir, output_dir
 
-    weights_info = [{"file": os.path.abspath(w), "sha256": sha256(w)} for w in weights]
-    cards, card_notes = [], []
-    for w in weights:
-        try:
-            cards.append(read_model_card(w))
-        except (OSError, ValueError) as e:
-            cards.append(None)
-            card_notes.append(f"{w}: model card not readable ({e})")
-    settings = {"Model": model, "Weights": weights_info, "Threshold": float(threshold), "TTA": tta,
-                "Precision": precision, "IntensityScheme": scheme, "IntensitySchemeSource": scheme_source,
-                "MinLesionSize_mm3": float(min_lesion_size), "AllSlices": not skip_empty_slices,
-                "Template": dv.TEMPLATE_DESCRIPTION, "SoftwareUsed": dv.software_versions(),
-                "ModelCards": cards}
-    seg_opts = dict(threshold=float(threshold), intensity=scheme, batch_size=int(batch_size),
-                    skip_empty_slices=skip_empty_slices, tta=tta, min_lesion_size=float(min_lesion_size),
-                    check_intensity=check_intensity)
-    models = []
+
+def _run_settings(weights, card, scheme, seg_opts, precision):
+    """The run-wide fields of every sidecar (``Precision`` is updated once the models are built)."""
+    from clci_keras.models.manifest import sha256
+
+    return {"Model": card["model"], "Weights": [{"file": os.path.abspath(w), "sha256": sha256(w)} for w in weights],
+            "Threshold": seg_opts["threshold"], "TTA": seg_opts["tta"], "Precision": precision,
+            "IntensityScheme": scheme[0], "IntensitySchemeSource": scheme[1],
+            "MinLesionSize_mm3": seg_opts["min_lesion_size"], "AllSlices": not seg_opts["skip_empty_slices"],
+            "Template": dv.TEMPLATE_DESCRIPTION, "SoftwareUsed": dv.software_versions(),
+            "ModelCards": [card["cards"].get(w) for w in weights]}
+
+
+def _process_scans(scans, run):
+    """Segment each scan in turn; ``(done, skipped, failures)`` as in :class:`ParticipantResult`.
+
+    A scan's failure is recorded and reported (``failed`` event) and the next scan goes on; the
+    run's problems are raised: a missing dipy, and whatever stops the models from being built.
+    """
     done, skipped, failures = [], [], []
     for scan in scans:
         try:
-            import nibabel as nib
-
-            try:
-                header_img = nib.load(scan.path)
-                shape, affine = header_img.shape, header_img.affine
-            except Exception:  # unreadable: load_image below names the problem
-                shape, affine = (1, 1, 1), np.eye(4)
-            register_it, reason = needs_registration(register, scan.space, shape, affine)
-            outs = dv.ScanOutputs(root, scan, register_it)
-            if not overwrite and not outs.missing():
-                skipped.append((scan, outs))
-                event("skip", scan, f"{scan.relpath}: finished earlier, skipped")
-                continue
-            image, data = load_image(scan.path)
-            if register_it:
-                from clci_keras.inference.register import require_dipy
-
-                require_dipy()
-            if not models:
-                from clci_keras.hardware import resolve_precision
-                from clci_keras.inference import build_inference_model, configure_threads
-
-                configure_threads(intra_op=threads, inter_op=1, warn=threads is not None)
-                prec = resolve_precision(precision)
-                models.extend(build_inference_model(model, w, precision=prec) for w in weights)
-                settings["Precision"] = prec
-            text = _segment_scan(models if len(models) > 1 else models[0], scan, outs, image, data,
-                                 register_it=register_it, reason=reason, seg_opts=seg_opts,
-                                 reg_opts=registration_options or {}, settings=settings,
-                                 card=cards[0], notes=list(card_notes))
-            done.append((scan, outs))
-            event("done", scan, text)
-        except KeyboardInterrupt:
-            raise
+            outs, job = _open_scan(scan, run)
         except Exception as e:
-            from clci_keras.inference.register import RegistrationUnavailable
-            from clci_keras.models.weights import WeightsMismatchError
+            _scan_failed(scan, e, run, failures)
+            continue
+        if job is None:
+            skipped.append((scan, outs))
+            run.event("skip", scan, f"{scan.relpath}: finished earlier, skipped")
+            continue
+        if not run.models:
+            _build_models(run)  # weights, model name or card that do not fit: the run's problem
+        try:
+            text = _segment_scan(run, job)
+        except Exception as e:
+            _scan_failed(scan, e, run, failures)
+            continue
+        done.append((scan, outs))
+        run.event("done", scan, text)
+    return done, skipped, failures
 
-            if isinstance(e, (RegistrationUnavailable, WeightsMismatchError)):
-                raise  # the run's problem, not the scan's
-            msg = str(e) if scan.path in str(e) else f"{scan.path}: {type(e).__name__}: {e}"
-            failures.append((scan.path, msg))
-            event("failed", scan, msg)
-    return ParticipantResult(root, done, skipped, failures, time.perf_counter() - start)
+
+def _scan_failed(scan, error, run, failures):
+    """Record a scan's failure, its message naming the scan; re-raise the run's problems (no dipy, weights)."""
+    from clci_keras.inference.register import RegistrationUnavailable
+    from clci_keras.models.weights import WeightsMismatchError
+
+    if isinstance(error, (RegistrationUnavailable, WeightsMismatchError)):
+        raise error  # the run's problem, not the scan's
+    msg = str(error) if scan.path in str(error) else f"{scan.path}: {type(error).__name__}: {error}"
+    failures.append((scan.path, msg))
+    run.event("failed", scan, msg)
 
 
-def _segment_scan(model, scan, outs, image, data, *, register_it, reason, seg_opts, reg_opts, settings, card,
-                  notes):
+def _build_models(run):
+    """Build the model of each weights file (the cards' architecture and crop), as ``clci-keras predict``."""
+    from clci_keras.hardware import resolve_precision
+    from clci_keras.inference import build_inference_model, configure_threads
+
+    configure_threads(intra_op=run.threads, inter_op=1, warn=run.threads is not None)
+    precision = resolve_precision(run.precision)
+    run.models = [build_inference_model(run.card["model"], w, precision=precision, crop=run.card["crop"])
+                  for w in run.weights]
+    run.settings["Precision"] = precision
+
+
+def _open_scan(scan, run):
+    """``(outputs, job)`` of one scan; ``job`` None when it is finished (and not ``overwrite``).
+
+    Raises (the scan's failure): the image cannot be read; its weights' card refuses it
+    (:class:`clci_keras.models.card.CardMismatchError`, e.g. a native-space scan not registered).
+    RegistrationUnavailable: the scan needs registration and dipy is missing (the run's problem).
+    """
+    import nibabel as nib
+
+    from clci_keras.inference.io import load_image
+
+    try:
+        header_img = nib.load(scan.path)
+        shape, affine = header_img.shape, header_img.affine
+    except Exception:  # unreadable: load_image below names the problem
+        shape, affine = (1, 1, 1), np.eye(4)
+    register_it, reason = needs_registration(run.register, scan.space, shape, affine)
+    outs = dv.ScanOutputs(run.root, scan, register_it)
+    if not run.overwrite and not outs.missing():
+        return outs, None
+    image, data = load_image(scan.path)
+    # How the scan reaches the weights' grid (segment_image's GridMap decides the same way).
+    grid = "registered" if register_it else "atlas" if on_template_grid(data.shape, image.affine) else "resampled"
+    notes = list(run.card["warnings"])
+    for path, card in run.card["cards"].items():
+        notes += check_card(card, path, space=scan.space, grid=grid)
+    if register_it:
+        from clci_keras.inference.register import require_dipy
+
+        require_dipy()
+    return outs, _Job(scan, outs, register_it, reason, image, data, notes)
+
+
+# --------------------------------------------------------------------------
+# One scan
+# --------------------------------------------------------------------------
+def _segment_scan(run, job):
     """Segment one scan, publish its images, sidecars and transform, then its report; returns a summary line."""
-    from clci_keras.inference import GridWarning, InputError, segment_image
     from clci_keras.inference.io import save_atomic
-    from clci_keras.inference.qc import qc_png
-    from clci_keras.inference.register import register_to_mni, template
-    from clci_keras.reports import html as rh
 
     t0 = time.perf_counter()
-    affine = np.asarray(image.affine, np.float64)
-    registration = None
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", GridWarning)
-        try:
-            if register_it:
-                registration = register_to_mni(image, data, **reg_opts)
-                tpl_data = registration.to_template(data, affine, order=1)
-                tpl_in = _template_image(tpl_data, np.float32, "registered T1w")
-                seg = segment_image(model, tpl_in, data=tpl_data, return_probabilities=True, **seg_opts)
-                mask_t = np.asanyarray(seg.mask.dataobj) > 0
-                prob_t = np.asarray(seg.probabilities.dataobj, np.float32)
-                mask_n = registration.to_native(mask_t.astype(np.float32), affine, data.shape, order=0) > 0.5
-                prob_n = np.clip(registration.to_native(prob_t, affine, data.shape, order=1), 0.0, 1.0)
-                grid = "registered"
-            else:
-                seg = segment_image(model, image, data=data, return_probabilities=True, **seg_opts)
-                mask_n = np.asanyarray(seg.mask.dataobj) > 0
-                prob_n = np.asarray(seg.probabilities.dataobj, np.float32)
-                grid = seg.grid
-        except InputError as e:
-            text = str(e).replace("<in-memory image>", scan.path)
-            raise InputError(text if scan.path in text else f"{scan.path}: {text}") from e
-    notes += [str(w.message) for w in caught if issubclass(w.category, GridWarning)]
+    seg = _segment(run.models if len(run.models) > 1 else run.models[0], job, run.seg_opts, run.reg_opts)
+    notes = job.notes + seg.warnings
     notes += [n for n in seg.notes if n not in notes]
-    thr = seg_opts["threshold"]
-    images = [(_native_like(image, mask_n, np.uint8, f"clci-keras lesion mask (p > {thr:g})"), outs.mask),
-              (_native_like(image, prob_n, np.float32, "clci-keras lesion probability"), outs.prob)]
-    if outs.template_mask:
-        images += [(_template_image(mask_t, np.uint8, f"clci-keras lesion mask (p > {thr:g})"), outs.template_mask),
-                   (_template_image(prob_t, np.float32, "clci-keras lesion probability"), outs.template_prob)]
-    lesion, components = lesion_table(mask_n, affine, registration.native_to_mni if registration else None)
-    check = intensity_check(data, settings["IntensityScheme"], settings["IntensitySchemeSource"])
+    thr = run.seg_opts["threshold"]
+    registration = seg.registration
+    lesion, components = lesion_table(seg.mask, job.image.affine,
+                                      registration.native_to_mni if registration else None)
+    check = intensity_check(job.data, run.settings["IntensityScheme"], run.settings["IntensitySchemeSource"])
     if not check["passed"]:
         notes.append(f"intensity check: 99.5th percentile {check['p99_5_after_scaling']} after scaling is outside "
                      f"{check['accepted']} (--no-intensity-check was given)")
-    reg_info = None
-    if registration is not None:
-        reg_info = {"similarity": round(float(registration.similarity), 4),
-                    "similarity_before": round(float(registration.similarity_before), 4),
-                    "seconds": round(float(registration.seconds), 2), "reason": reason,
-                    **{k: v for k, v in registration.settings.items() if k in ("library", "resolution_mm",
-                                                                                "iterations", "kept")}}
-        if registration.similarity < 0.7:
-            notes.append(f"registration similarity {registration.similarity:.2f} is low: check the registration picture")
-    raw = "bids:raw:" + scan.relpath.replace(os.sep, "/")
-    rel = lambda p: os.path.relpath(p, outs.root).replace(os.sep, "/")  # noqa: E731
-    common = {**settings, "Grid": grid, "RegistrationDecision": reason, "Registration": reg_info,
+    reg_info = _registration_info(registration, job.reason, notes)
+    common = {**run.settings, "Grid": seg.grid, "RegistrationDecision": job.reason, "Registration": reg_info,
               "Lesion": lesion, "IntensityCheck": check, "Warnings": notes, "Created": dv.now()}
-    xfm = ["bids::" + rel(outs.transform_itk)] if outs.transform_itk else []
+    save_atomic(_scan_images(job, seg, thr) + _sidecar_files(job, thr, common, registration))
+    _write_report(job, seg, common, components)
+    return (f"{job.scan.relpath}: {lesion['volume_ml']:.2f} mL in {lesion['components']} component(s), "
+            f"{lesion['hemisphere']}; grid {seg.grid}" + (f", registration similarity {registration.similarity:.3f}"
+                                                          if registration else "")
+            + f"; {time.perf_counter() - t0:.1f} s")
+
+
+def _segment(model, job, seg_opts, reg_opts):
+    """:class:`_Segmented` of one scan, registered first or not; GridWarnings are collected, an
+    InputError is raised again naming the scan's file."""
+    from clci_keras.inference import GridWarning, InputError
+
+    path = job.scan.path
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", GridWarning)
+        try:
+            if job.register_it:
+                out = _segment_registered(model, job.image, job.data, seg_opts, reg_opts)
+            else:
+                out = _segment_unregistered(model, job.image, job.data, seg_opts)
+        except InputError as e:
+            text = str(e).replace("<in-memory image>", path)
+            raise InputError(text if path in text else f"{path}: {text}") from e
+    out.warnings = [str(w.message) for w in caught if issubclass(w.category, GridWarning)]
+    return out
+
+
+def _segment_registered(model, image, data, seg_opts, reg_opts):
+    """Register the scan to the template, segment it there, map the mask (nearest) and probabilities
+    (trilinear) back onto the scan's grid."""
+    from clci_keras.inference import segment_image
+    from clci_keras.inference.register import register_to_mni
+
+    affine = np.asarray(image.affine, np.float64)
+    registration = register_to_mni(image, data, **reg_opts)
+    tpl_data = registration.to_template(data, affine, order=1)
+    tpl_in = _template_image(tpl_data, np.float32, "registered T1w")
+    seg = segment_image(model, tpl_in, data=tpl_data, return_probabilities=True, **seg_opts)
+    mask_t = np.asanyarray(seg.mask.dataobj) > 0
+    prob_t = np.asarray(seg.probabilities.dataobj, np.float32)
+    mask_n = registration.to_native(mask_t.astype(np.float32), affine, data.shape, order=0) > 0.5
+    prob_n = np.clip(registration.to_native(prob_t, affine, data.shape, order=1), 0.0, 1.0)
+    return _Segmented("registered", mask_n, prob_n, seg.notes, registration=registration, template_mask=mask_t,
+                      template_prob=prob_t, template_data=tpl_data)
+
+
+def _segment_unregistered(model, image, data, seg_opts):
+    """Segment the scan as ``clci-keras predict`` does (template grid as is, reoriented, or resampled)."""
+    from clci_keras.inference import segment_image
+
+    seg = segment_image(model, image, data=data, return_probabilities=True, **seg_opts)
+    return _Segmented(seg.grid, np.asanyarray(seg.mask.dataobj) > 0,
+                      np.asarray(seg.probabilities.dataobj, np.float32), seg.notes)
+
+
+def _registration_info(registration, reason, notes):
+    """The sidecars' ``Registration`` (None when not registered); a low similarity is added to ``notes``."""
+    if registration is None:
+        return None
+    info = {"similarity": round(float(registration.similarity), 4),
+            "similarity_before": round(float(registration.similarity_before), 4),
+            "seconds": round(float(registration.seconds), 2), "reason": reason,
+            **{k: v for k, v in registration.settings.items() if k in ("library", "resolution_mm",
+                                                                        "iterations", "kept")}}
+    if registration.similarity < 0.7:
+        notes.append(f"registration similarity {registration.similarity:.2f} is low: check the registration picture")
+    return info
+
+
+def _scan_images(job, seg, thr):
+    """``(image, path)`` of the mask and probability map on the scan's grid and, when registered, the template's."""
+    from clci_keras.inference.predict import image_like
+
+    outs = job.outs
+    images = [(image_like(job.image, seg.mask, np.uint8, f"clci-keras lesion mask (p > {thr:g})"), outs.mask),
+              (image_like(job.image, seg.prob, np.float32, "clci-keras lesion probability"), outs.prob)]
+    if outs.template_mask:
+        images += [(_template_image(seg.template_mask, np.uint8, f"clci-keras lesion mask (p > {thr:g})"),
+                    outs.template_mask),
+                   (_template_image(seg.template_prob, np.float32, "clci-keras lesion probability"),
+                    outs.template_prob)]
+    return images
+
+
+def _rel(outs, path):
+    """``path`` relative to the derivative root, with ``/``."""
+    return os.path.relpath(path, outs.root).replace(os.sep, "/")
+
+
+def _sidecar_files(job, thr, common, registration):
+    """``(bytes, path)`` of each image's JSON sidecar (its own fields, then ``common``) and of the transform."""
+    outs = job.outs
+    raw = "bids:raw:" + job.scan.relpath.replace(os.sep, "/")
+    xfm = ["bids::" + _rel(outs, outs.transform_itk)] if outs.transform_itk else []
     sidecars = {
         outs.mask: {"Type": "Lesion", "Description": f"stroke lesion mask (probability > {thr:g}) on the grid of the "
-                    "T1w image", "Sources": [raw, "bids::" + rel(outs.prob)], "SpatialReference": raw},
+                    "T1w image", "Sources": [raw, "bids::" + _rel(outs, outs.prob)], "SpatialReference": raw},
         outs.prob: {"Description": "stroke lesion probability (CLCI-Net) on the grid of the T1w image",
                     "Sources": [raw], "SpatialReference": raw},
     }
@@ -338,36 +488,40 @@ def _segment_scan(model, scan, outs, image, data, *, register_it, reason, seg_op
                                         "SpatialReference": dv.TEMPLATE_DESCRIPTION}
         sidecars[outs.template_prob] = {"Description": "stroke lesion probability (CLCI-Net) in template space",
                                         "Sources": [raw] + xfm, "SpatialReference": dv.TEMPLATE_DESCRIPTION}
-    for img_path, extra in sidecars.items():
-        images.append(((json.dumps({**extra, **common}, indent=2, default=str) + "\n").encode("utf8"),
-                       outs.sidecar(img_path)))
+    files = [((json.dumps({**extra, **common}, indent=2, default=str) + "\n").encode("utf8"), outs.sidecar(path))
+             for path, extra in sidecars.items()]
     if registration is not None:
-        images.append((dv.itk_affine_text(registration.mni_to_native).encode("ascii"), outs.transform_itk))
-        images.append(((json.dumps({**registration.to_dict(), "source": raw}, indent=2) + "\n").encode("utf8"),
-                       outs.transform_json))
-    save_atomic(images)
+        files.append((dv.itk_affine_text(registration.mni_to_native).encode("ascii"), outs.transform_itk))
+        files.append(((json.dumps({**registration.to_dict(), "source": raw}, indent=2) + "\n").encode("utf8"),
+                      outs.transform_json))
+    return files
 
-    overlay = qc_png(image, data, mask_n, title=f"{scan.key}: lesion outline (red) on the scan's grid ({grid})")
+
+def _write_report(job, seg, common, components):
+    """Publish the scan's HTML report (after its images and sidecars: it marks the scan finished)."""
+    from clci_keras.inference.qc import qc_png
+    from clci_keras.inference.register import template
+    from clci_keras.reports import html as rh
+
+    scan, outs = job.scan, job.outs
+    overlay = qc_png(job.image, job.data, seg.mask,
+                     title=f"{scan.key}: lesion outline (red) on the scan's grid ({seg.grid})")
     reg_png = None
-    if registration is not None:
+    if seg.registration is not None:
         tpl, _ = template()
-        reg_png = rh.outline_montage_png(tpl_data, outlines=[(tpl > 0.25, "cyan")],
+        reg_png = rh.outline_montage_png(seg.template_data, outlines=[(tpl > 0.25, "cyan")],
                                          title=f"{scan.key}: registered scan, template brain outline (cyan)")
     summary = {"input": scan.relpath, "subject": scan.subject, "session": scan.session or "",
-               "grid": grid, "registration": reason, "model": settings["Model"],
+               "grid": seg.grid, "registration": common["RegistrationDecision"], "model": common["Model"],
                "weights": ", ".join(f"{os.path.basename(w['file'])} (sha256 {w['sha256'][:12]}...)"
-                                    for w in settings["Weights"]),
-               "threshold": thr, "tta": settings["TTA"], "precision": settings["Precision"],
-               "clci-keras": settings["SoftwareUsed"].get("clci-keras"), "created": common["Created"]}
+                                    for w in common["Weights"]),
+               "threshold": common["Threshold"], "tta": common["TTA"], "precision": common["Precision"],
+               "clci-keras": common["SoftwareUsed"].get("clci-keras"), "created": common["Created"]}
     shown = components[:MAX_COMPONENT_ROWS]
     if len(components) > len(shown):
         shown.append({"component": f"... {len(components) - len(shown)} smaller component(s) not listed"})
-    page = rh.subject_report(title=scan.key, summary=summary, overlay_png=overlay, lesion=lesion,
-                             components=shown, intensity=check, card=card, registration=reg_info,
-                             registration_png=reg_png, warnings=notes,
-                             outputs=[rel(p) for p in outs.all if p != outs.report])
+    page = rh.subject_report(title=scan.key, summary=summary, overlay_png=overlay, lesion=common["Lesion"],
+                             components=shown, intensity=common["IntensityCheck"], card=common["ModelCards"][0],
+                             registration=common["Registration"], registration_png=reg_png,
+                             warnings=common["Warnings"], outputs=[_rel(outs, p) for p in outs.all if p != outs.report])
     rh.write_html(outs.report, page)
-    return (f"{scan.relpath}: {lesion['volume_ml']:.2f} mL in {lesion['components']} component(s), "
-            f"{lesion['hemisphere']}; grid {grid}" + (f", registration similarity {registration.similarity:.3f}"
-                                                      if registration else "")
-            + f"; {time.perf_counter() - t0:.1f} s")

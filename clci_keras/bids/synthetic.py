@@ -18,6 +18,7 @@ import os
 import numpy as np
 
 from clci_keras.data.constants import ATLAS_AFFINE, V2_SPACE
+from clci_keras.data.synthetic import save_nifti
 
 KINDS = ("mni", "native", "sessions", "broken")
 
@@ -48,17 +49,7 @@ def native_grid(seed=0):
 
 
 def _save(data, affine, path, dtype=np.int16):
-    import nibabel as nib
-
-    from clci_keras.fileio import atomic_path
-
-    img = nib.Nifti1Image(np.asarray(data, np.float32), affine)
-    img.set_data_dtype(dtype)
-    img.header.set_xyzt_units("mm")
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    with atomic_path(path) as tmp:
-        nib.save(img, tmp)
+    save_nifti(np.asarray(data, np.float32), affine, path, dtype, xform_code=1)
 
 
 def write_synthetic_bids(out_dir, kinds=KINDS, seed=0):

@@ -9,8 +9,10 @@ Examples::
 The participant level writes the derivative dataset ``OUTPUT_DIR/clci_keras/`` (masks and
 probability maps on each scan's grid and, when registered, in template space; sidecars;
 transforms; one HTML report per scan); the group level adds the table of every scan and the
-lesion-overlap map. Exit status: 0 all scans done (or skipped as finished), 1 some failed,
-2 bad arguments, dataset or weights.
+lesion-overlap map. The weights' model cards are checked as by ``clci-keras predict``, and each
+scan's space against them. Exit status: 0 all scans done (or skipped as finished), 1 some failed
+(a scan its weights' card refuses included), 2 bad arguments, dataset or weights (a card that
+does not fit them).
 """
 from __future__ import annotations
 
@@ -41,7 +43,8 @@ def add_arguments(parser):
                         help="working voxel size of the registration in mm (default 3)")
     parser.add_argument("--reg-iterations", type=positive_ints, default=None, metavar="N,N",
                         help="optimiser iterations per pyramid level, coarse to fine (default 100,30)")
-    parser.add_argument("--model", default="clci_net", metavar="NAME", help="registered model name (default: clci_net)")
+    parser.add_argument("--model", default=None, metavar="NAME",
+                        help="registered model name (default: the weights' model card's, else clci_net)")
     parser.add_argument("--tta", choices=("none", "flip"), default="none", help="flip: also predict the mirror image")
     parser.add_argument("--threshold", type=float, default=0.5, help="mask = probability > THRESHOLD (default 0.5)")
     parser.add_argument("--min-lesion-size", type=nonnegative_float, default=0.0, metavar="MM3",
@@ -50,7 +53,8 @@ def add_arguments(parser):
     parser.add_argument("--batch-size", type=positive_int, default=4, metavar="B", help="slices per model call")
     parser.add_argument("--all-slices", action="store_true", help="compute all 189 axial slices")
     parser.add_argument("--intensity", choices=tuple(s for s in SCHEMES if s != "none"), default=None,
-                        help="intensity scaling r1.1 or v2 (default: the weights' training record, else r1.1)")
+                        help="intensity scaling r1.1 or v2 (default: the weights' model card's, else their "
+                        "training record, else r1.1)")
     parser.add_argument("--no-intensity-check", action="store_true",
                         help="segment scans whose intensities are far from the training scale anyway")
     parser.add_argument("--threads", type=positive_int, default=None, metavar="N", help="TensorFlow intra-op threads")

@@ -400,7 +400,7 @@ def predict_atlas_volume(
 # --------------------------------------------------------------------------
 # NIfTI in, NIfTI out
 # --------------------------------------------------------------------------
-def _image_like(ref, data, dtype, description):
+def image_like(ref, data, dtype, description):
     """A NIfTI image of ``data`` with ``ref``'s class, shape, affine and header (sform/qform codes kept)."""
     header = ref.header.copy()
     header.set_data_dtype(dtype)
@@ -409,7 +409,7 @@ def _image_like(ref, data, dtype, description):
     header["cal_min"], header["cal_max"] = 0, 1
     # The copied header already holds ref's sform/qform (with their codes) and matches
     # ref.affine, so nibabel leaves them as they are; out.affine is ref.affine exactly.
-    out = type(ref)(np.asarray(data, dtype=dtype).reshape(ref.shape), ref.affine, header)
+    out = type(ref)(np.asarray(data, dtype=dtype).reshape(ref.shape[:3]), ref.affine, header)
     out.header.set_slope_inter(1.0, 0.0)
     for code in ("sform_code", "qform_code"):
         out.header[code] = ref.header[code]
@@ -483,11 +483,11 @@ def segment_image(
         # ATLAS grid voxels are 1 mm^3, so a size in mm^3 is a voxel count.
         atlas_mask, removed = remove_small_components(atlas_mask, float(min_lesion_size))
     mask = grid.from_atlas(atlas_mask.astype(np.float32), order=0) > 0.5
-    mask_img = _image_like(image, mask, np.uint8, f"clci-keras lesion mask (p > {threshold:g})")
+    mask_img = image_like(image, mask, np.uint8, f"clci-keras lesion mask (p > {threshold:g})")
     prob_img = None
     if return_probabilities:
         prob_native = np.clip(grid.from_atlas(prob, order=1), 0.0, 1.0)
-        prob_img = _image_like(image, prob_native, np.float32, "clci-keras lesion probability")
+        prob_img = image_like(image, prob_native, np.float32, "clci-keras lesion probability")
     from clci_keras.inference.ensemble import as_model_list, check_tta
 
     return Segmentation(mask_img, prob_img, grid.kind, n, time.perf_counter() - start, list(grid.notes),

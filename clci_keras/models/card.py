@@ -253,8 +253,9 @@ def check_card(card, weights, *, model=None, input_shape=None, crop=None, intens
         A list of one-line warnings (empty when the input fits the card).
 
     Raises:
-        CardMismatchError: another architecture, input size or channel count,
-            or a native-space input that is not registered.
+        CardMismatchError: another architecture or channel count, or a native-space
+            input that is not registered. (Another slice size is a warning: the
+            networks are convolutional and run on it.)
     """
     if card is None:
         return []
@@ -271,9 +272,9 @@ def check_card(card, weights, *, model=None, input_shape=None, crop=None, intens
         want, got = list(inp["shape"]), [None if d is None else int(d) for d in input_shape]
         if len(got) == 3 and None not in (got[2], want[2]) and got[2] != want[2]:
             raise refuse(f"the weights take {want[2]}-channel input, the model {got[2]}")
-        if None not in got[:2] + want[:2] and got[:2] != want[:2]:
-            raise refuse(f"the weights were trained on {_size(want[:2])} slices (crop {inp['crop']!r}), "
-                         f"the model takes {_size(got[:2])}")
+        if None not in got[:2] + want[:2] and got[:2] != want[:2]:  # convolutional: runs, but warn
+            warnings.append(f"{name}: the weights were trained on {_size(want[:2])} slices (crop {inp['crop']!r}), "
+                            f"the model takes {_size(got[:2])}: each output sees other context than in training")
     if crop is not None and crop_window(crop) != crop_window(inp["crop"]):
         warnings.append(f"{name}: trained with crop window {inp['crop']!r} {inp.get('crop_window')}, used with "
                         f"{crop!r} {crop_window(crop)}: slices are shifted against the training data")
