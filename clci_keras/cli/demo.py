@@ -32,6 +32,9 @@ def add_arguments(parser):
     p.add_argument("--eval-slices", type=eval_slices_arg, default=d["eval_slices"], metavar="all|brain|A:B",
                    help=f"(default: {d['eval_slices']})")
     p.add_argument("--crop", default=d["crop"], help=f"crop window (default: {d['crop']} = 224x176)")
+    p.add_argument("--init-weights", metavar="W",
+                   help="start from these weights instead of the seeded network, e.g. another backend's "
+                        "OUT/untrained/initial.weights.h5 (each backend draws other random numbers)")
     p.add_argument("--overwrite", action="store_true", help="reuse a non-empty DIR (its data and run are replaced)")
 
 
@@ -43,7 +46,7 @@ def run(args) -> int:
                      steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
                      train_slices=args.train_slices, val_slices=args.val_slices, learning_rate=args.lr,
                      bn_momentum=args.bn_momentum, export=args.export, eval_slices=args.eval_slices,
-                     crop=args.crop, model=args.model, overwrite=args.overwrite,
+                     crop=args.crop, model=args.model, init_weights=args.init_weights, overwrite=args.overwrite,
                      log=lambda text: print(text, flush=True))
     except (OSError, ValueError) as e:
         from clci_keras.cli import report

@@ -32,6 +32,7 @@ import os
 import shutil
 import time
 
+from clci_keras.data.constants import DEFAULT_CROP
 from clci_keras.experiments.workflows import make_split, prepare_data, train_and_evaluate
 from clci_keras.fileio import atomic_text
 
@@ -41,8 +42,8 @@ STEPS = 5
 
 def run_demo(out_dir, subjects=6, seed=0, epochs=3, steps_per_epoch=6, batch_size=8,
              train_slices="lesion+8", val_slices="lesion", learning_rate=1e-3, bn_momentum=0.5,
-             export="last", eval_slices="brain", crop="clci", model="clci_net", overwrite=False,
-             verbose="auto", log=print):
+             export="last", eval_slices="brain", crop=DEFAULT_CROP, model="clci_net", init_weights=None,
+             overwrite=False, verbose="auto", log=print):
     """Run the demo into ``out_dir``; returns the ``demo_summary.json`` dict.
 
     The defaults are sized for a 2-core CPU (timings: benchmarks/RESULTS.md,
@@ -58,116 +59,148 @@ def run_demo(out_dir, subjects=6, seed=0, epochs=3, steps_per_epoch=6, batch_siz
             learning_rate, bn_momentum, export, crop: training options
             (:class:`clci_keras.training.TrainConfig`).
         eval_slices: ``brain`` (155 slices) or ``all``.
+        init_weights: start from these weights (any format :func:`clci_keras.models.load_weights`
+            reads) instead of the seeded network: the same starting point on every backend
+            (each backend draws other random numbers for the same seed).
         verbose: Keras' ``fit`` verbosity.
         log: called with each progress message (``None``: silent).
 
     Outputs in ``out_dir``: ``synthetic/``, ``demo.h5``, ``split.json``,
-    ``untrained/`` (scores of the untrained network), ``runs/<model>/`` (the
+    ``untrained/`` (initial weights and scores of the untrained network), ``runs/<model>/`` (the
     run: log, exported weights, scores), ``weights/manifest.json``,
     ``tables/table{1,2}.{csv,md,tex}``, ``training_curves.png``,
     ``overlays.png``, ``demo_summary.json``.
     """
-    from clci_keras.data import crop_shape, load_split
-    from clci_keras.data.constants import SYNTHETIC_MARKER
-
     if subjects < 3:
         raise ValueError(f"the demo needs at least 3 subjects (train, val, test), got subjects={subjects}")
-    if os.path.isdir(out_dir) and os.listdir(out_dir):
-        if not overwrite:
-            raise FileExistsError(f"{out_dir} is not empty; use --overwrite or another --out")
-        for name in ("synthetic", "runs", "tables", "weights", "untrained"):
-            shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
-    os.makedirs(out_dir, exist_ok=True)
-    step = _stepper(log)
-    times = {}
-    t0 = t = time.time()
-    c0 = time.process_time()
+    _clear(out_dir, overwrite)
+    step, times = _stepper(log), {}
+    t0, c0 = time.time(), time.process_time()
 
     step(1, f"synthetic ATLAS R1.1-like data: {subjects} subjects, and its HDF5 slice file")
-    src = os.path.join(out_dir, "synthetic")
-    h5 = prepare_data("synthetic", out_dir, n_subjects=subjects, seed=seed, synthetic_layout="r1.1",
-                      h5_name="demo.h5", source_dir=src, progress=True,
-                      description="synthetic ATLAS R1.1-like data (clci-keras demo)")  # provenance for tables
-    # The release is complete when its marker file is written (last): the generation ends there.
-    generated = min(max(os.path.getmtime(os.path.join(src, SYNTHETIC_MARKER)), t), time.time())
-    times["synthetic_data"], times["hdf5"], t = generated - t, time.time() - generated, time.time()
-
-    step(2, "hold-out split")
-    split_path, _ = make_split(h5, "holdout", out_dir, val_fraction=1.0 / subjects, test_fraction=1.0 / subjects,
-                               seed=seed, path=os.path.join(out_dir, "split.json"), verbose=False)
-    split = load_split(split_path)
-    _say(log, f"train {split['train']}, val {split['val']}, test {split['test']} (subject indices)")
+    h5, split_path, split = _data(out_dir, subjects, seed, log, step, times)
 
     step(3, f"{model} before training: scoring the test subject")
-    from clci_keras.evaluation.evaluate import evaluate_run, format_summary
-    from clci_keras.models import build_model
-    from clci_keras.training import set_seed
-
-    shape = (*crop_shape(crop), 1)
-    run_dir = os.path.join(out_dir, "runs", model)
-    untrained_dir = os.path.join(out_dir, "untrained")
-    os.makedirs(untrained_dir, exist_ok=True)
-    set_seed(seed)
-    net = build_model(model, input_shape=shape)
-    init = os.path.join(untrained_dir, "initial.weights.h5")
-    net.save_weights(init)
-    untrained = evaluate_run(None, model, h5, split_path, part="test", out_dir=untrained_dir, crop=crop,
-                             slices=eval_slices, model=net, tag="untrained", progress=True)
-    _say(log, "untrained: " + format_summary(untrained["scores"]))
-    times["untrained_eval"], t = time.time() - t, time.time()
+    t = time.time()
+    net, init, untrained = _untrained(out_dir, h5, split_path, model, crop, seed, eval_slices, init_weights)
+    _say(log, "untrained: " + _format(untrained))
+    times["untrained_eval"] = time.time() - t
 
     step(4, f"training {model} ({epochs} epochs x {steps_per_epoch} steps of batch {batch_size}), "
             "evaluation of the exported weights")
+    settings = dict(epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size,
+                    train_slices=train_slices, val_slices=val_slices, learning_rate=learning_rate,
+                    bn_momentum=bn_momentum, export=export, eval_slices=eval_slices, crop=crop, seed=seed)
     manifest = os.path.join(out_dir, "weights", "manifest.json")
+    run_dir = os.path.join(out_dir, "runs", model)
     # Training, then the exported Keras 2 .h5 weights reloaded into `net` (its prediction
     # function is already built) and scored on the test subject.
     run = train_and_evaluate(
-        model, h5, split_path, run_dir, eval_slices=eval_slices, manifest=manifest, network=net,
-        init_weights=init, epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size,
-        train_slices=train_slices, val_slices=val_slices, learning_rate=learning_rate, bn_momentum=bn_momentum,
-        crop=crop, seed=seed, tensorboard=False, overwrite=True, verbose=verbose, export=export,
+        model, h5, split_path, run_dir, manifest=manifest, network=net, init_weights=init,
+        tensorboard=False, overwrite=True, verbose=verbose,
         eager=False,  # the traced training step, as every real run (and the demo's defaults)
-    )
-    result, trained, weights = run["result"], run["summary"], run["weights"]
+        **settings)
     times["training"], times["trained_eval"] = run["seconds"]["training"], run["seconds"]["evaluation"]
-    t = time.time()
-    _say(log, "trained:   " + format_summary(trained["scores"]))
+    _say(log, "trained:   " + _format(run["summary"]))
 
     step(5, "tables and figures")
+    t = time.time()
     from clci_keras.reports import write_tables
 
     tables = write_tables(os.path.join(out_dir, "runs"), os.path.join(out_dir, "tables"))
     figs = _figures(out_dir, run_dir, h5, split, model, net, init, crop)
     times["reports"] = time.time() - t
     times["total"] = time.time() - t0
-    cpu = time.process_time() - c0  # CPU seconds of this process (all threads)
+    summary = _summary(subjects, split, model, settings, init_weights, untrained, run, times,
+                       cpu=time.process_time() - c0,  # CPU seconds of this process (all threads)
+                       outputs={"tables": sorted(tables.values()), "figures": figs,
+                                "weights": run["weights"], "manifest": manifest})
+    with atomic_text(os.path.join(out_dir, "demo_summary.json"), durable=True) as f:
+        json.dump(summary, f, indent=2)
+    return summary
 
-    d_un = untrained["scores"]["dsc"]["mean"]
-    d_tr = trained["scores"]["dsc"]["mean"]
-    summary = {
+
+def _clear(out_dir, overwrite):
+    """Refuse a non-empty ``out_dir`` unless ``overwrite`` (then remove the demo's own outputs)."""
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        if not overwrite:
+            raise FileExistsError(f"{out_dir} is not empty; use --overwrite or another --out")
+        for name in ("synthetic", "runs", "tables", "weights", "untrained"):
+            shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
+    os.makedirs(out_dir, exist_ok=True)
+
+
+def _data(out_dir, subjects, seed, log, step, times):
+    """Steps 1-2: the synthetic release, its HDF5 file, the hold-out split; ``(h5, split path, split)``."""
+    from clci_keras.data import load_split
+
+    h5 = prepare_data("synthetic", out_dir, n_subjects=subjects, seed=seed, synthetic_layout="r1.1",
+                      h5_name="demo.h5", source_dir=os.path.join(out_dir, "synthetic"), progress=True,
+                      description="synthetic ATLAS R1.1-like data (clci-keras demo)")  # provenance for tables
+    times.update(h5.seconds)  # synthetic_data, hdf5
+    step(2, "hold-out split")
+    split_path, _ = make_split(h5, "holdout", out_dir, val_fraction=1.0 / subjects, test_fraction=1.0 / subjects,
+                               seed=seed, path=os.path.join(out_dir, "split.json"), verbose=False)
+    split = load_split(split_path)
+    _say(log, f"train {split['train']}, val {split['val']}, test {split['test']} (subject indices)")
+    return h5, split_path, split
+
+
+def _untrained(out_dir, h5, split_path, model, crop, seed, eval_slices, init_weights):
+    """Step 3: the network (seeded, or ``init_weights``), its initial weights file, its test scores."""
+    from clci_keras.data import crop_shape
+    from clci_keras.evaluation.evaluate import evaluate_run
+    from clci_keras.models import build_model, load_weights
+    from clci_keras.training import set_seed
+
+    untrained_dir = os.path.join(out_dir, "untrained")
+    os.makedirs(untrained_dir, exist_ok=True)
+    set_seed(seed)
+    net = build_model(model, input_shape=(*crop_shape(crop), 1))
+    if init_weights is not None:
+        load_weights(net, init_weights)
+        init = os.fspath(init_weights)
+    else:
+        init = os.path.join(untrained_dir, "initial.weights.h5")
+        net.save_weights(init)
+    untrained = evaluate_run(None, model, h5, split_path, part="test", out_dir=untrained_dir, crop=crop,
+                             slices=eval_slices, model=net, tag="untrained", progress=True)
+    return net, init, untrained
+
+
+def _format(summary):
+    from clci_keras.evaluation.evaluate import format_summary
+
+    return format_summary(summary["scores"])
+
+
+def _summary(subjects, split, model, settings, init_weights, untrained, run, times, cpu, outputs):
+    """The ``demo_summary.json`` dict."""
+    trained = run["summary"]
+    return {
         "data": "SYNTHETIC (clci_keras.data.synthetic), not ATLAS",
         "subjects": subjects,
         "split": {k: split[k] for k in ("train", "val", "test")},
         "model": model,
-        "settings": dict(epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size,
-                         train_slices=train_slices, val_slices=val_slices, learning_rate=learning_rate,
-                         bn_momentum=bn_momentum, export=export, eval_slices=eval_slices, crop=crop,
-                         seed=seed),
-        "epochs_run": result["epochs_run"],
-        "test_dsc_untrained": d_un,
-        "test_dsc_trained": d_tr,
+        "settings": dict(settings),
+        "init_weights": None if init_weights is None else os.path.abspath(init_weights),
+        "backend": _backend(),
+        "epochs_run": run["result"]["epochs_run"],
+        "test_dsc_untrained": untrained["scores"]["dsc"]["mean"],
+        "test_dsc_trained": trained["scores"]["dsc"]["mean"],
         "untrained": {k: v["mean"] for k, v in untrained["scores"].items()},
         "trained": {k: v["mean"] for k, v in trained["scores"].items()},
         "seconds": {k: round(v, 1) for k, v in times.items()},
         "cpu_seconds": round(cpu, 1),
         "cpu_count": os.cpu_count(),
-        "outputs": {"tables": sorted(tables.values()), "figures": figs, "weights": weights,
-                    "manifest": manifest},
+        "outputs": outputs,
     }
-    with atomic_text(os.path.join(out_dir, "demo_summary.json"), durable=True) as f:
-        json.dump(summary, f, indent=2)
-    os.remove(init)
-    return summary
+
+
+def _backend():
+    import keras
+
+    return keras.backend.backend()
 
 
 def _say(log, text):
