@@ -14,6 +14,8 @@ installs both (``.[jax,torch]``).
 * ``clci-keras train`` on a streamed input, killed after its first epoch and
   started again (it resumes), then ``evaluate`` and ``predict`` of a NIfTI scan,
   all through the command line, on a 32 x 32 window;
+* ``clci-keras bids`` participant and group levels: the masks and probability maps of
+  TensorFlow (<= 1e-5);
 * the multi-process JAX distribution: tests/test_multiworker.py (JAX case).
 """
 import csv
@@ -209,3 +211,44 @@ def test_notebook_02_quick(backend):
     out = run_child(backend, ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
                               os.path.join(TESTS, "test_notebooks.py"), "-k", "test_02_train_clci_net"], cwd=ROOT)
     assert "1 passed" in out
+
+
+@per_backend
+def test_bids_app_participant_and_group_match_tensorflow(backend, tmp_path):
+    """`clci-keras bids` (participant, then group) on the backend: the same masks and maps as on TensorFlow."""
+    import nibabel as nib
+
+    pytest.importorskip("bids", reason="pybids (the [bids] extra) is not installed")
+    import test_bids
+
+    from clci_keras.bids.synthetic import write_synthetic_bids
+    from clci_keras.cli import main
+    from clci_keras.models import save_weights_legacy
+
+    ds, weights = tmp_path / "ds", tmp_path / "band.h5"
+    write_synthetic_bids(ds, seed=0, kinds=("mni", "sessions"))  # on the template grid, and reoriented
+    save_weights_legacy(test_bids._band_model(), str(weights))
+    participant = ["participant", "--weights", str(weights), "--model", test_bids.MODEL, *test_bids.FAST]
+    assert main(["bids", str(ds), str(tmp_path / "tf"), *participant]) == 0
+    run_child(backend, ["-c", textwrap.dedent(f"""
+        import sys
+        import test_bids  # registers the stand-in model
+        from clci_keras.cli import main
+        ds, out = {str(ds)!r}, {str(tmp_path / backend)!r}
+        assert main(["bids", ds, out, *{participant!r}]) == 0
+        assert main(["bids", ds, out, "group"]) == 0
+    """)], cwd=str(tmp_path))
+    ref_root, root = tmp_path / "tf" / "clci_keras", tmp_path / backend / "clci_keras"
+    maps = sorted(p.relative_to(ref_root) for p in ref_root.rglob("*_probseg.nii.gz"))
+    assert len(maps) == 3  # sub-01, sub-02 ses-1 and ses-2
+    for rel in maps:
+        ref, got = nib.load(ref_root / rel), nib.load(root / rel)
+        np.testing.assert_array_equal(got.affine, ref.affine)
+        assert np.abs(got.get_fdata() - ref.get_fdata()).max() <= 1e-5, rel
+        mask = str(rel).replace("_probseg", "_mask")
+        np.testing.assert_array_equal(np.asanyarray(nib.load(root / mask).dataobj),
+                                      np.asanyarray(nib.load(ref_root / mask).dataobj))
+    assert (root / "group" / "lesions.tsv").exists() and (root / "group.html").exists()
+    assert len(list((root / "anat").glob("space-*_label-L_desc-overlap_probseg.nii.gz"))) == 1
+    sidecar = json.loads(next(root.rglob("sub-01*_mask.json")).read_text())
+    assert backend in json.dumps(sidecar["SoftwareUsed"])
