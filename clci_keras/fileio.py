@@ -308,6 +308,20 @@ def _failed(exc, path):
 
 
 @contextlib.contextmanager
+def _discard_on_error(tmp, path):
+    """On any error in the block (``KeyboardInterrupt`` included) remove ``tmp``; a full disk
+    is re-raised as one OSError naming ``path`` (:func:`_failed`)."""
+    try:
+        yield
+    except BaseException as e:
+        discard(tmp)
+        err = _failed(e, path)
+        if err is e:
+            raise
+        raise err from e
+
+
+@contextlib.contextmanager
 def atomic_text(path, newline=None, durable=False, base_mode=0o666):
     """Open ``path`` for writing text through a temporary file beside it.
 
@@ -323,16 +337,10 @@ def atomic_text(path, newline=None, durable=False, base_mode=0o666):
     """
     path = os.fspath(path)
     tmp = temporary(path, "tmp", folder=False)
-    try:
+    with _discard_on_error(tmp, path):
         with open(tmp, "w", newline=newline) as f:
             yield f
         publish(tmp, path, durable=durable, base_mode=base_mode)
-    except BaseException as e:
-        discard(tmp)
-        err = _failed(e, path)
-        if err is e:
-            raise
-        raise err from e
 
 
 @contextlib.contextmanager
@@ -362,18 +370,12 @@ def atomic_path(path, durable=False, tag="tmp", per_process=False, skip_empty=Fa
     """
     path = os.fspath(path)
     tmp = temporary(path, tag, folder=False, per_process=per_process)
-    try:
+    with _discard_on_error(tmp, path):
         yield tmp
         if skip_empty and not os.path.getsize(tmp):
             discard(tmp)
             return
         publish(tmp, path, durable=durable)
-    except BaseException as e:
-        discard(tmp)
-        err = _failed(e, path)
-        if err is e:
-            raise
-        raise err from e
 
 
 @contextlib.contextmanager
@@ -390,17 +392,11 @@ def atomic_folder(path, durable=False, tag="tmp"):
     """
     path = os.fspath(path)
     tmp = temporary(path, tag, folder=True)
-    try:
+    with _discard_on_error(tmp, path):
         yield tmp
         if os.path.lexists(path):
             discard(path)
         publish(tmp, path, durable=durable)
-    except BaseException as e:
-        discard(tmp)
-        err = _failed(e, path)
-        if err is e:
-            raise
-        raise err from e
 
 
 def check_writable_folder(folder, what="output folder"):
