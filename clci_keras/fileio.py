@@ -456,6 +456,28 @@ def walk(top, skip=None):
 LOCK_NAME = ".{}.lock"
 
 
+#: Descriptors of the locks this process holds (:func:`exclusive`).
+_HELD_LOCKS = set()
+
+
+def _forget_inherited_locks():
+    """In a forked child: close the lock descriptors inherited from the parent.
+
+    An ``flock`` belongs to the open file, which a forked child shares: a pool
+    worker that outlives a killed parent would otherwise keep the parent's
+    output locked. (Executed children do not inherit them: Python opens
+    descriptors close-on-exec.)
+    """
+    for fd in list(_HELD_LOCKS):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_inherited_locks)
+
+
 class OutputInUseError(OSError):
     """Another live process holds :func:`exclusive` on the same output (the message names it and the PID)."""
 
@@ -474,7 +496,8 @@ def exclusive(path, what="output", inside=False):
 
     The lock is ``flock`` on ``.NAME.lock`` beside ``path`` (with ``inside``:
     ``path/.clci-keras.lock`` in the folder ``path``; folders are created if needed), which records the
-    holder's PID and command line; the kernel releases it when the holder ends,
+    holder's PID and command line (forked children, e.g. pool workers, do not keep
+    it); the kernel releases it when the holder ends,
     however it ends (a lock file left by a killed process is reused). Take it
     before checking whether ``path`` exists, so that two runs cannot both find
     it absent. Where ``flock`` is unavailable (not POSIX), nothing is locked.
@@ -510,6 +533,7 @@ def exclusive(path, what="output", inside=False):
         except FileNotFoundError:
             pass
         os.close(fd)
+    _HELD_LOCKS.add(fd)
     try:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n{' '.join(sys.argv)[:400]}\n".encode("utf-8", "replace"))
@@ -517,6 +541,7 @@ def exclusive(path, what="output", inside=False):
     finally:
         with contextlib.suppress(OSError):
             os.remove(lock)
+        _HELD_LOCKS.discard(fd)
         os.close(fd)
 
 

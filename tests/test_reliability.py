@@ -216,6 +216,36 @@ def test_exclusive_is_reused_after_a_killed_holder_and_refused_while_one_lives(t
     assert os.listdir(tmp_path) == []
 
 
+def test_a_forked_child_does_not_keep_its_killed_parents_lock(tmp_path):
+    """Pool workers forked while `prep` holds its output's lock must not hold it once `prep` is killed."""
+    import signal
+    import subprocess
+    import sys
+
+    from clci_keras.fileio import exclusive
+
+    out = tmp_path / "data.h5"
+    code = ("import os, time\nfrom clci_keras.fileio import exclusive\n"
+            f"with exclusive({str(out)!r}):\n"
+            "    child = os.fork()\n"
+            "    if child == 0:\n        time.sleep(600)\n        os._exit(0)\n"
+            "    print(child, flush=True)\n    time.sleep(600)\n")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child = None
+    try:
+        child = int(parent.stdout.readline())
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(60)
+        os.kill(child, 0)  # the child still runs...
+        with exclusive(out):  # ...and the output is free
+            pass
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        if child:
+            os.kill(child, signal.SIGKILL)
+
+
 def test_a_second_prep_to_an_output_in_use_fails_at_once(synthetic_r11_dir, tmp_path, capsys):
     from clci_keras.cli import main
     from clci_keras.fileio import exclusive
