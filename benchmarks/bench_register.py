@@ -27,14 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import _harness  # noqa: E402  (puts the checkout on sys.path)
 import numpy as np  # noqa: E402
-
-
-def _rot(axis, deg):
-    c, s = np.cos(np.radians(deg)), np.sin(np.radians(deg))
-    i, j = [k for k in range(3) if k != axis]
-    r = np.eye(3)
-    r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
-    return r
+from clci_keras.data.synthetic import axis_rotation as _rot  # noqa: E402
 
 
 def native_case(seed):

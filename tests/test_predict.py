@@ -105,12 +105,7 @@ def _flip_x_affine():
 
 
 def _oblique_affine():
-    def rot(axis, deg):
-        c, s = np.cos(np.radians(deg)), np.sin(np.radians(deg))
-        i, j = [k for k in range(3) if k != axis]
-        r = np.eye(3)
-        r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
-        return r
+    from clci_keras.data.synthetic import axis_rotation as rot
 
     a = np.eye(4)
     a[:3, :3] = rot(2, 14) @ rot(0, -9) @ np.diag([1.3, 1.2, 1.4])

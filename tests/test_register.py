@@ -18,6 +18,7 @@ import pytest
 
 from clci_keras.cli import main as cli_main
 from clci_keras.data.constants import ATLAS_SHAPE
+from clci_keras.data.synthetic import axis_rotation as _rot
 from clci_keras.inference import (
     ATLAS_AFFINE,
     IntensityError,
@@ -35,14 +36,6 @@ from test_predict import _nifti, _phantom, _threshold_model  # noqa: F401  (regi
 FAST = ["--reg-resolution", "4", "--reg-iterations", "50,20"]
 LESION_MNI = np.array([28.0, -12.0, 16.0])  # mm, right hemisphere white matter
 LESION_R = 12.0
-
-
-def _rot(axis, deg):
-    c, s = np.cos(np.radians(deg)), np.sin(np.radians(deg))
-    i, j = [k for k in range(3) if k != axis]
-    r = np.eye(3)
-    r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
-    return r
 
 
 def _dice(a, b):

@@ -18,17 +18,9 @@ import os
 import numpy as np
 
 from clci_keras.data.constants import ATLAS_AFFINE, V2_SPACE
-from clci_keras.data.synthetic import save_nifti
+from clci_keras.data.synthetic import axis_rotation as _rot, save_nifti
 
 KINDS = ("mni", "native", "sessions", "broken")
-
-
-def _rot(axis, deg):
-    c, s = np.cos(np.radians(deg)), np.sin(np.radians(deg))
-    i, j = [k for k in range(3) if k != axis]
-    r = np.eye(3)
-    r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
-    return r
 
 
 def native_grid(seed=0):

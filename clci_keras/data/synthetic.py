@@ -244,6 +244,16 @@ def generate_subject(seed=0, index=0, scale=None, layout="r1.1"):
     return SyntheticSubject(img, masks, affine.copy(), hemisphere, locations, volumes)
 
 
+def axis_rotation(axis, degrees):
+    """3x3 rotation by ``degrees`` in the plane of the two axes other than ``axis``
+    (``axis`` 0, 1 or 2); the oblique and native grids of the test data are built from it."""
+    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+    i, j = [k for k in range(3) if k != axis]
+    r = np.eye(3)
+    r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
+    return r
+
+
 def save_nifti(arr, affine, path, dtype, xform_code=4):
     """Write ``arr`` as a NIfTI image of ``dtype`` (atomically), qform and sform ``affine``
     with ``xform_code`` (4: MNI152, 1: scanner); float data stored as integers are scaled."""
