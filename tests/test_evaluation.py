@@ -120,3 +120,24 @@ def test_progress_bar_on_a_terminal_is_tqdm_and_plain_lines_elsewhere():
     bar.update(3)
     bar.close()
     assert "\r" in tty.getvalue()  # a real bar where redraws belong
+
+
+def test_a_second_evaluation_into_the_same_scores_fails_at_once(synthetic_h5, tmp_path):
+    """Issue 24: one evaluation of a part per output folder at a time; nothing written by the second."""
+    from clci_keras.data.splits import save_split
+    from clci_keras.evaluation.evaluate import evaluate_run
+    from clci_keras.fileio import OutputInUseError, exclusive
+
+    split = str(tmp_path / "split.json")
+    save_split({"train": [0], "val": [], "test": [1], "mode": "holdout"}, split)
+    model = _constant_model((224, 176, 1), 1, lesion_logit=8.0)
+    out = tmp_path / "run"
+    with exclusive(out / "scores_test.csv", what="evaluation output"):  # as a first evaluation holds it
+        with pytest.raises(OutputInUseError, match=r"scores_test.csv: this evaluation output is in use"):
+            evaluate_run(None, "constant", synthetic_h5, split, out_dir=str(out), model=model, slices="brain",
+                         progress=False)
+    assert sorted(p.name for p in out.iterdir()) == []
+    summary = evaluate_run(None, "constant", synthetic_h5, split, out_dir=str(out), model=model, slices="brain",
+                           progress=False)  # free again: it runs
+    assert summary["subjects"] == [1] and sorted(p.name for p in out.iterdir()) == ["scores_test.csv",
+                                                                                 "summary_test.json"]
