@@ -247,11 +247,7 @@ def _close_hdf5(tmp):
 
 
 def discard(tmp):
-    """Remove the temporary file or folder ``tmp`` (nothing if it is gone: published or never made).
-
-    HDF5 files still open on it are closed first (:func:`_close_hdf5`).
-    """
-    _close_hdf5(tmp)
+    """Remove the temporary file or folder ``tmp`` (nothing if it is gone: published or never made)."""
     if os.path.isdir(tmp) and not os.path.islink(tmp):
         shutil.rmtree(tmp, ignore_errors=True)
     else:
@@ -314,6 +310,7 @@ def _discard_on_error(tmp, path):
     try:
         yield
     except BaseException as e:
+        _close_hdf5(tmp)  # only the temporary's: a published file may be open elsewhere
         discard(tmp)
         err = _failed(e, path)
         if err is e:
