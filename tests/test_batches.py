@@ -26,3 +26,60 @@ def test_random_access_batches_equal_the_walk_and_shard_it(synthetic_h5):
     np.testing.assert_array_equal(ds[9][1], src[9][1])
     ev = EvalBatches(reader, idx, 9)
     np.testing.assert_array_equal(np.concatenate([ev[k][0] for k in range(len(ev))]), reader.read(idx)[0])
+
+
+class _Numbered:
+    """Batch ``k``: images of 3 x 1 pixels equal to k, labels 0 (an identity network's loss is k^2)."""
+
+    shape = (3, 1, 1)
+
+    def __init__(self, n):
+        self.n, self.reads, self.reader = n, [], self
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, k):
+        self.reads.append(k)
+        return np.full((2, *self.shape), k, "float32"), np.zeros((2, *self.shape), "float32")
+
+
+def fit_order(workers=2, epochs=2, steps=3):
+    """The batch numbers that ``fit`` trained on, step by step, through :func:`fit_input`.
+
+    tests/test_backends.py runs it on JAX and PyTorch (the :class:`SourceDataset` path).
+    """
+    import keras
+
+    from clci_keras.data.batches import close_input, fit_input
+
+    inputs = keras.Input(_Numbered.shape)
+    model = keras.Model(inputs, keras.layers.Conv2D(1, 1, kernel_initializer="ones", use_bias=False)(inputs))
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
+    means = []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            means.append((batch, float(logs["loss"])))
+
+    ds = fit_input(_Numbered(epochs * steps + 1), workers=workers)
+    model.fit(ds, epochs=epochs, steps_per_epoch=steps, shuffle=False, verbose=0, callbacks=[Record()])
+    close_input(ds)
+    losses = [(i + 1) * m - (i * means[n - 1][1] if i else 0.0) for n, (i, m) in enumerate(means)]
+    return [int(round(np.sqrt(max(v, 0.0)))) for v in losses]
+
+
+def test_fit_trains_on_batches_0_1_2_in_order():
+    assert fit_order() == [0, 1, 2, 3, 4, 5]  # TensorFlow: tf.data (JAX, PyTorch: tests/test_backends.py)
+
+
+def test_source_dataset_serves_batch_k_whatever_was_asked_before():
+    src = _Numbered(8)
+    ds = SourceDataset(src, workers=2)
+    assert [int(ds[k][0].flat[0]) for k in (0, 1, 0, 0, 1, 2, 3, 7, 2)] == [0, 1, 0, 0, 1, 2, 3, 7, 2]
+    ds.close()
+    assert max(src.reads) == 7  # read ahead, never past the end
+    reads = len(src.reads)
+    assert len(src.reads) == reads  # closed: nothing more is read
+    assert int(ds[5][0].flat[0]) == 5  # usable again after close
+    ds.close()

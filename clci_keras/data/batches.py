@@ -15,8 +15,8 @@ One batch source for in-memory and streamed data. A source is random access:
 :func:`fit_input` hands a source to ``fit`` / ``evaluate``: on the TensorFlow
 backend as a ``tf.data`` pipeline (one ``numpy_function`` per batch, two
 batches prefetched; measurements: benchmarks/RESULTS.md, "Data: streaming
-input at scale"), on JAX and PyTorch as a :class:`keras.utils.PyDataset` whose
-worker threads read ahead. The sources use neither Keras nor TensorFlow.
+input at scale"), on JAX and PyTorch as a :class:`SourceDataset` (a :class:`keras.utils.PyDataset`)
+whose thread reads ahead. The sources use neither Keras nor TensorFlow.
 
 ``shard=(i, n)`` keeps part ``i`` of ``n`` equal parts of every batch: the
 process-local part of a global batch under multi-process data parallelism
@@ -190,9 +190,10 @@ def fit_input(source, workers=2):
 
     TensorFlow: a ``tf.data.Dataset`` (``range`` -> one stateful
     ``numpy_function`` per batch -> ``prefetch(2)``, auto-shard policy DATA
-    for ``tf.distribute``). JAX and PyTorch: a :class:`keras.utils.PyDataset`
-    read ahead by ``workers`` threads (``workers=1``: read in the training
-    thread). Batches come in the source's order either way.
+    for ``tf.distribute``). JAX and PyTorch: a :class:`SourceDataset` read
+    ``workers`` batches ahead by one thread (``workers=1``: read in the
+    training thread). Batches come in the source's order either way, from
+    batch 0 at the first step.
     """
     keep_freed_memory()
     if keras.backend.backend() == "tensorflow":
@@ -221,17 +222,62 @@ def _tf_dataset(source):
 
 
 class SourceDataset(keras.utils.PyDataset):
-    """A batch source as a Keras ``PyDataset``: batches in order, ``workers`` threads read ahead."""
+    """A batch source as a Keras ``PyDataset``: ``ds[k]`` is ``source[k]``, read ahead by one thread.
+
+    Batch ``k`` is always ``source[k]``, whatever was asked before. The
+    read-ahead is this class's, not Keras's worker queue: before the first
+    step ``fit`` reads one batch to build the model, then iterates again from
+    batch 0, and Keras 3.15's queue went on serving from where the first read
+    left it, so JAX and PyTorch trained on batches 1, 2, ... while TensorFlow's
+    ``tf.data`` started at 0. Here a background thread reads up to
+    ``workers`` batches ahead of the one asked for (``workers <= 1``: reads in
+    the caller's thread), in increasing order, so that a streamed walk is
+    followed as it runs. :meth:`close` stops it.
+    """
 
     def __init__(self, source, workers=2):
-        super().__init__(workers=int(workers), use_multiprocessing=False, max_queue_size=2)
-        self.source = source
+        super().__init__(workers=1, use_multiprocessing=False)  # no Keras queue: see above
+        self.source, self.ahead = source, max(0, int(workers))
+        self._lock = threading.Lock()
+        self._pending, self._pool = {}, None
 
     def __len__(self):
         return len(self.source)
 
     def __getitem__(self, k):
-        return self.source[k]
+        k = int(k)
+        if self.ahead <= 1:
+            return self.source[k]
+        with self._lock:
+            future = self._pending.pop(k, None)
+            for j in [j for j in self._pending if j < k]:
+                self._pending.pop(j).cancel()
+        batch = self.source[k] if future is None else future.result()
+        with self._lock:
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clci-read-ahead")
+            for j in range(k + 1, min(k + 1 + self.ahead, len(self.source))):
+                if j not in self._pending:
+                    self._pending[j] = self._pool.submit(self.source.__getitem__, j)
+        return batch
+
+    def close(self):
+        """Drop the batches read ahead and stop the thread (before the reader closes)."""
+        with self._lock:
+            pending, pool, self._pending, self._pool = self._pending, self._pool, {}, None
+        for future in pending.values():
+            future.cancel()
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+
+def close_input(dataset):
+    """Stop what :func:`fit_input` started for ``dataset`` (a :class:`SourceDataset`'s read-ahead)."""
+    close = getattr(dataset, "close", None) if isinstance(dataset, SourceDataset) else None
+    if close is not None:
+        close()
 
 
 def train_dataset(reader, indices, batch_size, seed=0, first_batch=0, n_batches=None, shard=None, workers=2):
