@@ -9,6 +9,9 @@ hands files to the child. A backend that is not installed is skipped; CI
 installs both (``.[jax,torch]``).
 
 * parity: the original Keras-2 weights give the Keras-2 reference's outputs (<= 1e-5);
+* ``fit`` trains on batches 0, 1, 2, ... of the input, as on TensorFlow;
+* one seed, one start: the initial weights drawn from a seed and the dropout masks are
+  TensorFlow's exactly, and CLCI-Net's training-mode outputs TensorFlow's (<= 1e-4);
 * the Keras 2.2 BatchNormalization update (tests/test_batchnorm.py's traced-step
   and CLCI-Net checks, run on the backend) (<= 1e-5 relative);
 * ``clci-keras train`` on a streamed input, killed after its first epoch and
@@ -127,6 +130,30 @@ def test_original_keras2_weights_give_the_reference_outputs(backend, tmp_path):
 #: anyway (on JAX an eager CLCI-Net step compiles each operation apart: minutes of CPU).
 BATCHNORM_CHECKS = {"jax": ["compiled_training_step"],
                     "torch": ["compiled_training_step", "clci_net_trained_a_few_steps"]}
+
+
+@per_backend
+def test_fit_trains_on_the_batches_in_order(backend):
+    out = run_child(backend, ["-c", "import test_batches; print(test_batches.fit_order())"])
+    assert out.strip().splitlines()[-1] == "[0, 1, 2, 3, 4, 5]"
+
+
+@per_backend
+def test_seeded_start_and_dropout_equal_tensorflows(backend, tmp_path):
+    from test_seeding import training_mode_outputs
+
+    training_mode_outputs(str(tmp_path / "tensorflow.npz"))
+    run_child(backend, ["-c", "import sys, test_seeding; test_seeding.training_mode_outputs(sys.argv[1])",
+                        str(tmp_path / "other.npz")])
+    ref, got = np.load(tmp_path / "tensorflow.npz"), np.load(tmp_path / "other.npz")
+    assert sorted(ref.files) == sorted(got.files)
+    for key in ref.files:
+        if key.startswith("arr_") or key.startswith("mask"):  # weights and masks: bit for bit
+            np.testing.assert_array_equal(got[key], ref[key], err_msg=key)
+    assert not np.array_equal(ref["mask0"], ref["mask1"])
+    for key in ("out0", "out1"):  # dropout on, BatchNorm on batch statistics of 2 images: 3e-5 measured
+        np.testing.assert_allclose(got[key], ref[key], atol=1e-4, err_msg=key)
+    assert np.abs(ref["out0"] - ref["out1"]).max() > 1e-3  # the two calls' masks differ
 
 
 @per_backend

@@ -151,6 +151,7 @@ def _untrained(out_dir, h5, split_path, model, crop, seed, eval_slices, init_wei
     from clci_keras.data import crop_shape
     from clci_keras.evaluation.evaluate import evaluate_run
     from clci_keras.models import build_model, load_weights
+    from clci_keras.models.seeding import draw_initial_state
     from clci_keras.training import set_seed
 
     untrained_dir = os.path.join(out_dir, "untrained")
@@ -160,7 +161,8 @@ def _untrained(out_dir, h5, split_path, model, crop, seed, eval_slices, init_wei
     if init_weights is not None:
         load_weights(net, init_weights)
         init = os.fspath(init_weights)
-    else:
+    else:  # the same network on every backend (models.seeding)
+        draw_initial_state(net, seed)
         init = os.path.join(untrained_dir, "initial.weights.h5")
         net.save_weights(init)
     untrained = evaluate_run(None, model, h5, split_path, part="test", out_dir=untrained_dir, crop=crop,

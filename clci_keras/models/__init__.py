@@ -24,6 +24,7 @@ _LAZY = {
     "get_model_spec": "clci_keras.models.registry",
     "list_models": "clci_keras.models.registry",
     "register_model": "clci_keras.models.registry",
+    "draw_initial_state": "clci_keras.models.seeding",
     "load_weights": "clci_keras.models.weights",
     "save_weights_legacy": "clci_keras.models.weights",
 }

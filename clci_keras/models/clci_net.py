@@ -37,7 +37,7 @@ from clci_keras.models.common import (
     resolve_input,
     validate_num_class,
 )
-from clci_keras.models.layers import BilinearUpsampling, SequenceConcat, hard_sigmoid_keras2
+from clci_keras.models.layers import BilinearUpsampling, Dropout, SequenceConcat, hard_sigmoid_keras2
 
 #: Number of 2×2 poolings in the encoder: spatial sizes must be multiples of 2**4.
 NUM_POOLINGS = 4
@@ -154,7 +154,7 @@ def clf_aspp(x, skips, clf=True, *, name="clf_aspp"):
     branches += [b0, *atrous, b4]
     out = layers.Concatenate(axis=-1, name=f"{name}_concat")(branches)
     out = conv_bias_bn_relu(out, 4 * ASPP_FILTERS, kernel_size=(1, 1), name=f"{name}_project")
-    return layers.Dropout(DROPOUT_RATE, name=f"{name}_dropout")(out)
+    return Dropout(DROPOUT_RATE, name=f"{name}_dropout")(out)
 
 
 def context_inference(decoded, skip, filters, *, name):
@@ -256,7 +256,7 @@ def CLCI_Net(
         pooled = layers.MaxPooling2D(pool_size=(2, 2), name=f"enc{level}_pool")(conv)
         x = clf_fusion(stages, pooled, level, name=f"clf{level}") if clf else pooled
     x = double_conv(x, ENCODER_FILTERS[NUM_POOLINGS], name=f"enc{NUM_POOLINGS + 1}")
-    x = layers.Dropout(DROPOUT_RATE, name=f"enc{NUM_POOLINGS + 1}_dropout")(x)
+    x = Dropout(DROPOUT_RATE, name=f"enc{NUM_POOLINGS + 1}_dropout")(x)
 
     if aspp:
         x = clf_aspp(x, stages, clf=clf)

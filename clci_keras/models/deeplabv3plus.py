@@ -42,7 +42,7 @@ from clci_keras.models.common import (
     score_conv,
     validate_num_class,
 )
-from clci_keras.models.layers import ResizeTo
+from clci_keras.models.layers import Dropout, ResizeTo
 from clci_keras.models.registry import register_model
 from clci_keras.models.resnet import resnet_encoder
 
@@ -67,7 +67,7 @@ def aspp(x, rates=ASPP_RATES, filters=ASPP_FILTERS, *, name="aspp"):
     branches.append(ResizeTo((h, w), name=f"{name}_image_resize")(pool))
     y = layers.Concatenate(name=f"{name}_concat")(branches)
     y = conv_bn_relu(y, filters, 1, name=f"{name}_project")
-    return layers.Dropout(DROPOUT_RATE, name=f"{name}_dropout")(y)
+    return Dropout(DROPOUT_RATE, name=f"{name}_dropout")(y)
 
 
 def DeepLabV3Plus(

@@ -42,7 +42,7 @@ from clci_keras.models.common import (
     resolve_input,
     validate_num_class,
 )
-from clci_keras.models.layers import BilinearKernel
+from clci_keras.models.layers import BilinearKernel, Dropout
 from clci_keras.models.registry import register_model
 
 #: Total downsampling of the VGG-16 encoder: input is padded to multiples of it.
@@ -121,9 +121,9 @@ def FCN8s(
         pools.append(x)
 
     x = _conv(x, fc_filters, 7, batch_norm, name="fc6")
-    x = layers.Dropout(DROPOUT_RATE, name="fc6_dropout")(x)
+    x = Dropout(DROPOUT_RATE, name="fc6_dropout")(x)
     x = _conv(x, fc_filters, 1, batch_norm, name="fc7")
-    x = layers.Dropout(DROPOUT_RATE, name="fc7_dropout")(x)
+    x = Dropout(DROPOUT_RATE, name="fc7_dropout")(x)
 
     x = _score(x, num_class, name="score_fr")
     x = _upscore(x, num_class, 2, name="upscore2")

@@ -5,6 +5,8 @@
   :class:`BilinearUpsampling` (TF-1 ``resize_bilinear``).
 * Training (Keras-2 semantics): :class:`BatchNormalization`, whose moving
   statistics are updated as Keras 2.2.4 on TensorFlow 1.x did; every model uses it.
+* Training on every backend: :class:`Dropout`, whose masks are the same on
+  TensorFlow, JAX and PyTorch for the same seed; every model uses it.
 * Comparison models: :class:`AdaptiveAveragePooling2D` (PyTorch-style bins,
   for PSPNet's pyramid on a 28×22 map), :class:`ResizeTo` (bilinear resize to
   a fixed size) and :class:`BilinearKernel` (bilinear initialiser for FCN's
@@ -398,3 +400,76 @@ def set_debias_steps(model, steps):
     for layer in model._flatten_layers(include_self=False):
         if isinstance(layer, BatchNormalization) and layer.name in steps and layer._debias_step is not None:
             layer._debias_step.assign(float(steps[layer.name]))
+
+
+# ---------------------------------------------------------------------------
+# Dropout with the same masks on every backend
+# ---------------------------------------------------------------------------
+#: Multipliers of the 32-bit integer mixer (C. Wellons' "lowbias32"), as signed int32.
+_MIX = (0x7FEB352D, 0x846CA68B - (1 << 32))
+_GOLDEN = 0x9E3779B9 - (1 << 32)
+
+
+def _int32(value):
+    return ops.convert_to_tensor(np.int32(value), dtype="int32")
+
+
+def _shift_right(x, k):
+    """Logical right shift of int32 ``x`` (``right_shift`` is arithmetic on every backend)."""
+    return ops.bitwise_and(ops.right_shift(x, k), _int32((1 << (32 - k)) - 1))
+
+
+def _mix32(x):
+    """A bijective 32-bit hash; int32 products wrap around alike on every backend."""
+    x = ops.bitwise_xor(x, _shift_right(x, 16))
+    x = ops.multiply(x, _int32(_MIX[0]))
+    x = ops.bitwise_xor(x, _shift_right(x, 15))
+    x = ops.multiply(x, _int32(_MIX[1]))
+    return ops.bitwise_xor(x, _shift_right(x, 16))
+
+
+def counter_uniform(shape, seed):
+    """Uniform floats in ``[0, 1)`` (24 random bits) of ``shape``: one hash per element.
+
+    ``seed``: two integers (a :class:`keras.random.SeedGenerator` state: seed and
+    counter). The values are a function of ``seed`` and the position alone, made
+    of integer operations only, so every backend gives the same bits.
+    """
+    seed = ops.cast(seed, "int32")
+    key_a = _mix32(seed[0])
+    key_b = _mix32(ops.bitwise_xor(ops.multiply(seed[1], _int32(_GOLDEN)), key_a))
+    index = _int32(0)
+    for dim in shape:  # row-major element number, built axis by axis (the batch may be unknown)
+        index = ops.expand_dims(index, -1) * ops.cast(dim, "int32") + ops.arange(dim, dtype="int32")
+    bits = _mix32(ops.bitwise_xor(_mix32(ops.add(index, key_a)), key_b))
+    return ops.cast(_shift_right(bits, 8), "float32") * (1.0 / (1 << 24))
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Dropout(keras.layers.Dropout):
+    """``keras.layers.Dropout`` whose masks are the same on TensorFlow, JAX and PyTorch.
+
+    Keras draws dropout masks from each backend's own generator (Philox on
+    TensorFlow, threefry on JAX, PyTorch's), so one seed gives three different
+    trainings; on a short run the draw decides much of the result. Here the
+    mask of each call is :func:`counter_uniform` ``>= rate`` of the layer's
+    seed-generator state, which advances by one per training call as Keras's
+    does (so resume points, which save that state, replay the same masks).
+    Kept values are scaled by ``1 / (1 - rate)``, as Keras and Keras 2 do;
+    inference is the identity. The mask is a different draw from the original
+    TensorFlow 1 code's, which no backend of Keras 3 reproduces anyway; the rate
+    and where dropout acts are the original's. Same arguments and config as
+    ``keras.layers.Dropout``; it has no weights, so weight files are unaffected.
+    """
+
+    def call(self, inputs, training=False):
+        if not training or self.rate <= 0:
+            return inputs
+        if self.rate >= 1:
+            return ops.zeros_like(inputs)
+        shape = tuple(ops.shape(inputs))
+        if self.noise_shape is not None:
+            shape = tuple(s if n is None else n for s, n in zip(shape, self.noise_shape))
+        keep = counter_uniform(shape, self.seed_generator.next()) >= self.rate
+        scaled = inputs / ops.cast(1.0 - self.rate, inputs.dtype)
+        return ops.where(keep, scaled, ops.zeros_like(inputs))

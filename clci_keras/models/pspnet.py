@@ -41,7 +41,7 @@ from clci_keras.models.common import (
     score_conv,
     validate_num_class,
 )
-from clci_keras.models.layers import AdaptiveAveragePooling2D, ResizeTo
+from clci_keras.models.layers import AdaptiveAveragePooling2D, Dropout, ResizeTo
 from clci_keras.models.registry import register_model
 from clci_keras.models.resnet import resnet_encoder
 
@@ -67,7 +67,7 @@ def pyramid_pooling(x, bins=PYRAMID_BINS, *, name="ppm"):
 
 def _head(x, filters, num_class, size, *, name):
     x = conv_bn_relu(x, filters, 3, name=f"{name}_conv")
-    x = layers.Dropout(DROPOUT_RATE, name=f"{name}_dropout")(x)
+    x = Dropout(DROPOUT_RATE, name=f"{name}_dropout")(x)
     x = score_conv(x, num_class, name=f"{name}_score")
     return ResizeTo(size, name=f"{name}_upsample")(x)
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from clci_keras import fileio
 from clci_keras.models.layers import debias_steps, set_debias_steps
+from clci_keras.models.seeding import seed_generators  # noqa: F401  (public here before models.seeding)
 from clci_keras.training import run_folder as rf
 
 #: Callback attributes saved with the resume point (``BackupAndRestore`` keeps none).
@@ -20,16 +21,6 @@ RESUME_FIELDS = {
     "EarlyStopping": ("wait", "best", "best_epoch", "stopped_epoch"),
     "AtomicModelCheckpoint": ("best",),
 }
-
-
-def seed_generators(model):
-    """``{layer path/attribute: SeedGenerator}`` of every layer (e.g. Dropout's RNG)."""
-    out = {}
-    for layer in model._flatten_layers(include_self=False):
-        for attr, value in vars(layer).items():
-            if isinstance(value, keras.random.SeedGenerator):
-                out[f"{layer.name}/{attr}"] = value
-    return out
 
 
 def _to_float(value):

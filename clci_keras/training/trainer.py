@@ -279,6 +279,10 @@ def _fit(cfg, run_dir, extra_callbacks, role=None):
         try:
             _run_fit(cfg, run_dir, model, data, extra_callbacks)
         finally:
+            from clci_keras.data.batches import close_input
+
+            close_input(data["train_ds"])
+            close_input(data["val_ds"])
             data["reader"].close()
         iterations = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
         result = _finish(cfg, run_dir, model, split, data, replicas)
@@ -392,10 +396,17 @@ def _make_data(cfg, run_dir, split, shard=None):
 
 
 def _build_compiled(cfg, input_shape, replicas=None):
-    """The registered model, its initial weights loaded, prepared for ``replicas`` and compiled."""
+    """The registered model, its initial state set, prepared for ``replicas`` and compiled.
+
+    The initial weights are ``cfg.init_weights`` or else drawn from ``cfg.seed``,
+    and the dropout generators start from ``cfg.seed``, the same on every
+    backend (:func:`clci_keras.models.seeding.draw_initial_state`).
+    """
     from clci_keras.models import build_model, load_weights
+    from clci_keras.models.seeding import draw_initial_state
 
     model = build_model(cfg.model, input_shape=input_shape)
+    draw_initial_state(model, cfg.seed, weights=not cfg.init_weights)
     if cfg.init_weights:
         load_weights(model, cfg.init_weights)
     if replicas is not None:
