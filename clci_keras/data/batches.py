@@ -275,9 +275,8 @@ class SourceDataset(keras.utils.PyDataset):
 
 def close_input(dataset):
     """Stop what :func:`fit_input` started for ``dataset`` (a :class:`SourceDataset`'s read-ahead)."""
-    close = getattr(dataset, "close", None) if isinstance(dataset, SourceDataset) else None
-    if close is not None:
-        close()
+    if isinstance(dataset, SourceDataset):
+        dataset.close()
 
 
 def train_dataset(reader, indices, batch_size, seed=0, first_batch=0, n_batches=None, shard=None, workers=2):

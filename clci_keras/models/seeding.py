@@ -28,11 +28,16 @@ import zlib
 import keras
 import numpy as np
 
+from clci_keras.models.layers import BilinearKernel
+
 #: Initialisers whose values do not depend on a random draw.
 _CONSTANT = (keras.initializers.Zeros, keras.initializers.Ones, keras.initializers.Constant,
              keras.initializers.Identity)
 #: ``X_initializer`` attribute -> the weight attribute it fills, where the names differ.
 _WEIGHT_OF = {"recurrent": "recurrent_kernel", "depthwise": "depthwise_kernel", "pointwise": "pointwise_kernel"}
+#: Initialisers this module draws (subclasses included: HeNormal, GlorotUniform, ... are VarianceScaling).
+_RANDOM = (keras.initializers.VarianceScaling, keras.initializers.Orthogonal, keras.initializers.TruncatedNormal,
+           keras.initializers.RandomNormal, keras.initializers.RandomUniform)
 #: Keras's truncated normal: cut at 2 standard deviations; the std of the cut unit normal.
 _TRUNCATION, _TRUNCATED_STD = 2.0, 0.87962566103423978
 
@@ -88,7 +93,7 @@ def _orthogonal(init, shape, rng):
 
 
 def _draw(init, shape, rng):
-    """Values of the random initialiser ``init`` for ``shape``, or None if it is not one we know."""
+    """Values of the random initialiser ``init`` (one of ``_RANDOM``) for ``shape``."""
     if isinstance(init, keras.initializers.VarianceScaling):
         return _variance_scaling(init, shape, rng)
     if isinstance(init, keras.initializers.Orthogonal):
@@ -99,13 +104,11 @@ def _draw(init, shape, rng):
         return rng.normal(init.mean, init.stddev, size=shape)
     if isinstance(init, keras.initializers.RandomUniform):
         return rng.uniform(init.minval, init.maxval, size=shape)
-    return None
+    raise TypeError(f"not a random initialiser of {_RANDOM}: {init!r}")
 
 
 def _random_weights(model):
-    """``{id(weight): (initialiser, layer name)}`` of the weights that random initialisers filled."""
-    from clci_keras.models.layers import BilinearKernel
-
+    """``{id(weight): initialiser}`` of the weights that random initialisers filled."""
     out = {}
     for layer in model._flatten_layers(include_self=False):
         for attr, init in vars(layer).items():
@@ -114,10 +117,10 @@ def _random_weights(model):
             weight = getattr(layer, _WEIGHT_OF.get(attr[:-12], attr[:-12]), None)
             if weight is None or isinstance(init, _CONSTANT + (BilinearKernel,)):
                 continue
-            if _draw(init, (1, 1), np.random.default_rng(0)) is None:
+            if not isinstance(init, _RANDOM):
                 raise ValueError(f"layer {layer.name!r}: no backend-neutral draw for its {attr} "
                                  f"{type(init).__name__}")
-            out[id(weight)] = (init, layer.name)
+            out[id(weight)] = init
     return out
 
 
@@ -134,9 +137,8 @@ def draw_initial_state(model, seed, weights=True):
     for position, weight in enumerate(model.weights):
         if id(weight) not in randoms:
             continue
-        init, _ = randoms[id(weight)]
         rng = np.random.default_rng([seed, position])
-        weight.assign(np.asarray(_draw(init, tuple(weight.shape), rng), dtype=weight.dtype))
+        weight.assign(np.asarray(_draw(randoms[id(weight)], tuple(weight.shape), rng), dtype=weight.dtype))
         drawn += 1
     for path, generator in seed_generators(model).items():
         start = np.random.default_rng([seed, zlib.crc32(path.encode())]).integers(1, 2**31 - 1)
