@@ -136,7 +136,7 @@ def test_demo_cli_defaults_are_run_demos():
             args.train_slices, args.val_slices, args.export, args.eval_slices, args.crop, args.model, args.seed) == (
         d["subjects"], d["epochs"], d["steps_per_epoch"], d["batch_size"], d["learning_rate"], d["bn_momentum"],
         d["train_slices"], d["val_slices"], d["export"], d["eval_slices"], d["crop"], d["model"], d["seed"])
-    assert d["subjects"] == 6 and d["epochs"] == 3 and d["steps_per_epoch"] == 6 and d["model"] == "clci_net"
+    assert d["subjects"] == 6 and d["epochs"] == 8 and d["steps_per_epoch"] == 6 and d["model"] == "clci_net"
 
 
 def test_eager_training_only_for_a_handful_of_steps():
@@ -147,7 +147,7 @@ def test_eager_training_only_for_a_handful_of_steps():
                                                  quick_values=ex.QUICK_TRAINING))
     assert _use_eager("auto", quick)
     assert not _use_eager("auto", {"epochs": 100, "steps_per_epoch": None})  # the protocol: slices // batch
-    assert not _use_eager("auto", {"epochs": 3, "steps_per_epoch": 6})  # the demo's defaults
+    assert not _use_eager("auto", {"epochs": 8, "steps_per_epoch": 6})  # the demo's defaults
     assert not _use_eager("auto", {"epochs": 1, "steps_per_epoch": 1, "strategy": "mirrored"})
     assert _use_eager("auto", {"epochs": 1, "steps_per_epoch": EAGER_MAX_STEPS})
     assert _use_eager(True, {}) and not _use_eager(False, quick)

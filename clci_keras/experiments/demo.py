@@ -40,7 +40,7 @@ from clci_keras.fileio import atomic_text
 STEPS = 5
 
 
-def run_demo(out_dir, subjects=6, seed=0, epochs=3, steps_per_epoch=6, batch_size=8,
+def run_demo(out_dir, subjects=6, seed=0, epochs=8, steps_per_epoch=6, batch_size=8,
              train_slices="lesion+8", val_slices="lesion", learning_rate=1e-3, bn_momentum=0.5,
              export="last", eval_slices="brain", crop=DEFAULT_CROP, model="clci_net", init_weights=None,
              overwrite=False, verbose="auto", log=print):
