@@ -110,7 +110,10 @@ def test_ctrl_c_in_prep_exits_130_with_one_line_and_no_file(synthetic_r11_dir, t
     out, pids = tmp_path / "p.h5", tmp_path / "pids"
     pids.mkdir()
     code = (  # fault injection: each subject takes a while (and says which worker took it)
-        "import os, sys, time\n"
+        "import os, signal, sys, time\n"
+        # a terminal's foreground command starts with Ctrl-C's default action; a runner launched
+        # as a background job of a non-interactive shell passes SIGINT down ignored (POSIX)
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "import clci_keras.data.preprocess as pp\n"
         "def slow(*a, **k):\n"
         f"    open(os.path.join({str(pids)!r}, str(os.getpid())), 'w').close()\n"
@@ -224,16 +227,19 @@ def test_a_forked_child_does_not_keep_its_killed_parents_lock(tmp_path):
 
     from clci_keras.fileio import exclusive
 
-    out = tmp_path / "data.h5"
+    out, forked = tmp_path / "data.h5", tmp_path / "forked"
     code = ("import os, time\nfrom clci_keras.fileio import exclusive\n"
             f"with exclusive({str(out)!r}):\n"
             "    child = os.fork()\n"
-            "    if child == 0:\n        time.sleep(600)\n        os._exit(0)\n"
+            # the fork hooks have run once fork() returns in the child: say so, then wait
+            f"    if child == 0:\n        open({str(forked)!r}, 'w').close()\n        time.sleep(600)\n"
+            "        os._exit(0)\n"
             "    print(child, flush=True)\n    time.sleep(600)\n")
     parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     child = None
     try:
         child = int(parent.stdout.readline())
+        _wait_for(forked.exists, parent, "the child to be forked")
         parent.send_signal(signal.SIGKILL)
         parent.wait(60)
         os.kill(child, 0)  # the child still runs...
