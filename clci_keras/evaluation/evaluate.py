@@ -287,13 +287,11 @@ def _scoring_model(model, model_name, weights, crop):
     if model is not None:
         return model
     from clci_keras.data.slicing import crop_shape
-    from clci_keras.models import build_model, load_weights
+    from clci_keras.models import build_with_weights
 
-    model = build_model(model_name, input_shape=(*crop_shape(crop), 1))
     if weights is None:
         raise ValueError("`weights` is required unless a built `model` is given")
-    load_weights(model, weights)
-    return model
+    return build_with_weights(model_name, weights, input_shape=(*crop_shape(crop), 1))
 
 
 def _record_in_manifest(manifest, name, summary):

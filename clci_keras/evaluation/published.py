@@ -290,11 +290,9 @@ def _published_model(entry, weights, crop, model):
     if weights is None:
         raise ValueError("`weights` is required unless a built `model` is given")
     from clci_keras.data.slicing import crop_shape
-    from clci_keras.models import build_model, load_weights
+    from clci_keras.models import build_with_weights
 
-    model = build_model(entry["architecture"], input_shape=(*crop_shape(crop), 1))
-    load_weights(model, weights)
-    return model
+    return build_with_weights(entry["architecture"], weights, input_shape=(*crop_shape(crop), 1))
 
 
 def _score_patients(model, h5_path, subjects, meta, crop, batch_size, ev, desc=None):

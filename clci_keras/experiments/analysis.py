@@ -199,15 +199,12 @@ class Methods:
     def network(self, label):
         """The network of ``label`` with its weights loaded."""
         from clci_keras.data import crop_shape
-        from clci_keras.models import build_model, load_weights
+        from clci_keras.models import build_with_weights
 
         name, path = self.methods[label]
-        if self._net is None or self._net[0] != name:
+        if self._net is None or self._net[:2] != (name, path):
             self._net = None  # one network in memory at a time
-            self._net = (name, None, build_model(name, input_shape=(*crop_shape(self.crop), 1)))
-        if self._net[1] != path:
-            load_weights(self._net[2], path)
-            self._net = (name, path, self._net[2])
+            self._net = (name, path, build_with_weights(name, path, input_shape=(*crop_shape(self.crop), 1)))
         return self._net[2]
 
     def __repr__(self):

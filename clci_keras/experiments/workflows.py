@@ -361,11 +361,9 @@ def _earlier_evaluation(run_dir, weights, part, slices, fold):
 def _load_network(model_name, crop, weights):
     """A fresh ``model_name`` network for ``crop`` with ``weights`` loaded."""
     from clci_keras.data import crop_shape
-    from clci_keras.models import build_model, load_weights
+    from clci_keras.models import build_with_weights
 
-    net = build_model(model_name, input_shape=(*crop_shape(crop), 1))
-    load_weights(net, weights)
-    return net
+    return build_with_weights(model_name, weights, input_shape=(*crop_shape(crop), 1))
 
 
 def compare_models(model_names, h5, split, out_root, folds=(None,), part="test", eval_slices=None,

@@ -45,7 +45,7 @@ from clci_keras.inference.io import InputError, describe, validate_volume
 from clci_keras.inference.register import resample
 from clci_keras.models.card import card_path, check_card, read_card
 from clci_keras.models.predictor import predict_slices
-from clci_keras.models.weights import LOAD_ERRORS, WeightsMismatchError
+from clci_keras.models.weights import WeightsMismatchError
 
 #: Largest difference (mm) between an input's affine and :data:`ATLAS_AFFINE` still taken as the ATLAS grid.
 GRID_ATOL = 1e-2
@@ -160,7 +160,7 @@ def build_inference_model(name="clci_net", weights=None, precision="fp32", crop=
             :data:`clci_keras.models.weights.LOAD_ERRORS`); the message names
             the file. Other exceptions are bugs and propagate unchanged.
     """
-    from clci_keras.models import build_model, load_weights
+    from clci_keras.models import build_model, build_with_weights
 
     if precision not in PRECISIONS:
         raise ValueError(f"`precision` must be one of {sorted(PRECISIONS)}, got precision={precision!r}")
@@ -172,18 +172,10 @@ def build_inference_model(name="clci_net", weights=None, precision="fp32", crop=
     for note in check_card(card, weights, model=name, input_shape=(*crop_shape(crop), 1), crop=crop):
         warnings.warn(note, CardWarning, stacklevel=2)
     with precision_policy(precision):
-        model = build_model(name, input_shape=(*crop_shape(crop), 1))
-    if weights is not None:
-        path = os.fspath(weights)
-        try:
-            load_weights(model, path)
-        except LOAD_ERRORS as e:  # the file's fault only; a bug in our code keeps its traceback
-            msg = str(e)
-            if msg.startswith(path + ": "):
-                msg = msg[len(path) + 2 :]
-            raise WeightsMismatchError(
-                f"{path}: cannot load these weights into model {name!r} ({type(e).__name__}: {msg})"
-            ) from e
+        if weights is None:
+            model = build_model(name, input_shape=(*crop_shape(crop), 1))
+        else:
+            model = build_with_weights(name, weights, input_shape=(*crop_shape(crop), 1))
     if optimize:
         from clci_keras.inference.optimize import optimize_for_inference
 

@@ -25,6 +25,7 @@ _LAZY = {
     "list_models": "clci_keras.models.registry",
     "register_model": "clci_keras.models.registry",
     "draw_initial_state": "clci_keras.models.seeding",
+    "build_with_weights": "clci_keras.models.weights",
     "load_weights": "clci_keras.models.weights",
     "save_weights_legacy": "clci_keras.models.weights",
 }

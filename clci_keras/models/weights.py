@@ -297,3 +297,35 @@ def save_weights_legacy(model, path, keras_version="2.2.0"):
                 g.create_dataset(wname, data=np.asarray(var.numpy()))
             g.attrs["weight_names"] = np.array(names, dtype="S") if names else np.array([], dtype="S1")
     return path
+
+
+def build_with_weights(name, weights, input_shape=(224, 176, 1), **options):
+    """Build the registered model ``name`` for ``input_shape`` and load ``weights`` into it.
+
+    The one "build, then load" of the package (inference, evaluation, the published-weights
+    preset and the experiments all use it). ``options`` go to
+    :func:`clci_keras.models.build_model`. The current dtype policy applies (wrap the call in
+    :func:`clci_keras.hardware.precision_policy` for bf16).
+
+    Raises:
+        ValueError: unknown ``name`` (from the registry).
+        WeightsMismatchError: ``weights`` is missing, unreadable or of another architecture (any
+            of :data:`LOAD_ERRORS`); the message names the file and the model. Other exceptions
+            are bugs and propagate unchanged.
+    """
+    from clci_keras.models.registry import build_model
+
+    if weights is None:
+        raise ValueError(f"`weights` is required to build model {name!r} with weights, got weights=None")
+    model = build_model(name, input_shape=tuple(input_shape), **options)
+    path = os.fspath(weights)
+    try:
+        load_weights(model, path)
+    except LOAD_ERRORS as e:  # the file's fault only; a bug in our code keeps its traceback
+        msg = str(e)
+        if msg.startswith(path + ": "):
+            msg = msg[len(path) + 2:]
+        raise WeightsMismatchError(
+            f"{path}: cannot load these weights into model {name!r} ({type(e).__name__}: {msg})"
+        ) from e
+    return model
