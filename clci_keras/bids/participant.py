@@ -25,7 +25,6 @@ import dataclasses
 import json
 import os
 import time
-import warnings
 
 import numpy as np
 
@@ -131,20 +130,19 @@ def intensity_check(data, scheme, source):
 # --------------------------------------------------------------------------
 @dataclasses.dataclass
 class _Run:
-    """A participant run's settings, shared by its scans; ``models`` are built at the first scan to segment."""
+    """A participant run's settings, shared by its scans; the engine builds its networks at the first
+    scan to segment."""
 
     root: str
-    weights: list
-    card: dict  # clci_keras.inference.predict.card_settings of the weights
+    engine: object  # clci_keras.inference.engine.SegmentationEngine
     register: str
     overwrite: bool
-    precision: str
-    threads: object
-    seg_opts: dict  # segment_image keywords
-    reg_opts: dict  # register_to_mni keywords
     settings: dict  # the sidecars' run-wide fields
     event: object
-    models: list = dataclasses.field(default_factory=list)
+
+    @property
+    def card(self):
+        return self.engine.card
 
 
 @dataclasses.dataclass
@@ -158,21 +156,6 @@ class _Job:
     image: object
     data: np.ndarray
     notes: list
-
-
-@dataclasses.dataclass
-class _Segmented:
-    """Masks and probabilities of one scan on its own grid and, when registered, on the template grid."""
-
-    grid: str
-    mask: np.ndarray
-    prob: np.ndarray
-    notes: list  # segment_image's
-    registration: object = None
-    template_mask: np.ndarray = None
-    template_prob: np.ndarray = None
-    template_data: np.ndarray = None  # the registered scan
-    warnings: list = dataclasses.field(default_factory=list)  # GridWarnings issued
 
 
 def run_participant(bids_dir, output_dir, weights, *, participant_labels=None, session_labels=None,
@@ -214,24 +197,19 @@ def run_participant(bids_dir, output_dir, weights, *, participant_labels=None, s
         refuses, e.g. a native-space scan left unregistered, included).
     """
     from clci_keras.fileio import check_writable_folder
-    from clci_keras.inference.predict import card_settings
-    from clci_keras.inference.scaling import resolve_intensity
+    from clci_keras.inference.engine import SegmentationEngine
 
     start = time.perf_counter()
     weights, bids_dir, output_dir = _check_arguments(weights, threshold, bids_dir, output_dir)
     scans = find_scans(bids_dir, participant_labels, session_labels)
     root = os.path.join(output_dir, dv.PIPELINE_NAME)
     check_writable_folder(root)
-    card = card_settings(weights, model=model, intensity=intensity)  # refuses what cannot fit, as predict
-    scheme = ((card["intensity"], card["intensity_source"]) if card["intensity"]
-              else resolve_intensity(weights, intensity))
+    engine = SegmentationEngine(weights, model=model, intensity=intensity, precision=precision, threads=threads,
+                                batch_size=batch_size, threshold=threshold, tta=tta, min_lesion_size=min_lesion_size,
+                                skip_empty_slices=skip_empty_slices, check_intensity=check_intensity,
+                                registration_options=registration_options)  # refuses what cannot fit, as predict
     dv.write_dataset_files(root, bids_dir)
-    seg_opts = dict(threshold=float(threshold), intensity=scheme[0], batch_size=int(batch_size), tta=tta,
-                    skip_empty_slices=skip_empty_slices, min_lesion_size=float(min_lesion_size),
-                    check_intensity=check_intensity)
-    run = _Run(root=root, weights=weights, card=card, register=register, overwrite=overwrite,
-               precision=precision, threads=threads, seg_opts=seg_opts, reg_opts=registration_options or {},
-               settings=_run_settings(weights, card, scheme, seg_opts, precision),
+    run = _Run(root=root, engine=engine, register=register, overwrite=overwrite, settings=_run_settings(engine),
                event=on_event or (lambda *a: None))
     done, skipped, failures = _process_scans(scans, run)
     return ParticipantResult(root, done, skipped, failures, time.perf_counter() - start)
@@ -261,16 +239,18 @@ def _check_arguments(weights, threshold, bids_dir, output_dir):
     return weights, bids_dir, output_dir
 
 
-def _run_settings(weights, card, scheme, seg_opts, precision):
-    """The run-wide fields of every sidecar (``Precision`` is updated once the models are built)."""
+def _run_settings(engine):
+    """The run-wide fields of every sidecar (``Precision`` is updated once the networks are built)."""
     from clci_keras.models.manifest import sha256
 
-    return {"Model": card["model"], "Weights": [{"file": os.path.abspath(w), "sha256": sha256(w)} for w in weights],
-            "Threshold": seg_opts["threshold"], "TTA": seg_opts["tta"], "Precision": precision,
-            "IntensityScheme": scheme[0], "IntensitySchemeSource": scheme[1],
-            "MinLesionSize_mm3": seg_opts["min_lesion_size"], "AllSlices": not seg_opts["skip_empty_slices"],
+    opts = engine.options
+    return {"Model": engine.model_name,
+            "Weights": [{"file": os.path.abspath(w), "sha256": sha256(w)} for w in engine.weights],
+            "Threshold": opts["threshold"], "TTA": opts["tta"], "Precision": engine.precision_asked,
+            "IntensityScheme": engine.intensity, "IntensitySchemeSource": engine.intensity_source,
+            "MinLesionSize_mm3": opts["min_lesion_size"], "AllSlices": not opts["skip_empty_slices"],
             "Template": dv.TEMPLATE_DESCRIPTION, "SoftwareUsed": dv.software_versions(),
-            "ModelCards": [card["cards"].get(w) for w in weights]}
+            "ModelCards": [engine.card["cards"].get(w) for w in engine.weights]}
 
 
 def _process_scans(scans, run):
@@ -290,8 +270,9 @@ def _process_scans(scans, run):
             skipped.append((scan, outs))
             run.event("skip", scan, f"{scan.relpath}: finished earlier, skipped")
             continue
-        if not run.models:
-            _build_models(run)  # weights, model name or card that do not fit: the run's problem
+        if not run.engine.models:
+            run.engine.build()  # weights, model name or card that do not fit: the run's problem
+            run.settings["Precision"] = run.engine.precision
         try:
             text = _segment_scan(run, job)
         except Exception as e:
@@ -312,18 +293,6 @@ def _scan_failed(scan, error, run, failures):
     msg = str(error) if scan.path in str(error) else f"{scan.path}: {type(error).__name__}: {error}"
     failures.append((scan.path, msg))
     run.event("failed", scan, msg)
-
-
-def _build_models(run):
-    """Build the model of each weights file (the cards' architecture and crop), as ``clci-keras predict``."""
-    from clci_keras.hardware import resolve_precision
-    from clci_keras.inference import build_inference_model, configure_threads
-
-    configure_threads(intra_op=run.threads, inter_op=1, warn=run.threads is not None)
-    precision = resolve_precision(run.precision)
-    run.models = [build_inference_model(run.card["model"], w, precision=precision, crop=run.card["crop"])
-                  for w in run.weights]
-    run.settings["Precision"] = precision
 
 
 def _open_scan(scan, run):
@@ -367,13 +336,11 @@ def _segment_scan(run, job):
     from clci_keras.inference.io import save_atomic
 
     t0 = time.perf_counter()
-    seg = _segment(run.models if len(run.models) > 1 else run.models[0], job, run.seg_opts, run.reg_opts)
-    notes = job.notes + seg.warnings
-    notes += [n for n in seg.notes if n not in notes]
-    thr = run.seg_opts["threshold"]
+    seg = _segment(run.engine, job)
+    notes = job.notes + [n for n in seg.notes if n not in job.notes]
+    thr = run.engine.threshold
     registration = seg.registration
-    lesion, components = lesion_table(seg.mask, job.image.affine,
-                                      registration.native_to_mni if registration else None)
+    lesion, components = lesion_table(np.asanyarray(seg.mask.dataobj) > 0, job.image.affine, seg.to_mni)
     check = intensity_check(job.data, run.settings["IntensityScheme"], run.settings["IntensitySchemeSource"])
     if not check["passed"]:
         notes.append(f"intensity check: 99.5th percentile {check['p99_5_after_scaling']} after scaling is outside "
@@ -389,52 +356,17 @@ def _segment_scan(run, job):
             + f"; {time.perf_counter() - t0:.1f} s")
 
 
-def _segment(model, job, seg_opts, reg_opts):
-    """:class:`_Segmented` of one scan, registered first or not; GridWarnings are collected, an
-    InputError is raised again naming the scan's file."""
-    from clci_keras.inference import GridWarning, InputError
+def _segment(engine, job):
+    """Segment one scan with the engine, registered first or not (a
+    :class:`~clci_keras.inference.predict.Segmentation`); an InputError is raised again naming the scan's file."""
+    from clci_keras.inference import InputError
 
     path = job.scan.path
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", GridWarning)
-        try:
-            if job.register_it:
-                out = _segment_registered(model, job.image, job.data, seg_opts, reg_opts)
-            else:
-                out = _segment_unregistered(model, job.image, job.data, seg_opts)
-        except InputError as e:
-            text = str(e).replace("<in-memory image>", path)
-            raise InputError(text if path in text else f"{path}: {text}") from e
-    out.warnings = [str(w.message) for w in caught if issubclass(w.category, GridWarning)]
-    return out
-
-
-def _segment_registered(model, image, data, seg_opts, reg_opts):
-    """Register the scan to the template, segment it there, map the mask (nearest) and probabilities
-    (trilinear) back onto the scan's grid."""
-    from clci_keras.inference import segment_image
-    from clci_keras.inference.register import register_to_mni
-
-    affine = np.asarray(image.affine, np.float64)
-    registration = register_to_mni(image, data, **reg_opts)
-    tpl_data = registration.to_template(data, affine, order=1)
-    tpl_in = _template_image(tpl_data, np.float32, "registered T1w")
-    seg = segment_image(model, tpl_in, data=tpl_data, return_probabilities=True, **seg_opts)
-    mask_t = np.asanyarray(seg.mask.dataobj) > 0
-    prob_t = np.asarray(seg.probabilities.dataobj, np.float32)
-    mask_n = registration.to_native(mask_t.astype(np.float32), affine, data.shape, order=0) > 0.5
-    prob_n = np.clip(registration.to_native(prob_t, affine, data.shape, order=1), 0.0, 1.0)
-    return _Segmented("registered", mask_n, prob_n, seg.notes, registration=registration, template_mask=mask_t,
-                      template_prob=prob_t, template_data=tpl_data)
-
-
-def _segment_unregistered(model, image, data, seg_opts):
-    """Segment the scan as ``clci-keras predict`` does (template grid as is, reoriented, or resampled)."""
-    from clci_keras.inference import segment_image
-
-    seg = segment_image(model, image, data=data, return_probabilities=True, **seg_opts)
-    return _Segmented(seg.grid, np.asanyarray(seg.mask.dataobj) > 0,
-                      np.asarray(seg.probabilities.dataobj, np.float32), seg.notes)
+    try:
+        return engine.segment(job.image, data=job.data, register=job.register_it)
+    except InputError as e:
+        text = str(e).replace("<in-memory image>", path)
+        raise InputError(text if path in text else f"{path}: {text}") from e
 
 
 def _registration_info(registration, reason, notes):
@@ -453,15 +385,12 @@ def _registration_info(registration, reason, notes):
 
 def _scan_images(job, seg, thr):
     """``(image, path)`` of the mask and probability map on the scan's grid and, when registered, the template's."""
-    from clci_keras.inference.predict import image_like
-
     outs = job.outs
-    images = [(image_like(job.image, seg.mask, np.uint8, f"clci-keras lesion mask (p > {thr:g})"), outs.mask),
-              (image_like(job.image, seg.prob, np.float32, "clci-keras lesion probability"), outs.prob)]
+    images = [(seg.mask, outs.mask), (seg.probabilities, outs.prob)]
     if outs.template_mask:
         images += [(_template_image(seg.template_mask, np.uint8, f"clci-keras lesion mask (p > {thr:g})"),
                     outs.template_mask),
-                   (_template_image(seg.template_prob, np.float32, "clci-keras lesion probability"),
+                   (_template_image(seg.template_probabilities, np.float32, "clci-keras lesion probability"),
                     outs.template_prob)]
     return images
 
@@ -504,12 +433,12 @@ def _write_report(job, seg, common, components):
     from clci_keras.reports import html as rh
 
     scan, outs = job.scan, job.outs
-    overlay = qc_png(job.image, job.data, seg.mask,
+    overlay = qc_png(job.image, job.data, np.asanyarray(seg.mask.dataobj) > 0,
                      title=f"{scan.key}: lesion outline (red) on the scan's grid ({seg.grid})")
     reg_png = None
     if seg.registration is not None:
         tpl, _ = template()
-        reg_png = rh.outline_montage_png(seg.template_data, outlines=[(tpl > 0.25, "cyan")],
+        reg_png = rh.outline_montage_png(seg.template_image, outlines=[(tpl > 0.25, "cyan")],
                                          title=f"{scan.key}: registered scan, template brain outline (cyan)")
     summary = {"input": scan.relpath, "subject": scan.subject, "session": scan.session or "",
                "grid": seg.grid, "registration": common["RegistrationDecision"], "model": common["Model"],

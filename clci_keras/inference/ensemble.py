@@ -36,7 +36,7 @@ def check_tta(tta):
     raise ValueError(f"`tta` must be one of {TTA_CHOICES} or None, got tta={tta!r}")
 
 
-def ensemble_probabilities(models, volume, idx, *, crop_of, flip=False, batch_size=4, progress=None):
+def ensemble_probabilities(models, volume, idx, *, crop_of, flip=False, batch_size=4, progress=None, members=None):
     """Mean lesion probability of an intensity-scaled ATLAS-grid volume over ``models`` (and its mirror).
 
     Args:
@@ -47,6 +47,8 @@ def ensemble_probabilities(models, volume, idx, *, crop_of, flip=False, batch_si
         flip: also predict the left-right mirrored volume and mirror the result back.
         batch_size: slices per model call.
         progress: optional ``update(n)`` object, called per batch.
+        members: a list to which each member's own probabilities (one per model and view,
+            float32 (197, 233, 189)) are appended, or ``None``.
 
     Returns:
         float32 (197, 233, 189) probabilities, the mean over models x views.
@@ -68,6 +70,8 @@ def ensemble_probabilities(models, volume, idx, *, crop_of, flip=False, batch_si
             vol = slices_to_volume(uncrop_slices(prob, crop, fill=0.0))
             if mirrored:
                 vol = vol[::-1]
+            if members is not None:
+                members.append(np.ascontiguousarray(vol, dtype=np.float32))
             total = vol.astype(np.float32) if total is None else total + vol
     return np.ascontiguousarray(total / np.float32(len(models) * len(views)), dtype=np.float32)
 

@@ -84,6 +84,15 @@ class Segmentation:
             used (grid ``"registered"``), or ``None``.
         models: number of models averaged; ``tta``: ``"flip"`` or ``"none"``.
         removed_components: components dropped by ``min_lesion_size``.
+        template_mask: bool array on the ATLAS grid (197 x 233 x 189), the mask the
+            model made there (after ``min_lesion_size``), before it was mapped back.
+        template_probabilities: float32 array on the ATLAS grid (the mean over members).
+        template_image: the scan as the model saw it on the ATLAS grid (unscaled), kept only
+            with ``keep_members=True`` (for reports), else ``None``.
+        members: per-member float32 probability arrays on the ATLAS grid, one per model and
+            TTA view, when there are several members and ``keep_members=True``; else ``[]``.
+        timings: seconds of ``"registration"`` (0 when none was run here), ``"prediction"``
+            and ``"total"``.
     """
 
     mask: object
@@ -96,6 +105,16 @@ class Segmentation:
     models: int = 1
     tta: str = "none"
     removed_components: int = 0
+    template_mask: object = None
+    template_probabilities: object = None
+    template_image: object = None
+    members: list = dataclasses.field(default_factory=list)
+    timings: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def to_mni(self):
+        """4 x 4 map from the input's world mm to template mm (``None``: the input's world is the template's)."""
+        return None if self.registration is None else self.registration.native_to_mni
 
 
 # --------------------------------------------------------------------------
@@ -350,6 +369,15 @@ def predict_atlas_volume(
     Returns:
         ``(probabilities, n_computed)``: float32 (197, 233, 189) and the number of slices computed.
     """
+    prob, n, _ = _atlas_probabilities(model, volume, intensity, batch_size, skip_empty_slices, progress, tta,
+                                      check_intensity, name, keep_members=False)
+    return prob, n
+
+
+def _atlas_probabilities(model, volume, intensity, batch_size, skip_empty_slices, progress, tta, check_intensity,
+                         name, keep_members):
+    """:func:`predict_atlas_volume`'s work: ``(probabilities, n_computed, members)``; ``members`` holds the
+    per-model, per-view probabilities when there are several and ``keep_members``, else ``[]``."""
     from clci_keras.inference.ensemble import as_model_list, check_tta, ensemble_probabilities
 
     if intensity not in SCHEMES:
@@ -376,17 +404,19 @@ def predict_atlas_volume(
 
         bar = progress_bar(len(idx) * len(models) * (2 if flip else 1), desc="predicting", unit="slice",
                            leave=False)
+    members = []
     try:
         if len(models) == 1 and not flip:
             prob[idx] = predict_slices(models[0], x[idx], batch_size=batch_size, progress=bar)
             out = slices_to_volume(uncrop_slices(prob, crop, fill=0.0))
         else:
             out = ensemble_probabilities(models, scaled, idx, crop_of=model_crop, flip=flip,
-                                         batch_size=batch_size, progress=bar)
+                                         batch_size=batch_size, progress=bar,
+                                         members=members if keep_members else None)
     finally:
         if bar is not None:
             bar.close()
-    return np.ascontiguousarray(out), len(idx)
+    return np.ascontiguousarray(out), len(idx), members
 
 
 # --------------------------------------------------------------------------
@@ -423,11 +453,16 @@ def segment_image(
     min_lesion_size=0,
     registration=None,
     check_intensity=True,
+    keep_members=False,
+    registration_options=None,
 ):
     """Segment one NIfTI T1 image; returns a :class:`Segmentation` (mask, probabilities, details).
 
     Arguments as :func:`predict_volume`; ``data`` optionally passes the already
-    loaded voxel array of ``image``. Grid notes are also issued as :class:`GridWarning`.
+    loaded voxel array of ``image``; ``keep_members`` keeps the per-member
+    probabilities and the template-grid scan in the result (for lesion reports);
+    ``registration_options`` go to :func:`clci_keras.inference.register.register_to_mni`
+    when ``registration=True``. Grid notes are also issued as :class:`GridWarning`.
     """
     import nibabel as nib
 
@@ -445,10 +480,12 @@ def segment_image(
     data = validate_volume(data, name)
     if min_lesion_size is None or float(min_lesion_size) < 0:
         raise ValueError(f"`min_lesion_size` must be >= 0 (mm^3), got min_lesion_size={min_lesion_size!r}")
+    reg_seconds = 0.0
     if registration is True:
         from clci_keras.inference.register import register_to_mni
 
-        registration = register_to_mni(image, data)
+        registration = register_to_mni(image, data, **(registration_options or {}))
+        reg_seconds = registration.seconds
     if registration is not None:
         grid = _RegisteredGrid(registration, data.shape, image.affine)
     else:
@@ -456,17 +493,11 @@ def segment_image(
         for note in grid.notes:
             if grid.kind == "resampled":
                 warnings.warn(note, GridWarning, stacklevel=2)
-    prob, n = predict_atlas_volume(
-        model,
-        grid.to_atlas(data),
-        intensity=intensity,
-        batch_size=batch_size,
-        skip_empty_slices=skip_empty_slices,
-        progress=progress,
-        tta=tta,
-        check_intensity=check_intensity,
-        name=name,
-    )
+    t_pred = time.perf_counter()
+    atlas_data = grid.to_atlas(data)
+    prob, n, members = _atlas_probabilities(model, atlas_data, intensity, batch_size, skip_empty_slices, progress,
+                                            tta, check_intensity, name, keep_members)
+    t_pred = time.perf_counter() - t_pred
     atlas_mask = prob > threshold
     removed = 0
     if min_lesion_size:
@@ -482,9 +513,14 @@ def segment_image(
         prob_img = image_like(image, prob_native, np.float32, "clci-keras lesion probability")
     from clci_keras.inference.ensemble import as_model_list, check_tta
 
-    return Segmentation(mask_img, prob_img, grid.kind, n, time.perf_counter() - start, list(grid.notes),
+    total = time.perf_counter() - start
+    return Segmentation(mask_img, prob_img, grid.kind, n, total, list(grid.notes),
                         registration=registration, models=len(as_model_list(model)),
-                        tta="flip" if check_tta(tta) else "none", removed_components=removed)
+                        tta="flip" if check_tta(tta) else "none", removed_components=removed,
+                        template_mask=atlas_mask, template_probabilities=prob,
+                        template_image=atlas_data if keep_members else None,
+                        members=members, timings={"registration": round(reg_seconds, 3),
+                                                  "prediction": round(t_pred, 3), "total": round(total, 3)})
 
 
 def predict_volume(model, image, *, threshold=0.5, intensity="r1.1", batch_size=DEFAULT_BATCH_SIZE,
