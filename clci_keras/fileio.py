@@ -6,7 +6,8 @@
   all through :func:`temporary` and :func:`publish` (or :func:`discard`);
   :func:`move` renames a finished file elsewhere; :func:`remove_temporaries` clears
   what a killed writer left, :func:`remove_dead_temporaries` what a killed process left
-  of a temporary named for it (``per_process=True``).
+  of a temporary named for it (``per_process=True``), :func:`remove_leftovers` both for
+  the outputs a run holds :func:`exclusive`.
 * :func:`check_writable_folder`: fail early, naming the folder, where outputs cannot be written.
 * :func:`walk`: a folder walk that follows links to folders, each folder once.
 * :func:`exclusive`: one run at a time per output (a second one fails at once, naming the first's PID).
@@ -162,6 +163,26 @@ def remove_dead_temporaries(path, tag="tmp"):
     return removed
 
 
+def remove_leftovers(*paths):
+    """Remove what killed runs left of the outputs ``paths``; returns the removed paths.
+
+    A run killed in any way (``kill -9`` included) leaves its temporaries beside
+    its outputs under names that say so (:func:`temporary`:
+    ``.XXXXXXXX.STEM.TAG.EXT`` files and ``.XXXXXXXX.NAME.TAG`` folders, and
+    ``.NAME.TAG-PID`` files): those of each of ``paths`` are removed here (the
+    per-process ones only where their process is gone). Call it while holding
+    :func:`exclusive` on these outputs, before writing them: no live writer of
+    them can then own one of these temporaries. Other files stay.
+    """
+    removed = []
+    for path in paths:
+        folder, name = os.path.split(os.path.abspath(os.fspath(path)))
+        removed += [os.path.join(folder, n) for n in remove_temporaries(folder, of=name)]
+        for tag in TEMPORARY_TAGS:
+            removed += remove_dead_temporaries(os.path.join(folder, name), tag)
+    return removed
+
+
 def _fsync(path, folder=False):
     """Flush ``path`` (a file, or a folder's entries) to the disk."""
     try:
@@ -291,16 +312,50 @@ def temporary(path, tag="tmp", folder=False, per_process=False):
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
+#: errno values of a write that fails for want of room or of a working disk; the system's text
+#: of each is looked for in the message of a library's own exception (:func:`_failed`).
+_WRITE_FAILURES = _NO_SPACE + (errno.EROFS, errno.EIO)
+
+
+def _errno_in_message(exc):
+    """The errno of :data:`_WRITE_FAILURES` whose system text ``exc``'s message carries, or None.
+
+    TensorFlow, for one, reports a failed write as its own exception
+    (``ResourceExhaustedError: ...; No space left on device``), not an ``OSError``.
+    """
+    text = str(exc)
+    return next((no for no in _WRITE_FAILURES if os.strerror(no) in text), None)
+
+
 def _failed(exc, path):
     """The error to raise for a writer of ``path`` that failed with ``exc``.
 
     A full disk becomes one ``OSError`` naming the target (libraries such as h5py
-    name their temporary and carry several lines of detail); anything else as is.
+    name their temporary and carry several lines of detail), and so does a
+    library's own exception (not an ``OSError``: TensorFlow's
+    ``ResourceExhaustedError``) whose message carries the system's text of a
+    full disk, a read-only file system or an I/O error; an ``OSError`` that
+    already names what could not be written (a file written inside the block),
+    Ctrl-C and anything else stay as they are.
     """
+    if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit
+        return exc
+    if isinstance(exc, OSError) and str(exc.strerror or "").startswith("cannot write it"):
+        return exc
     no = getattr(exc, "errno", None)
     if isinstance(exc, OSError) and no in _NO_SPACE:
         return OSError(no, f"cannot write it: {os.strerror(no)}", path)
+    if not isinstance(exc, OSError):
+        no = _errno_in_message(exc)
+        if no is not None:
+            return OSError(no, f"cannot write it: {os.strerror(no)} ({type(exc).__name__})", path)
     return exc
+
+
+def write_error(exc, path):
+    """``exc`` as :func:`_failed` gives it for ``path``: for writers that do not go through
+    :func:`atomic_path` (raise the result ``from exc`` when it is another exception)."""
+    return _failed(exc, os.fspath(path))
 
 
 @contextlib.contextmanager

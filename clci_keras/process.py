@@ -86,6 +86,12 @@ def die_with_parent(parent_pid, use_prctl=True, poll=PARENT_POLL_SECONDS):
     # Ctrl-C reaches the whole process group: the parent handles it (and shuts the
     # pool down); a worker that raised KeyboardInterrupt too would print its own traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # SIGTERM and SIGHUP end a worker at once, without a traceback: a forked worker would
+    # otherwise inherit the command's handler of them (clci_keras.cli.Terminated), and the
+    # pool itself ends a broken pool's workers with SIGTERM (so they must not ignore it).
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
     if use_prctl and sys.platform.startswith("linux"):
         try:
             import ctypes

@@ -101,13 +101,37 @@ def require_pybids():
     return BIDSLayout
 
 
-def find_scans(bids_dir, participant_labels=None, session_labels=None):
+def misfiled(relpath, entities):
+    """Why a scan's file name disagrees with the folders it lies in, or ``None``.
+
+    BIDS files lie in ``sub-LABEL/[ses-LABEL/]anat/``, and their name repeats those labels:
+    ``sub-03/anat/sub-04_T1w.nii.gz`` (filed in another subject's folder) is named so that its
+    outputs would go under the wrong participant.
+    """
+    folders = os.path.normpath(os.fspath(relpath)).split(os.sep)[:-1]
+    sub = next((f for f in folders if f.startswith("sub-")), None)
+    ses = next((f for f in folders if f.startswith("ses-")), None)
+    if sub is None or sub != f"sub-{entities.get('sub')}":
+        return (f"its name says sub-{entities.get('sub')} but it lies in "
+                + (f"the folder {sub}" if sub else "no sub- folder"))
+    if ses is not None and ses != f"ses-{entities.get('ses')}":
+        said = f"ses-{entities['ses']}" if "ses" in entities else "no session"
+        return f"its name says {said} but it lies in the folder {ses}"
+    if ses is None and "ses" in entities:
+        return f"its name says ses-{entities['ses']} but it lies in no ses- folder"
+    return None
+
+
+def find_scans(bids_dir, participant_labels=None, session_labels=None, refused=None):
     """The T1w scans of a BIDS dataset, sorted by path.
 
     Args:
         bids_dir: root of the dataset (holds ``dataset_description.json``).
         participant_labels: labels to keep (``"01"`` or ``"sub-01"``); ``None``: all.
         session_labels: session labels to keep; ``None``: all (and scans without sessions).
+        refused: a list to which ``(path, message)`` is appended for each scan whose name
+            disagrees with its folders (:func:`misfiled`), which is then left out; ``None``:
+            such a scan is a ``ValueError`` naming it.
 
     Returns:
         list of :class:`Scan`.
@@ -115,8 +139,9 @@ def find_scans(bids_dir, participant_labels=None, session_labels=None):
     Raises:
         BidsUnavailable: pybids is not installed.
         ValueError: ``bids_dir`` is not a BIDS dataset (no ``dataset_description.json``), a label
-            is malformed, a participant or session label matches no T1w scan, or no T1w scan
-            was found; the message names the folder or the label.
+            is malformed, a participant or session label matches no T1w scan, no T1w scan
+            was found, or (without ``refused``) a scan's name disagrees with its folders; the
+            message names the folder, the label or the file.
     """
     bids_dir = os.path.abspath(os.fspath(bids_dir))
     if not os.path.isdir(bids_dir):
@@ -141,7 +166,17 @@ def find_scans(bids_dir, participant_labels=None, session_labels=None):
     if sessions:
         query["session"] = sessions
     paths = sorted(layout.get(**query))
-    scans = [Scan(p, os.path.relpath(p, bids_dir), parse_entities(p)) for p in paths]
+    scans = []
+    for p in paths:
+        scan = Scan(p, os.path.relpath(p, bids_dir), parse_entities(p))
+        why = misfiled(scan.relpath, scan.entities)
+        if why is None:
+            scans.append(scan)
+            continue
+        message = f"{p}: {why}; refused (move or rename it so that they agree)"
+        if refused is None:
+            raise ValueError(message)
+        refused.append((p, message))
     if sessions:
         found = {s.session for s in scans}
         missing = [s for s in sessions if s not in found]

@@ -46,19 +46,43 @@ def _save(data, affine, path, dtype=np.int16):
 
 def write_synthetic_bids(out_dir, kinds=KINDS, seed=0):
     """Write a raw BIDS dataset with one subject per entry of ``kinds`` (:data:`KINDS`); returns
-    ``{"sub-01": {"kind", "t1": [paths]}, ...}``. ``out_dir`` must not exist or be empty."""
+    ``{"sub-01": {"kind", "t1": [paths]}, ...}``. ``out_dir`` must not exist or be empty.
+
+    A new ``out_dir`` is written as a temporary folder beside it and renamed to it when
+    complete (an interrupted run leaves nothing); an existing empty one is filled in place.
+    One run per folder at a time (:func:`clci_keras.fileio.exclusive`).
+    """
+    from clci_keras.fileio import discard, exclusive, publish, remove_leftovers, temporary
+
+    out_dir = os.path.normpath(os.fspath(out_dir))
+    bad = [k for k in kinds if k not in KINDS]
+    if bad:
+        raise ValueError(f"kinds must be among {KINDS}, got {bad}")
+    with exclusive(out_dir, what="output folder"):
+        remove_leftovers(out_dir)
+        if os.path.lexists(out_dir):
+            if not os.path.isdir(out_dir) or os.listdir(out_dir):
+                raise ValueError(f"{out_dir}: folder is not empty")
+            return _write(out_dir, kinds, seed)
+        tmp = temporary(out_dir, folder=True)
+        try:
+            records = _write(tmp, kinds, seed)
+            publish(tmp, out_dir)
+        except BaseException:
+            discard(tmp)
+            raise
+    return {sub: {**r, "t1": [os.path.join(out_dir, os.path.relpath(p, tmp)) for p in r["t1"]]}
+            for sub, r in records.items()}
+
+
+def _write(out_dir, kinds, seed):
+    """:func:`write_synthetic_bids` into the folder ``out_dir``."""
     from nibabel import orientations as no
 
     from clci_keras.data.synthetic import generate_subject
     from clci_keras.fileio import atomic_path, atomic_text
     from clci_keras.inference.register import resample
 
-    out_dir = os.fspath(out_dir)
-    if os.path.isdir(out_dir) and os.listdir(out_dir):
-        raise ValueError(f"{out_dir}: folder is not empty")
-    bad = [k for k in kinds if k not in KINDS]
-    if bad:
-        raise ValueError(f"kinds must be among {KINDS}, got {bad}")
     os.makedirs(out_dir, exist_ok=True)
     with atomic_text(os.path.join(out_dir, "dataset_description.json")) as f:
         json.dump({"Name": "clci-keras synthetic ATLAS-like T1w scans", "BIDSVersion": "1.10.0",

@@ -7,8 +7,13 @@ given is imported, and neither it nor the parser imports Keras or a backend
 (TensorFlow, JAX, PyTorch) before ``run``: every ``--help`` is fast and quiet.
 
 Ctrl-C (SIGINT) ends any command with one line saying what was kept and how to
-go on (:data:`ON_INTERRUPT`) and exit code 130, after the same cleanup as any
-other error (temporaries removed, nothing half-written under a final name).
+go on (:data:`ON_INTERRUPT`, or what the command said with :func:`set_interrupt_note`)
+and exit code 130, after the same cleanup as any other error (temporaries
+removed, nothing half-written under a final name). SIGTERM (``kill``, a batch
+system's stop) and SIGHUP (the terminal closed) do the same, with exit codes 143
+and 129 (:class:`Terminated`); a second one ends the command at once, and what it
+left is recognised and removed by the next run into the same output
+(:func:`clci_keras.fileio.remove_leftovers`).
 
 Errors: :func:`main` turns the errors of bad inputs and outputs (``ValueError``,
 ``OSError`` and their subclasses, e.g. ``FileNotFoundError``,
@@ -21,10 +26,13 @@ the traceback of every error.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import os
+import signal
 import sys
+import threading
 
 from clci_keras.version import __version__
 
@@ -54,13 +62,77 @@ DEBUG_ENV = "CLCI_KERAS_DEBUG"
 #: Exit code of a command ended by Ctrl-C (SIGINT), as shells report 128 + 2.
 INTERRUPTED_EXIT = 130
 
+#: Exit code of a command ended by SIGTERM, as shells report 128 + 15 (SIGHUP: 128 + 1).
+TERMINATED_EXIT = 128 + signal.SIGTERM
+
+#: Signals that end a command as Ctrl-C does (:class:`Terminated`), where their action is the default.
+TERMINATING_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
+
 #: What an interrupted command kept and how to go on (``None``: any other command).
 ON_INTERRUPT = {
     None: "nothing was published under a final name; run the command again",
     "train": "the run folder keeps the last finished epoch; run the same command again to resume",
     "predict": "finished scans are kept; run the same command again with --continue to do the rest",
+    "bids": "finished scans are kept; run the same command again to do the rest",
     "demo": "run the same command again with --overwrite",
 }
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised in the main thread: unwinds with Ctrl-C's cleanup (every
+    ``except KeyboardInterrupt`` and ``finally`` runs); ``signum`` is the signal."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = int(signum)
+
+    @property
+    def signame(self):
+        return signal.Signals(self.signum).name
+
+
+def _raise_terminated(signum, frame):
+    signal.signal(signum, signal.SIG_DFL)  # a second one ends the process at once, as without a handler
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def terminate_like_interrupt():
+    """Within the block, SIGTERM and SIGHUP raise :class:`Terminated` in the main thread.
+
+    Only signals whose action is the default are taken (an ignored one, e.g.
+    SIGHUP under ``nohup``, stays ignored); the previous actions come back after.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {}
+    for signum in TERMINATING_SIGNALS:
+        if signal.getsignal(signum) == signal.SIG_DFL:
+            previous[signum] = signal.signal(signum, _raise_terminated)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+#: The interrupt line's second half for the command running now (:func:`set_interrupt_note`).
+_interrupt_note = None
+
+
+def set_interrupt_note(text):
+    """Say what an interrupt at this point of the command keeps and how to go on (``None``: the
+    command's :data:`ON_INTERRUPT` line); a command calls it as its state changes."""
+    global _interrupt_note
+    _interrupt_note = text
+
+
+def interrupted_line(command, exc):
+    """The one line :func:`main` prints for a Ctrl-C (``exc`` a ``KeyboardInterrupt``) or a :class:`Terminated`."""
+    what = f"terminated ({exc.signame})" if isinstance(exc, Terminated) else "interrupted"
+    note = _interrupt_note or ON_INTERRUPT.get(command, ON_INTERRUPT[None])
+    return f"clci-keras {command}: {what}; {note}"
 
 
 def positive_int(value):
@@ -211,17 +283,20 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    set_interrupt_note(None)
     try:
-        module = importlib.import_module(available[args.command][0])
-        return int(module.run(args) or 0)
+        with terminate_like_interrupt():
+            module = importlib.import_module(available[args.command][0])
+            return int(module.run(args) or 0)
     except (OSError, ValueError) as e:  # bad inputs or outputs; anything else is a bug: traceback
         return report(args.command, e)
-    except KeyboardInterrupt:  # Ctrl-C: the cleanup ran while the exception unwound
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP: the cleanup ran while the exception unwound
         if debugging():
             raise
-        print(f"clci-keras {args.command}: interrupted; {ON_INTERRUPT.get(args.command, ON_INTERRUPT[None])}",
-              file=sys.stderr)
-        return INTERRUPTED_EXIT
+        print(interrupted_line(args.command, e), file=sys.stderr)
+        return 128 + e.signum if isinstance(e, Terminated) else INTERRUPTED_EXIT
+    finally:
+        set_interrupt_note(None)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,9 +1,19 @@
-"""`clci-keras synth`: write a synthetic ATLAS-like dataset (R1.1, R1.2 or 2.0 layout)."""
+"""`clci-keras synth`: write a synthetic ATLAS-like dataset (R1.1, R1.2 or 2.0 layout).
+
+A new output folder appears only once complete (it is written as a temporary
+folder beside it); an existing empty one is filled in place and marked
+unfinished until the end, and the same command completes it after an
+interrupt. One run per output folder at a time.
+"""
 from __future__ import annotations
+
+import os
 
 
 def add_arguments(parser):
-    parser.add_argument("out", metavar="OUT_DIR", help="output folder (created; must be empty)")
+    parser.add_argument("out", metavar="OUT_DIR",
+                        help="output folder (created, or an empty one; an unfinished one of the same arguments "
+                             "is completed)")
     parser.add_argument("--layout", choices=("r1.1", "r1.2", "v2"), default="r1.1", help="release layout (default: r1.1)")
     parser.add_argument("--subjects", type=int, default=8,
                         help="number of subjects (default: 8; r1.2: the first N published SPiN test ids, "
@@ -16,8 +26,14 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
+    from clci_keras.cli import set_interrupt_note
     from clci_keras.data.synthetic import generate_dataset
 
+    if os.path.lexists(args.out):
+        set_interrupt_note(f"the subjects written so far are kept in {args.out}, marked unfinished; "
+                           "run the same command again to complete it")
+    else:
+        set_interrupt_note(f"nothing was written to {args.out}; run the same command again")
     try:
         recs = generate_dataset(
             args.out, layout=args.layout, n_subjects=args.subjects, seed=args.seed,

@@ -48,6 +48,7 @@ from clci_keras.data.constants import (
     SLICES_PER_SUBJECT,
 )
 from clci_keras.data.intensity import normalize_slice, v2_reference
+from clci_keras.data.h5links import check_self_contained
 from clci_keras.fileio import atomic_path, check_writable_folder, exclusive, progress_bar, remove_dead_temporaries
 from clci_keras.process import PARENT_POLL_SECONDS, die_with_parent  # noqa: F401  (re-exported)
 
@@ -187,7 +188,7 @@ def prepare_h5(
     # One run per output: the second of two runs started together fails at once, naming the first.
     with exclusive(out_h5, what="HDF5 output"):
         if os.path.exists(out_h5) and not overwrite:
-            raise FileExistsError(f"{out_h5}: output exists; pass overwrite=True (--overwrite) to replace it.")
+            raise FileExistsError(f"{out_h5}: output exists; pass --overwrite to replace it.")
         return _prepare(src, out_h5, layout, workers, intensity, compression_level, progress, max_subjects,
                         affine_atol)
 
@@ -347,6 +348,7 @@ def read_subjects(h5_path):
         raise ValueError(f"{h5_path}: not a readable HDF5 file ({reason}); expected the output of "
                          "`clci-keras prep`") from e
     with f:
+        check_self_contained(f, h5_path)  # no data read from other files without a word
         if "data" not in f:
             raise ValueError(f"{h5_path}: no 'data' dataset; not an ATLAS slice file.")
         if "subjects" not in f:

@@ -44,6 +44,7 @@ import re
 import numpy as np
 
 from clci_keras.data.constants import ATLAS_SHAPE, CACHED_PIXEL_BYTES, DEFAULT_CROP, SLICES_PER_SUBJECT
+from clci_keras.data.h5links import check_self_contained
 from clci_keras.data.preprocess import read_subjects, subject_table  # subject_table: re-exported here
 from clci_keras.data.slicing import get_crop
 from clci_keras.data.stream import wrap_around_batches
@@ -66,6 +67,7 @@ def dataset_info(h5_path):
 
     info = {"h5": os.path.abspath(h5_path)}
     with h5py.File(h5_path, "r") as f:
+        check_self_contained(f, h5_path)
         for k, v in f.attrs.items():
             if isinstance(v, bytes):
                 v = v.decode("utf8", "replace")
@@ -141,6 +143,7 @@ def select_slices(h5_path, subjects, spec="all", crop=DEFAULT_CROP, seed=0):
     rng = np.random.default_rng(seed)
     out = []
     with h5py.File(h5_path, "r") as f:
+        check_self_contained(f, h5_path)
         for s in subjects:
             off, count = _lookup(table, s, h5_path)
             local = np.arange(count)
@@ -212,7 +215,13 @@ class SliceReader:
         if self._file is None:
             import h5py
 
-            self._file = h5py.File(self.h5_path, "r")
+            f = h5py.File(self.h5_path, "r")
+            try:
+                check_self_contained(f, self.h5_path)
+            except BaseException:
+                f.close()
+                raise
+            self._file = f
             for key in ("data", "label"):
                 if key not in self._file:
                     raise ValueError(f"{self.h5_path}: HDF5 file has no dataset {key!r}")

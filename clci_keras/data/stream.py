@@ -40,6 +40,7 @@ import threading
 import numpy as np
 
 from clci_keras.data.constants import CACHED_PIXEL_BYTES, DEFAULT_CROP
+from clci_keras.data.h5links import check_self_contained
 
 _SHM_PREFIX = "clci_stream_"
 
@@ -377,6 +378,7 @@ class StreamingReader:
         import h5py
 
         with h5py.File(self.h5_path, "r") as f:
+            check_self_contained(f, self.h5_path)
             data_index, label_index = chunk_index(f["data"]), chunk_index(f["label"])
         self._chunks = (data_index, label_index) if data_index and label_index else None
         self._pool = ProcessPoolExecutor(

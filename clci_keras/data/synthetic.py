@@ -28,7 +28,9 @@ let a network learn something in a few steps.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import functools
 import json
 import os
@@ -37,7 +39,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from clci_keras.data.constants import ATLAS_SHAPE, R11_CSV_NAME, SYNTHETIC_MARKER, V2_SPACE
-from clci_keras.fileio import atomic_path, atomic_text
+from clci_keras.fileio import (
+    LOCK_NAME,
+    atomic_path,
+    atomic_text,
+    discard,
+    exclusive,
+    publish,
+    remove_leftovers,
+    temporary,
+)
 from clci_keras.version import __version__
 
 #: Sites of the synthetic R1.1 release (real R1.1 has 9 sites).
@@ -46,6 +57,9 @@ N_SITES = 3
 LESION_VOLUME_RANGE = (300.0, 150_000.0)
 #: Probability of a second, separate lesion.
 P_TWO_LESIONS = 0.35
+#: Hidden file a run that fills an existing folder writes there first and removes once the release
+#: is complete: a folder holding it is an unfinished release, which the same command completes.
+PARTIAL_MARKER = ".clci-keras-synth.partial.json"
 
 R11_CSV_HEADER = [
     "INDI Site ID",
@@ -324,7 +338,12 @@ def generate_dataset(out_dir, layout="r1.1", n_subjects=4, seed=0, t1_dtype="int
             sub-r001s001_ses-1_space-MNI152NLin2009aSym_label-L_desc-T1lesion_mask.nii.gz
 
     Args:
-        out_dir: output folder (created; must be empty unless ``overwrite``).
+        out_dir: output folder. One that does not exist is written as a temporary folder
+            beside it and renamed to it when complete (an interrupted run leaves nothing);
+            an existing one must be empty (or hold an unfinished run of the same
+            arguments, which is completed; or ``overwrite``) and is filled in place, marked
+            unfinished (:data:`PARTIAL_MARKER`) until the end. One run per folder at a time
+            (:func:`clci_keras.fileio.exclusive`).
         layout: "r1.1", "r1.2" or "v2".
         n_subjects: number of subjects (ignored when ``subject_ids`` is given).
         seed: dataset seed; the output depends only on (layout, n_subjects, seed).
@@ -346,9 +365,89 @@ def generate_dataset(out_dir, layout="r1.1", n_subjects=4, seed=0, t1_dtype="int
     Raises:
         ValueError: unknown ``layout``, ``subject_ids`` outside r1.2 or malformed,
             ``n_subjects`` below 1 (or, for r1.2, above the known ids).
-        FileExistsError: ``out_dir`` is not empty and ``overwrite`` is False.
+        FileExistsError: ``out_dir`` is not empty and ``overwrite`` is False (naming it).
+        OSError: the release cannot be written (a full disk: one line naming ``out_dir``);
+            :class:`clci_keras.fileio.OutputInUseError`: another run writes ``out_dir``.
     """
-    out_dir, n_subjects, r12_ids = _check_dataset_arguments(out_dir, layout, n_subjects, subject_ids, overwrite)
+    out_dir, n_subjects, r12_ids = _check_dataset_arguments(out_dir, layout, n_subjects, subject_ids)
+    settings = {"layout": layout, "n_subjects": n_subjects, "seed": int(seed), "t1_dtype": str(np.dtype(t1_dtype)),
+                "subject_ids": r12_ids}
+    with _output_lock(out_dir):  # one run per folder, before the template is loaded
+        remove_leftovers(out_dir)  # the temporary folder of a killed earlier run
+        if not os.path.lexists(out_dir):
+            return _generate_new(out_dir, settings, progress)
+        _check_output_folder(out_dir, settings, overwrite)
+        partial = os.path.join(out_dir, PARTIAL_MARKER)
+        with atomic_text(partial) as f:
+            json.dump(settings, f, indent=2)
+        records = _generate(out_dir, settings, progress)
+        os.remove(partial)
+        return records
+
+
+def _output_lock(out_dir):
+    """:func:`~clci_keras.fileio.exclusive` on ``out_dir``: its lock file beside it, or inside an
+    existing folder whose parent cannot be written."""
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    if os.path.isdir(out_dir) and os.path.isdir(parent) and not os.access(parent, os.W_OK | os.X_OK):
+        return exclusive(out_dir, what="output folder", inside=True)
+    return exclusive(out_dir, what="output folder")
+
+
+def _check_output_folder(out_dir, settings, overwrite):
+    """Refuse an existing ``out_dir`` unless it is a folder that is empty, an unfinished release of
+    these ``settings`` (:data:`PARTIAL_MARKER`), or ``overwrite`` (FileExistsError naming it)."""
+    if not os.path.isdir(out_dir):
+        raise FileExistsError(f"{out_dir}: exists and is not a folder")
+    ignored = {LOCK_NAME.format("clci-keras"), PARTIAL_MARKER}
+    if not [n for n in os.listdir(out_dir) if n not in ignored] or overwrite:
+        return
+    partial = os.path.join(out_dir, PARTIAL_MARKER)
+    if os.path.isfile(partial):
+        try:
+            with open(partial) as f:
+                earlier = json.load(f)
+        except (OSError, ValueError):
+            earlier = None
+        if earlier == settings:
+            return  # an unfinished run of this command: complete it
+        said = (", ".join(f"{k} {v}" for k, v in earlier.items() if k != "subject_ids")
+                if isinstance(earlier, dict) else "unreadable settings")
+        raise FileExistsError(f"{out_dir}: holds an unfinished synthetic release of other settings ({said}); "
+                              "run the command with those to complete it, or pass --overwrite")
+    raise FileExistsError(f"{out_dir}: output folder is not empty (pass --overwrite to write into it)")
+
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _generate_new(out_dir, settings, progress):
+    """Write the release into a temporary folder beside ``out_dir`` and rename it to ``out_dir``
+    when complete; on any error (Ctrl-C, a full disk) nothing is left."""
+    tmp = temporary(out_dir, folder=True)
+    try:
+        records = _generate(tmp, settings, progress)
+        publish(tmp, out_dir)
+    except BaseException as e:
+        discard(tmp)
+        if isinstance(e, OSError) and e.errno in _NO_SPACE:  # name the output, not a file of the temporary
+            raise OSError(e.errno, f"cannot write it: {os.strerror(e.errno)}", out_dir) from e
+        raise
+    return [_moved(r, tmp, out_dir) for r in records]
+
+
+def _moved(record, old, new):
+    """``record`` with its paths under the folder ``old`` now under ``new``."""
+    def move(p):
+        return os.path.join(new, os.path.relpath(p, old))
+
+    return {**record, "t1_path": move(record["t1_path"]), "mask_paths": [move(p) for p in record["mask_paths"]]}
+
+
+def _generate(out_dir, settings, progress):
+    """Every subject, the table and the marker of :func:`generate_dataset` into the folder ``out_dir``."""
+    layout, n_subjects, seed = settings["layout"], settings["n_subjects"], settings["seed"]
+    t1_dtype, r12_ids = settings["t1_dtype"], settings["subject_ids"]
     os.makedirs(out_dir, exist_ok=True)
     records = []
     bar = None
@@ -356,30 +455,29 @@ def generate_dataset(out_dir, layout="r1.1", n_subjects=4, seed=0, t1_dtype="int
         from clci_keras.fileio import progress_bar
 
         bar = progress_bar(n_subjects, desc="synth", unit="subject")
-    for i in range(n_subjects):
-        subj = generate_subject(seed=seed, index=i, layout=layout)
-        if layout == "r1.1":
-            sid, site, t1_path, mask_paths = _write_r11_subject(out_dir, i, seed, subj, t1_dtype)
-        elif layout == "r1.2":
-            sid, site, t1_path, mask_paths = _write_r12_subject(out_dir, r12_ids[i], subj, t1_dtype)
-        else:
-            sid, site, t1_path, mask_paths = _write_v2_subject(out_dir, i, subj, t1_dtype)
-        records.append(
-            {"index": i, "subject_id": sid, "site": site, "t1_path": t1_path,
-             "mask_paths": mask_paths, "lesion_volumes": subj.lesion_volumes,
-             "locations": subj.locations, "hemisphere": subj.hemisphere}
-        )
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+    with bar if bar is not None else contextlib.nullcontext():
+        for i in range(n_subjects):
+            subj = generate_subject(seed=seed, index=i, layout=layout)
+            if layout == "r1.1":
+                sid, site, t1_path, mask_paths = _write_r11_subject(out_dir, i, seed, subj, t1_dtype)
+            elif layout == "r1.2":
+                sid, site, t1_path, mask_paths = _write_r12_subject(out_dir, r12_ids[i], subj, t1_dtype)
+            else:
+                sid, site, t1_path, mask_paths = _write_v2_subject(out_dir, i, subj, t1_dtype)
+            records.append(
+                {"index": i, "subject_id": sid, "site": site, "t1_path": t1_path,
+                 "mask_paths": mask_paths, "lesion_volumes": subj.lesion_volumes,
+                 "locations": subj.locations, "hemisphere": subj.hemisphere}
+            )
+            if bar is not None:
+                bar.update(1)
     _write_tables(out_dir, layout, records)
     _write_marker(out_dir, layout, n_subjects, seed)
     return records
 
 
-def _check_dataset_arguments(out_dir, layout, n_subjects, subject_ids, overwrite):
-    """Check :func:`generate_dataset`'s arguments (``ValueError``, ``FileExistsError`` naming the value).
+def _check_dataset_arguments(out_dir, layout, n_subjects, subject_ids):
+    """Check :func:`generate_dataset`'s arguments (``ValueError`` naming the value).
 
     Returns:
         ``(out_dir, n_subjects, r12_ids)``: the folder as a ``str``, the number of
@@ -397,8 +495,9 @@ def _check_dataset_arguments(out_dir, layout, n_subjects, subject_ids, overwrite
     if n_subjects < 1:
         raise ValueError(f"n_subjects must be >= 1, got {n_subjects}.")
     out_dir = os.fspath(out_dir)
-    if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
-        raise FileExistsError(f"Output folder {out_dir!r} is not empty (use overwrite=True / --overwrite).")
+    if not out_dir.strip():
+        raise ValueError("the output folder's name is empty")
+    out_dir = os.path.normpath(out_dir)  # "out/" names the folder "out"
     return out_dir, n_subjects, r12_ids
 
 

@@ -7,32 +7,38 @@ TTA and clean-up: :mod:`~clci_keras.inference.ensemble`; QC pictures and the
 summary CSV: :mod:`~clci_keras.inference.qc`; the intensity check:
 :mod:`~clci_keras.inference.scaling`.
 """
-from clci_keras.data.constants import ATLAS_AFFINE
-from clci_keras.inference.batch import BatchResult, Job, plan_outputs, segment_files
-from clci_keras.inference.ensemble import remove_small_components
-from clci_keras.inference.io import InputError, find_inputs, load_image, save_atomic
-from clci_keras.inference.optimize import ZeroStateConvLSTM2D, optimize_for_inference
-from clci_keras.inference.predict import (
-    DEFAULT_BATCH_SIZE,
-    PRECISIONS,
-    GridWarning,
-    Segmentation,
-    WeightsError,
-    brain_slice_indices,
-    build_inference_model,
-    configure_threads,
-    predict_atlas_volume,
-    predict_slices,
-    predict_volume,
-    segment_image,
-)
-from clci_keras.inference.register import (
-    Registration,
-    RegistrationError,
-    RegistrationUnavailable,
-    register_to_mni,
-)
-from clci_keras.inference.scaling import IntensityError, resolve_intensity
+import importlib
+
+#: Public name -> the module that defines it. Imported when first used (PEP 562), so that
+#: importing a module of this package (``clci_keras.inference.export``, ``.io``, ``.batch``)
+#: does not start Keras and its backend: a command takes its output's lock first.
+_HOMES = {
+    "ATLAS_AFFINE": "clci_keras.data.constants",
+    **dict.fromkeys(("BatchResult", "Job", "plan_outputs", "segment_files"), "clci_keras.inference.batch"),
+    "remove_small_components": "clci_keras.inference.ensemble",
+    **dict.fromkeys(("InputError", "find_inputs", "load_image", "save_atomic"), "clci_keras.inference.io"),
+    **dict.fromkeys(("ZeroStateConvLSTM2D", "optimize_for_inference"), "clci_keras.inference.optimize"),
+    **dict.fromkeys(("DEFAULT_BATCH_SIZE", "PRECISIONS", "GridWarning", "Segmentation", "WeightsError",
+                     "brain_slice_indices", "build_inference_model", "configure_threads", "predict_atlas_volume",
+                     "predict_slices", "predict_volume", "segment_image"), "clci_keras.inference.predict"),
+    **dict.fromkeys(("Registration", "RegistrationError", "RegistrationUnavailable", "register_to_mni"),
+                    "clci_keras.inference.register"),
+    **dict.fromkeys(("IntensityError", "resolve_intensity"), "clci_keras.inference.scaling"),
+}
+
+
+def __getattr__(name):
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'clci_keras.inference' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_HOMES))
+
 
 __all__ = [
     "BatchResult",

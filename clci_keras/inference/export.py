@@ -4,8 +4,10 @@
 (:func:`clci_keras.inference.build_inference_model`: float32, the exact
 zero-state ConvLSTM rewrite unless ``optimize=False``), loads the weights and
 calls Keras' own ``model.export`` (``format="onnx"`` or ``"tf_saved_model"``)
-into a temporary beside the target, which is renamed to it when complete
-(:mod:`clci_keras.fileio`). The artifact maps ``(batch, H, W, 1)`` float32
+into a temporary beside the target, which is checked, given its card and
+renamed to the target only then (:mod:`clci_keras.fileio`). One export per
+output at a time (:func:`clci_keras.fileio.exclusive`, taken before TensorFlow
+starts); what killed exports of the same output left is removed first. The artifact maps ``(batch, H, W, 1)`` float32
 slices, cropped and intensity-scaled as the model card says, to the lesion
 probabilities ``(batch, H, W, num_class)``; the batch size is free (ONNX
 from the PyTorch backend: fixed to 1, Keras' limitation). A model card
@@ -101,15 +103,29 @@ def export_model(weights, path, *, model=None, fmt="onnx", crop=None, optimize=T
     Raises:
         ValueError: unknown format or crop, bad weights, a card the model does not fit,
             an existing ``path`` without ``overwrite``, or a failed check.
+        OSError: the output cannot be written (one line naming it, backend errors included);
+            :class:`clci_keras.fileio.OutputInUseError`: another export writes it.
         ExportUnavailable: (an ``ImportError``) the backend cannot export ``fmt`` or a package is missing.
     """
+    from clci_keras.models.card import card_path
+
+    path, weights = os.fspath(path).rstrip("/" + os.sep), os.fspath(weights)
+    if not path:
+        raise ValueError("the export output path is empty")
+    # one export per output, refused at once: before TensorFlow's start-up and the model build
+    with fileio.exclusive(path, what="export output"):
+        fileio.remove_leftovers(path, card_path(path))  # what killed exports of it left
+        return _export_locked(weights, path, model, fmt, crop, optimize, check, overwrite)
+
+
+def _export_locked(weights, path, model, fmt, crop, optimize, check, overwrite):
+    """:func:`export_model` while holding its output's lock."""
     import keras
 
     from clci_keras.inference.predict import build_inference_model, card_settings
 
     backend = keras.backend.backend()
     check_export_support(fmt, backend)
-    path, weights = os.fspath(path).rstrip("/" + os.sep), os.fspath(weights)
     if os.path.lexists(path) and not overwrite:
         raise ValueError(f"{path}: exists (pass --overwrite to replace it)")
     fileio.check_writable_folder(os.path.dirname(os.path.abspath(path)))
@@ -118,22 +134,52 @@ def export_model(weights, path, *, model=None, fmt="onnx", crop=None, optimize=T
                                 optimize=optimize)
     start = time.perf_counter()
     net(check_batch(net.input_shape[1:], n=1), training=False)  # Keras exports only models called once
-    if fmt == "onnx":
-        with fileio.atomic_path(path, durable=True) as tmp, _quiet_tf2onnx():
-            net.export(tmp, format=FORMATS[fmt], verbose=False)
-    else:
-        with fileio.atomic_folder(path, durable=True) as tmp:
-            net.export(tmp, format=FORMATS[fmt], verbose=False)
-    seconds = time.perf_counter() - start
-    diff = _check(net, path, fmt) if check else None
-    if diff is not None and not diff <= CHECK_ATOL:
-        raise ValueError(f"{path}: the exported model differs from Keras by {diff:.3g} (> {CHECK_ATOL:g}); "
-                         "do not use it")
-    info = {"path": os.path.abspath(path), "format": fmt, "backend": backend, "model": settings["model"],
-            "crop": _crop_of(net), "input_shape": list(net.input_shape[1:]), "seconds": round(seconds, 1),
-            "bytes": _size(path), "max_abs_diff": diff, "optimized": bool(optimize)}
-    info["card"] = _write_export_card(weights, settings, info)
+    # The artifact is exported, checked and given its card while still a temporary; the card is
+    # published first and the artifact last, so an artifact under its name is a checked one with
+    # its card (a card alone, left by a run killed between the two, is replaced by the next run).
+    writer = fileio.atomic_path(path, durable=True) if fmt == "onnx" else fileio.atomic_folder(path, durable=True)
+    with writer as tmp:
+        try:
+            with _quiet_tf2onnx() if fmt == "onnx" else contextlib.nullcontext():
+                net.export(tmp, format=FORMATS[fmt], verbose=False)
+        except Exception as e:  # noqa: BLE001 - a backend's error while writing: one line naming the output
+            err = _write_error(e, path)
+            if err is e:
+                raise
+            raise err from e
+        seconds = time.perf_counter() - start
+        diff = _check(net, tmp, fmt) if check else None
+        if diff is not None and not diff <= CHECK_ATOL:
+            raise ValueError(f"{path}: the exported model differs from Keras by {diff:.3g} (> {CHECK_ATOL:g}); "
+                             "do not use it (nothing was written)")
+        info = {"path": os.path.abspath(path), "format": fmt, "backend": backend, "model": settings["model"],
+                "crop": _crop_of(net), "input_shape": list(net.input_shape[1:]), "seconds": round(seconds, 1),
+                "bytes": _size(tmp), "max_abs_diff": diff, "optimized": bool(optimize)}
+        info["card"] = _write_export_card(weights, settings, info)
     return info
+
+
+def _write_error(exc, path):
+    """A backend's exception while writing ``path`` as one ``OSError`` naming it (``exc`` itself
+    when it is a bad-model ``ValueError``, an ``ImportError`` or not a write failure).
+
+    A full disk, a read-only file system or an I/O error in the message becomes that
+    error (:func:`clci_keras.fileio.write_error`); any other TensorFlow ``OpError``
+    (``ResourceExhaustedError``, ``UnknownError``... raised by its file writers)
+    becomes ``PATH: cannot write it: NAME: first line of its message``.
+    """
+    import errno
+
+    err = fileio.write_error(exc, path)
+    if err is not exc:
+        return err
+    tf = __import__("sys").modules.get("tensorflow")
+    op_error = getattr(getattr(tf, "errors", None), "OpError", None)
+    if op_error is not None and isinstance(exc, op_error):
+        lines = str(getattr(exc, "message", None) or exc).strip().splitlines()
+        return OSError(errno.EIO, f"cannot write it: {type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": "),
+                       path)
+    return exc
 
 
 @contextlib.contextmanager

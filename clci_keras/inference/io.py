@@ -11,8 +11,7 @@ import re
 
 import numpy as np
 
-from clci_keras.data.atlas import is_r11_t1
-from clci_keras.fileio import discard, publish, temporary, walk
+from clci_keras.fileio import discard, publish, temporary, walk, write_error
 
 #: File name endings recognised as NIfTI.
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -22,8 +21,8 @@ PROB_SUFFIX = "_lesion_prob"
 
 # Names that are labels rather than T1 images (ATLAS R1.1/2.0 masks, outputs of this tool).
 _NOT_T1 = re.compile(r"(lesion|mask|label|_seg|_dseg|_prob)", re.IGNORECASE)
-# ATLAS 2.0 (BIDS) T1 image: ``sub-*_ses-*_..._T1w.nii.gz``.
-_BIDS_T1 = re.compile(r"_T1w\.nii(\.gz)?$")
+# A BIDS file name without its extension: ``sub-LABEL[_key-value...]_SUFFIX``.
+_BIDS_NAME = re.compile(r"^sub-[a-zA-Z0-9]+(?:_[a-zA-Z]+-[a-zA-Z0-9]+)*_(?P<suffix>[a-zA-Z0-9]+)$")
 
 
 class InputError(ValueError):
@@ -77,7 +76,7 @@ def validate_volume(data, name):
             raise InputError(f"{name}: {n_bad} voxels are NaN or inf")
     lo, hi = data.min(), data.max()
     if lo == hi:
-        raise InputError(f"{name}: empty volume (every voxel equals {lo!r})")
+        raise InputError(f"{name}: empty volume (every voxel equals {lo.item() if hasattr(lo, 'item') else lo})")
     return data
 
 
@@ -114,28 +113,51 @@ def load_image(path):
     return image, validate_volume(data, path)
 
 
-def find_inputs(paths, exclude=()):
+def skip_reason(name):
+    """Why the NIfTI file ``name`` found in a folder is not taken as a T1 image, or ``None``.
+
+    Names that look like labels (``lesion``, ``mask``, ``label``, ``_seg``, ``_dseg``,
+    ``_prob``: ATLAS masks, outputs of this tool), and BIDS file names whose suffix is
+    not ``T1w`` (``sub-01_FLAIR.nii.gz``, ``sub-01_T2w.nii.gz``).
+    """
+    stem = strip_nifti_suffix(os.path.basename(os.fspath(name)))
+    if _NOT_T1.search(stem):
+        return "a label image by its name (lesion, mask, label, _seg, _prob), not a T1 image"
+    m = _BIDS_NAME.match(stem)
+    if m and m.group("suffix") != "T1w":
+        return f"a BIDS {m.group('suffix')} image by its name, not a T1w image"
+    return None
+
+
+def find_inputs(paths, exclude=(), skipped=None):
     """Expand files and folders into a list of ``(path, relative_dir)`` T1 inputs.
 
     Files are taken as given (``relative_dir`` is ``""``). Folders are walked
     recursively in sorted order, following links to folders (each folder once,
-    so a link loop ends); their NIfTI files that look like labels
-    (names containing ``lesion``, ``mask``, ``label``, ``_seg``, ``_prob``) are
-    skipped, and if the folder holds ATLAS T1 images (R1.1
-    ``*_t1w_deface_stx.nii.gz`` or 2.0 ``*_T1w.nii.gz``) only those are taken.
+    so a link loop ends); every NIfTI file found is taken, except those
+    :func:`skip_reason` names (labels such as ATLAS lesion masks, and BIDS images
+    of another kind than ``T1w``), which are listed in ``skipped`` with their
+    reason: an ATLAS tree gives its T1 images (R1.1 ``*_t1w_deface_stx.nii.gz``,
+    2.0 ``*_T1w.nii.gz``), and a plainly named T1 beside them is taken too.
     ``relative_dir`` is the file's folder relative to the given folder, so
     outputs can mirror the input tree. Paths under a folder in ``exclude``
-    (the output folder) are skipped.
+    (the output folder; compared as resolved paths, links followed) are skipped.
+
+    Args:
+        paths: files and folders.
+        exclude: folders whose files are never inputs (the output folder).
+        skipped: a list to which ``(path, reason)`` is appended for each NIfTI file
+            found in a folder and not taken (the caller names them).
 
     Returns ``(inputs, errors)``; ``errors`` lists ``(path, message)`` for
-    inputs that do not exist or folders without NIfTI files.
+    inputs that do not exist or folders without NIfTI T1 files.
     """
     inputs, errors = [], []
-    excluded = [os.path.abspath(e) for e in exclude]
+    excluded = [os.path.realpath(e) for e in exclude]
 
     def is_excluded(p):
-        a = os.path.abspath(p)
-        return any(a == e or a.startswith(e + os.sep) for e in excluded)
+        a = os.path.realpath(p)
+        return any(a == e or a.startswith(e.rstrip(os.sep) + os.sep) for e in excluded)
 
     for given in paths:
         given = os.fspath(given)
@@ -145,16 +167,20 @@ def find_inputs(paths, exclude=()):
         if not os.path.isdir(given):
             errors.append((given, f"{given}: no such file or folder"))
             continue
-        found = []
+        found, left = [], []
         for root, _, files in walk(given, skip=is_excluded):  # linked folders too, each once
             for f in files:
-                if is_nifti_name(f) and not _NOT_T1.search(strip_nifti_suffix(f)):
-                    found.append(os.path.join(root, f))
-        atlas_t1 = [p for p in found if is_r11_t1(os.path.basename(p)) or _BIDS_T1.search(p)]
-        if atlas_t1:
-            found = atlas_t1
+                if is_nifti_name(f):
+                    reason = skip_reason(f)
+                    if reason is None:
+                        found.append(os.path.join(root, f))
+                    else:
+                        left.append((os.path.join(root, f), reason))
+        if skipped is not None:
+            skipped.extend(left)
         if not found:
-            errors.append((given, f"{given}: folder contains no NIfTI T1 image (*.nii, *.nii.gz)"))
+            why = f" ({len(left)} NIfTI file(s) skipped: labels or other kinds of image by their names)" if left else ""
+            errors.append((given, f"{given}: folder contains no NIfTI T1 image (*.nii, *.nii.gz){why}"))
         for p in found:
             rel = os.path.relpath(os.path.dirname(p), given)
             inputs.append((p, "" if rel == "." else rel))
@@ -174,11 +200,13 @@ def save_atomic(images_and_paths):
 
     An ``image`` is a NIfTI image or ``bytes`` (written as they are: a PNG,
     a JSON text). All temporary files are written before any is renamed, so
-    a failure leaves no output (and no temporary file) behind.
+    a failure leaves no output (and no temporary file) behind; a full disk is one
+    ``OSError`` naming the output that could not be written (``PATH: cannot write it: ...``).
     """
     import nibabel as nib
 
     done = []
+    path = None
     try:
         for image, path in images_and_paths:
             path = os.fspath(path)
@@ -191,7 +219,10 @@ def save_atomic(images_and_paths):
                 nib.save(image, tmp)
         for tmp, path in done:
             publish(tmp, path)
-    except BaseException:
+    except BaseException as e:
         for tmp, _ in done:
             discard(tmp)
-        raise
+        err = write_error(e, path) if path is not None else e  # a full disk names the output, not its temporary
+        if err is e:
+            raise
+        raise err from e
