@@ -7,7 +7,8 @@
   :func:`move` renames a finished file elsewhere; :func:`remove_temporaries` clears
   what a killed writer left, :func:`remove_dead_temporaries` what a killed process left
   of a temporary named for it (``per_process=True``), :func:`remove_leftovers` both for
-  the outputs a run holds :func:`exclusive`.
+  the outputs a run holds :func:`exclusive` (:func:`remove_leftovers_under`: in a whole
+  output folder it holds).
 * :func:`check_writable_folder`: fail early, naming the folder, where outputs cannot be written.
 * :func:`walk`: a folder walk that follows links to folders, each folder once.
 * :func:`exclusive`: one run at a time per output (a second one fails at once, naming the first's PID).
@@ -180,6 +181,36 @@ def remove_leftovers(*paths):
         removed += [os.path.join(folder, n) for n in remove_temporaries(folder, of=name)]
         for tag in TEMPORARY_TAGS:
             removed += remove_dead_temporaries(os.path.join(folder, name), tag)
+    return removed
+
+
+#: A per-process temporary's name (:func:`temporary` with ``per_process=True``): ``.NAME.TAG-PID``.
+_PROCESS_TEMPORARY = re.compile(r"\..+\.(?:%s)-(?P<pid>\d+)\Z" % "|".join(TEMPORARY_TAGS))
+
+
+def remove_leftovers_under(folder):
+    """Remove every temporary of these writers that killed runs left in the tree ``folder``; returns their paths.
+
+    For a command that writes many outputs into one folder tree (``predict``, the
+    BIDS App) and holds :func:`exclusive` on the whole folder: right after taking
+    the lock, no live writer can own one of its temporaries, so every file or folder
+    named as :func:`temporary` names them is a leftover (per-process ones only where
+    their process is gone). Folders are walked without following links; other files stay.
+    """
+    removed = []
+    for root, dirs, files in os.walk(os.fspath(folder)):
+        for name in sorted(dirs + files):
+            p = os.path.join(root, name)
+            m = _PROCESS_TEMPORARY.match(name)
+            if m is not None:
+                pid = int(m.group("pid"))
+                if pid == os.getpid() or _pid_alive(pid) or not os.path.isfile(p) or os.path.islink(p):
+                    continue
+            elif not is_temporary(name):
+                continue
+            discard(p)
+            removed.append(p)
+        dirs[:] = [d for d in dirs if os.path.join(root, d) not in removed]
     return removed
 
 
