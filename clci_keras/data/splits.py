@@ -430,7 +430,7 @@ def load_split(path, n_subjects=None, *, fold=None, h5=None, parts=None, allow_m
                 f"`clci-keras split DATA.h5 {how} -o SPLIT.json`."
             )
         if fold is not None and split.get("fold") is not None and int(split["fold"]) != int(fold):
-            raise ValueError(f"{source} holds fold {split['fold']}, not fold={fold!r}")
+            raise ValueError(f"{source}: holds fold {split['fold']}, not fold {fold} (--fold)")
         return validate_split(split, n_subjects, source=source)
     split.setdefault("val", [])
     split = validate_split(split, n_subjects, source=path)
@@ -438,10 +438,10 @@ def load_split(path, n_subjects=None, *, fold=None, h5=None, parts=None, allow_m
         if "folds" in split:
             folds = split["folds"]
             if not 0 <= int(fold) < len(folds):
-                raise ValueError(f"{path}: fold={fold!r} out of range (0..{len(folds) - 1})")
+                raise ValueError(f"{path}: fold {fold} (--fold) out of range (0..{len(folds) - 1})")
             split = {**split, **folds[int(fold)]}
         elif split.get("fold") is not None and int(split["fold"]) != int(fold):
-            raise ValueError(f"{path} holds fold {split['fold']}, not fold={fold!r}")
+            raise ValueError(f"{path}: holds fold {split['fold']}, not fold {fold} (--fold)")
     if h5 is not None:
         check_split_matches_h5(split, h5, source=path)
     return split

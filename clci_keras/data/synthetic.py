@@ -43,6 +43,7 @@ from clci_keras.fileio import (
     LOCK_NAME,
     atomic_path,
     atomic_text,
+    check_writable_folder,
     discard,
     exclusive,
     publish,
@@ -372,6 +373,7 @@ def generate_dataset(out_dir, layout="r1.1", n_subjects=4, seed=0, t1_dtype="int
     out_dir, n_subjects, r12_ids = _check_dataset_arguments(out_dir, layout, n_subjects, subject_ids)
     settings = {"layout": layout, "n_subjects": n_subjects, "seed": int(seed), "t1_dtype": str(np.dtype(t1_dtype)),
                 "subject_ids": r12_ids}
+    check_writable_folder(out_dir)  # one line naming it (not its lock file) where nothing can be written
     with _output_lock(out_dir):  # one run per folder, before the template is loaded
         remove_leftovers(out_dir)  # the temporary folder of a killed earlier run
         if not os.path.lexists(out_dir):

@@ -112,6 +112,7 @@ def export_model(weights, path, *, model=None, fmt="onnx", crop=None, optimize=T
     path, weights = os.fspath(path).rstrip("/" + os.sep), os.fspath(weights)
     if not path:
         raise ValueError("the export output path is empty")
+    fileio.check_writable_folder(os.path.dirname(os.path.abspath(path)))
     # one export per output, refused at once: before TensorFlow's start-up and the model build
     with fileio.exclusive(path, what="export output"):
         fileio.remove_leftovers(path, card_path(path))  # what killed exports of it left
@@ -128,7 +129,6 @@ def _export_locked(weights, path, model, fmt, crop, optimize, check, overwrite):
     check_export_support(fmt, backend)
     if os.path.lexists(path) and not overwrite:
         raise ValueError(f"{path}: exists (pass --overwrite to replace it)")
-    fileio.check_writable_folder(os.path.dirname(os.path.abspath(path)))
     settings = card_settings(weights, model=model)
     net = build_inference_model(settings["model"], weights, precision="fp32", crop=crop or settings["crop"],
                                 optimize=optimize)
