@@ -348,7 +348,7 @@ _NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _WRITE_FAILURES = _NO_SPACE + (errno.EROFS, errno.EIO)
 
 
-def _errno_in_message(exc):
+def write_failure_errno(exc):
     """The errno of :data:`_WRITE_FAILURES` whose system text ``exc``'s message carries, or None.
 
     TensorFlow, for one, reports a failed write as its own exception
@@ -377,7 +377,7 @@ def _failed(exc, path):
     if isinstance(exc, OSError) and no in _NO_SPACE:
         return OSError(no, f"cannot write it: {os.strerror(no)}", path)
     if not isinstance(exc, OSError):
-        no = _errno_in_message(exc)
+        no = write_failure_errno(exc)
         if no is not None:
             return OSError(no, f"cannot write it: {os.strerror(no)} ({type(exc).__name__})", path)
     return exc

@@ -19,7 +19,10 @@ Errors: :func:`main` turns the errors of bad inputs and outputs (``ValueError``,
 ``OSError`` and their subclasses, e.g. ``FileNotFoundError``,
 ``PermissionError``, h5py's errors, :class:`clci_keras.data.AtlasDataError`)
 that a subcommand lets through into one line ``clci-keras CMD: error: ...`` on
-stderr and exit code 2, as argparse does for bad arguments.  Any other
+stderr and exit code 2, as argparse does for bad arguments; so is a library's own
+exception whose message says the disk is full, read-only or failing (the writers
+of :mod:`clci_keras.fileio` already turn those into ``PATH: cannot write it: ...``
+naming the output; this is the net under the others).  Any other
 exception is a bug and keeps its traceback; set ``CLCI_KERAS_DEBUG=1`` to get
 the traceback of every error.
 """
@@ -290,6 +293,14 @@ def main(argv=None) -> int:
             return int(module.run(args) or 0)
     except (OSError, ValueError) as e:  # bad inputs or outputs; anything else is a bug: traceback
         return report(args.command, e)
+    except Exception as e:  # a library's own exception for a full disk (a read-only one...) is no bug either
+        from clci_keras.fileio import write_failure_errno
+
+        if write_failure_errno(e) is None or debugging():
+            raise
+        first = (str(e).strip().splitlines() or [""])[0]
+        print(f"clci-keras {args.command}: error: {type(e).__name__}: {' '.join(first.split())}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP: the cleanup ran while the exception unwound
         if debugging():
             raise
