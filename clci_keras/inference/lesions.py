@@ -36,6 +36,10 @@ from clci_keras.fileio import exclusive
 from clci_keras.inference.io import InputError, load_image, save_atomic, strip_nifti_suffix
 from clci_keras.inference.register import register_to_mni, resample
 
+#: Endings of the per-lesion table and the lesion-load table beside a mask (``NAME_lesions.tsv``,
+#: ``NAME_lesion_load.tsv``; each with a ``.json`` sidecar).
+LESIONS_SUFFIX = "_lesions.tsv"
+LOAD_SUFFIX = "_lesion_load.tsv"
 #: Components below this volume (ml; 0.01 ml = 10 mm^3, ten 1 mm voxels) are flagged ``small``.
 MIN_LESION_ML = 0.01
 #: Components whose member agreement is below this are flagged ``low_agreement``.
@@ -245,7 +249,7 @@ def lesion_report(mask, affine, *, to_mni=None, probability=None, members=None, 
     world = ijk @ vox_to_mni[:3, :3].T + vox_to_mni[:3, 3]
     tvox, inside = _template_voxels(world)
     lab = _sample(atlas_.data, tvox, inside)
-    prob = None if probability is None else np.asarray(probability, np.float64)[mask]
+    prob = None if probability is None else np.asarray(probability)[mask].astype(np.float64)
     member_vals = [_sample(m, tvox, inside, 0.0).astype(np.float64) for m in members]
     masks_ = {"outside": ~_sample(regions.template_brain_mask(), tvox, inside, False),
               "cerebellum": _sample(regions.cerebellum_mask(), tvox, inside, False),
@@ -417,7 +421,7 @@ def _plan_masks(masks, out_dir, t1s):
     for m, t in zip(masks, t1s):
         stem = os.path.join(os.fspath(out_dir), os.path.basename(strip_nifti_suffix(m)))
         if stem in seen:
-            raise ValueError(f"{m} and {seen[stem]} would write the same tables ({stem}_lesions.tsv); rename one")
+            raise ValueError(f"{m} and {seen[stem]} would write the same tables ({stem}{LESIONS_SUFFIX}); rename one")
         seen[stem] = m
         plan.append((m, t, stem))
     return plan
@@ -468,7 +472,7 @@ def report_masks(masks, out_dir, *, t1s=None, atlas=DEFAULT_ATLAS, overwrite=Fal
     plan = _plan_masks(masks, out_dir, t1s)
     with exclusive(out_dir, inside=True):
         targets = [f"{stem}{suffix}" for _, _, stem in plan for suffix in
-                   ("_lesions.tsv", "_lesions.json", "_lesion_load.tsv", "_lesion_load.json")]
+                   (LESIONS_SUFFIX, _json_path(LESIONS_SUFFIX), LOAD_SUFFIX, _json_path(LOAD_SUFFIX))]
         targets += [os.path.join(os.fspath(out_dir), GROUP_LOAD_NAME), _json_path(os.path.join(out_dir, GROUP_LOAD_NAME))]
         existing = [t for t in targets if os.path.exists(t)]
         if existing and not overwrite:
@@ -478,7 +482,7 @@ def report_masks(masks, out_dir, *, t1s=None, atlas=DEFAULT_ATLAS, overwrite=Fal
         for mask_path, t1_path, stem in plan:
             mask, affine, to_mni, notes = _prepare(mask_path, t1_path, registration_options)
             report = lesion_report(mask, affine, to_mni=to_mni, atlas=atlas)
-            mine = lesion_files(report, f"{stem}_lesions.tsv", f"{stem}_lesion_load.tsv")
+            mine = lesion_files(report, stem + LESIONS_SUFFIX, stem + LOAD_SUFFIX)
             results.append(MaskReport(mask_path, report, [p for _, p in mine], notes))
             files += mine
             group += [{"mask": os.path.basename(mask_path), **row} for row in report.load]
