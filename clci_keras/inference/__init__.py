@@ -24,6 +24,8 @@ _HOMES = {
     **dict.fromkeys(("Registration", "RegistrationError", "RegistrationUnavailable", "register_to_mni"),
                     "clci_keras.inference.register"),
     **dict.fromkeys(("IntensityError", "resolve_intensity"), "clci_keras.inference.scaling"),
+    **dict.fromkeys(("LesionReport", "lesion_files", "lesion_load", "lesion_report", "report_masks"),
+                    "clci_keras.inference.lesions"),
 }
 
 
@@ -71,4 +73,9 @@ __all__ = [
     "register_to_mni",
     "remove_small_components",
     "resolve_intensity",
+    "LesionReport",
+    "lesion_files",
+    "lesion_load",
+    "lesion_report",
+    "report_masks",
 ]
