@@ -9,7 +9,8 @@
   of a temporary named for it (``per_process=True``), :func:`remove_leftovers` both for
   the outputs a run holds :func:`exclusive` (:func:`remove_leftovers_under`: in a whole
   output folder it holds).
-* :func:`check_writable_folder`: fail early, naming the folder, where outputs cannot be written.
+* :func:`check_writable_folder`: fail early, naming the folder, where outputs cannot be written;
+  :func:`check_not_an_input`: an output that is (or lies inside) an input, compared as resolved paths.
 * :func:`walk`: a folder walk that follows links to folders, each folder once.
 * :func:`exclusive`: one run at a time per output (a second one fails at once, naming the first's PID).
 * :func:`progress_bar`: a tqdm bar on a terminal; plain lines (no carriage returns, no ANSI
@@ -515,6 +516,31 @@ def check_writable_folder(folder, what="output folder"):
     os.close(fd)
     os.remove(tmp)
     return folder
+
+
+def check_not_an_input(output, inputs, what="output"):
+    """Raise a one-line ``ValueError`` naming ``output`` if it is one of ``inputs`` or lies inside one.
+
+    Paths are compared resolved (links followed, ``os.path.realpath``), and an
+    existing output is also compared by identity (``os.path.samefile``: hard
+    links), so that neither a link nor another spelling lets a command write over
+    what it reads. ``None`` entries of ``inputs`` are ignored.
+    """
+    out = os.path.realpath(os.fspath(output))
+    for given in inputs:
+        if given is None:
+            continue
+        src = os.path.realpath(os.fspath(given))
+        same = out == src
+        if not same and os.path.exists(out) and os.path.exists(src):
+            with contextlib.suppress(OSError):
+                same = os.path.samefile(out, src)
+        if same or out.startswith(src.rstrip(os.sep) + os.sep):
+            where = "is" if same else "lies inside"
+            shown = "" if os.fspath(given) == os.fspath(output) else f" {os.fspath(given)}"
+            raise ValueError(f"{os.fspath(output)}: the {what} {where} the input{shown}"
+                             + (f" (resolved: {src})" if src != os.path.abspath(os.fspath(given)) else "")
+                             + f"; choose another {what}")
 
 
 def walk(top, skip=None):

@@ -63,10 +63,11 @@ def run(args) -> int:
         resolve_split,
         save_split,
     )
-    from clci_keras.fileio import check_writable_folder
+    from clci_keras.fileio import check_not_an_input, check_writable_folder
 
     by_id = bool(args.preset or args.from_lists)
     try:
+        check_not_an_input(args.output, [args.h5, *(args.from_lists or ()), args.val_list], what="split file")
         if os.path.exists(args.output) and not args.overwrite:
             raise FileExistsError(f"{args.output} exists (use --overwrite)")
         check_writable_folder(os.path.dirname(os.path.abspath(args.output)), what="folder of the split file")

@@ -112,6 +112,8 @@ def export_model(weights, path, *, model=None, fmt="onnx", crop=None, optimize=T
     path, weights = os.fspath(path).rstrip("/" + os.sep), os.fspath(weights)
     if not path:
         raise ValueError("the export output path is empty")
+    fileio.check_not_an_input(path, [weights], what="export output")
+    fileio.check_not_an_input(card_path(path), [weights], what="export's model card")
     fileio.check_writable_folder(os.path.dirname(os.path.abspath(path)))
     # one export per output, refused at once: before TensorFlow's start-up and the model build
     with fileio.exclusive(path, what="export output"):
