@@ -12,7 +12,8 @@
 * :func:`check_writable_folder`: fail early, naming the folder, where outputs cannot be written;
   :func:`check_not_an_input`: an output that is (or lies inside) an input, compared as resolved paths.
 * :func:`walk`: a folder walk that follows links to folders, each folder once.
-* :func:`exclusive`: one run at a time per output (a second one fails at once, naming the first's PID).
+* :func:`exclusive`: one run at a time per output (a second one fails at once, naming the first's PID);
+  ``reentrant=True`` (and :func:`holds`) for a library call inside a command that locked its output first.
 * :func:`progress_bar`: a tqdm bar on a terminal; plain lines (no carriage returns, no ANSI
   escapes) in log files and pipes.
 
@@ -567,6 +568,8 @@ LOCK_NAME = ".{}.lock"
 
 #: Descriptors of the locks this process holds (:func:`exclusive`).
 _HELD_LOCKS = set()
+#: Lock file -> how many ``exclusive(..., reentrant=True)`` blocks of this process are inside its holder's.
+_HELD_PATHS = {}
 
 
 def _forget_inherited_locks():
@@ -581,6 +584,7 @@ def _forget_inherited_locks():
         with contextlib.suppress(OSError):
             os.close(fd)
     _HELD_LOCKS.clear()
+    _HELD_PATHS.clear()
 
 
 if hasattr(os, "register_at_fork"):
@@ -599,8 +603,21 @@ def _lock_owner(fd):
         return "unknown"
 
 
+def _lock_file(path, inside):
+    """The lock file :func:`exclusive` uses for output ``path`` (absolute)."""
+    path = os.path.abspath(os.fspath(path))
+    if inside:
+        return os.path.join(path, LOCK_NAME.format("clci-keras"))
+    return os.path.join(os.path.dirname(path), LOCK_NAME.format(os.path.basename(path)))
+
+
+def holds(path, inside=False):
+    """Whether this process holds :func:`exclusive` on output ``path`` now."""
+    return _lock_file(path, inside) in _HELD_PATHS
+
+
 @contextlib.contextmanager
-def exclusive(path, what="output", inside=False):
+def exclusive(path, what="output", inside=False, reentrant=False):
     """Hold an exclusive lock on output ``path`` (a file or a folder) for the ``with`` block.
 
     The lock is ``flock`` on ``.NAME.lock`` beside ``path`` (with ``inside``:
@@ -610,6 +627,11 @@ def exclusive(path, what="output", inside=False):
     however it ends (a lock file left by a killed process is reused). Take it
     before checking whether ``path`` exists, so that two runs cannot both find
     it absent. Where ``flock`` is unavailable (not POSIX), nothing is locked.
+
+    With ``reentrant=True`` a block inside one of this process that already holds the
+    lock (a command that locks its output before its start-up, then calls a library
+    function that locks it again) runs without locking again; otherwise a second lock
+    of the same output, even in the same process, is refused as another run's.
 
     Raises:
         OutputInUseError: a live process holds the lock (named, with its PID and command).
@@ -621,12 +643,15 @@ def exclusive(path, what="output", inside=False):
         yield
         return
     path = os.path.abspath(os.fspath(path))
-    if inside:
-        os.makedirs(path, exist_ok=True)
-        lock = os.path.join(path, LOCK_NAME.format("clci-keras"))
-    else:
-        os.makedirs(os.path.dirname(path), exist_ok=True)  # as the output's writer would
-        lock = os.path.join(os.path.dirname(path), LOCK_NAME.format(os.path.basename(path)))
+    lock = _lock_file(path, inside)
+    if reentrant and lock in _HELD_PATHS:
+        _HELD_PATHS[lock] += 1
+        try:
+            yield
+        finally:
+            _HELD_PATHS[lock] -= 1
+        return
+    os.makedirs(path if inside else os.path.dirname(path), exist_ok=True)  # as the output's writer would
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, umask_mode(0o666))
         try:
@@ -643,6 +668,7 @@ def exclusive(path, what="output", inside=False):
             pass
         os.close(fd)
     _HELD_LOCKS.add(fd)
+    _HELD_PATHS[lock] = 0
     try:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n{' '.join(sys.argv)[:400]}\n".encode("utf-8", "replace"))
@@ -650,6 +676,7 @@ def exclusive(path, what="output", inside=False):
     finally:
         with contextlib.suppress(OSError):
             os.remove(lock)
+        _HELD_PATHS.pop(lock, None)
         _HELD_LOCKS.discard(fd)
         os.close(fd)
 
