@@ -394,16 +394,10 @@ def test_cli_batch_continues_past_bad_files_and_reports_all(ras_case, weights_di
         assert str(src / name) in summary
     assert "segmented 2 of 8" in captured.out
     written = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
-    assert written == [
-        "good1_lesion_mask.nii.gz",
-        "good1_lesion_prob.nii.gz",
-        "good1_qc.png",
-        "predict_summary.csv",
-        "sub",
-        "sub/good2_las_lesion_mask.nii.gz",
-        "sub/good2_las_lesion_prob.nii.gz",
-        "sub/good2_las_qc.png",
-    ]  # nothing for the bad inputs, no temporary files
+    tables = ["lesion_load.json", "lesion_load.tsv", "lesion_mask.nii.gz", "lesion_prob.nii.gz", "lesions.json",
+              "lesions.tsv", "qc.png"]
+    assert written == [f"good1_{t}" for t in tables] + ["predict_summary.csv", "sub"] + [
+        f"sub/good2_las_{t}" for t in tables]  # nothing for the bad inputs, no temporary files
     import csv
 
     with open(out / "predict_summary.csv") as f:
@@ -462,7 +456,8 @@ def test_cli_atlas_trees_single_file_output_and_all_slices(tmp_path, weights_dir
     assert rc == 0
     assert "189 slices" in capsys.readouterr().out
     assert sorted(p.name for p in target.parent.iterdir()) == [
-        "mask.nii.gz", "mask_prob.nii.gz", "mask_qc.png", "predict_summary.csv"]
+        "mask.nii.gz", "mask_lesion_load.json", "mask_lesion_load.tsv", "mask_lesions.json", "mask_lesions.tsv",
+        "mask_prob.nii.gz", "mask_qc.png", "predict_summary.csv"]
     ref = nib.load(t1)
     res = nib.load(target)
     assert res.shape == ref.shape and res.get_data_dtype() == np.uint8

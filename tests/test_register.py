@@ -96,7 +96,8 @@ def test_register_round_trip_native_mask_transform_qc_summary(native_case, weigh
                     *FAST], capsys)
     assert rc == 0, cap.err
     assert sorted(p.name for p in out.iterdir()) == [
-        "native_t1_lesion_mask.nii.gz", "native_t1_lesion_prob.nii.gz", "native_t1_qc.png",
+        "native_t1_lesion_load.json", "native_t1_lesion_load.tsv", "native_t1_lesion_mask.nii.gz",
+        "native_t1_lesion_prob.nii.gz", "native_t1_lesions.json", "native_t1_lesions.tsv", "native_t1_qc.png",
         "native_t1_to_mni152.json", "predict_summary.csv"]
     mask_img = nib.load(out / "native_t1_lesion_mask.nii.gz")
     assert mask_img.shape == img.shape and mask_img.get_data_dtype() == np.uint8
@@ -109,6 +110,15 @@ def test_register_round_trip_native_mask_transform_qc_summary(native_case, weigh
     with open(out / "predict_summary.csv") as f:
         (row,) = list(csv.DictReader(f))
     assert row["status"] == "ok" and row["grid"] == "registered" and int(row["components"]) == 1
+    # the lesion table: one component, its volume on the native grid, its centroid at the lesion's template place
+    import pandas as pd
+
+    (lesion,) = pd.read_csv(out / "native_t1_lesions.tsv", sep="\t").to_dict("records")
+    assert lesion["volume_ml"] == pytest.approx(float(row["lesion_ml"]), rel=1e-3)
+    ijk = np.argwhere(lesion_mni).mean(axis=0)
+    expected = (ATLAS_AFFINE @ np.r_[ijk, 1.0])[:3]
+    got = np.array([lesion["centroid_x_mm"], lesion["centroid_y_mm"], lesion["centroid_z_mm"]])
+    assert np.linalg.norm(got - expected) < 4.0, (got, expected)
     assert float(row["registration_similarity"]) > 0.9 > float(row["similarity_before"])
     assert abs(float(row["lesion_ml"]) - lesion_native.sum() * 1.2 * 1.0 * 1.3 / 1000) < 0.1 * float(row["lesion_ml"])
 

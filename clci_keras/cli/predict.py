@@ -14,7 +14,10 @@ probability map as ``OUT/NAME_lesion_prob.nii.gz`` (float32), both with the
 input's shape, affine and header. Files found in a folder keep their
 sub-folder under OUT. With one input file, OUT may be the mask's file name.
 Beside each mask: ``NAME_qc.png`` (axial montage with the mask outline; not
-with ``--no-qc``) and, with ``--register``, ``NAME_to_mni152.json`` (the
+with ``--no-qc``; each lesion component numbered), the per-lesion table
+``NAME_lesions.tsv`` and the lesion load per atlas region and corticospinal tract
+``NAME_lesion_load.tsv``, each with a JSON sidecar describing its columns (not with
+``--no-lesions``; docs/lesions.md) and, with ``--register``, ``NAME_to_mni152.json`` (the
 affine transform); ``OUT/predict_summary.csv`` has one row per input (rows of
 earlier runs into OUT are kept). Bad inputs are reported at the end; the exit
 status is 0 if every input was segmented, 1 if some failed, 2 for bad arguments
@@ -26,7 +29,6 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 
 
 def add_arguments(parser):
@@ -79,9 +81,15 @@ def _add_model_arguments(parser):
     """The options about outputs, the model, its precision and its input (part of :func:`add_arguments`)."""
     from clci_keras.cli import positive_int
     from clci_keras.data.intensity import SCHEMES
+    from clci_keras.data.regions import ATLASES, DEFAULT_ATLAS
     from clci_keras.hardware import PRECISIONS
 
     parser.add_argument("--no-qc", action="store_true", help="do not write the QC montage PNGs")
+    parser.add_argument("--no-lesions", action="store_true",
+                        help="do not write the per-lesion table and the lesion load (NAME_lesions.tsv, "
+                        "NAME_lesion_load.tsv; docs/lesions.md)")
+    parser.add_argument("--atlas", choices=ATLASES, default=DEFAULT_ATLAS,
+                        help=f"region atlas of the lesion tables (default: {DEFAULT_ATLAS})")
     parser.add_argument("--model", default=None, metavar="NAME",
                         help="registered model name (default: the weights' model card's, else clci_net)")
     parser.add_argument("--prob", "--save-probabilities", dest="prob", action="store_true",
@@ -144,13 +152,11 @@ def run(args) -> int:
 
 
 def _predict(args) -> int:
-    """Plan the outputs, build the model(s), segment, print; bad arguments raise ValueError (exit 2)."""
+    """Plan the outputs, set up the engine, segment, print; bad arguments raise ValueError (exit 2)."""
     import numpy as np
 
-    from clci_keras.hardware import resolve_precision
-    from clci_keras.inference import DEFAULT_BATCH_SIZE, build_inference_model, configure_threads, segment_files
-    from clci_keras.inference.predict import CardWarning, card_settings
-    from clci_keras.inference.scaling import resolve_intensity
+    from clci_keras.inference import segment_files
+    from clci_keras.inference.engine import SegmentationEngine
 
     weights = ([args.weights] if args.weights else []) + list(args.ensemble or [])
     if not weights:
@@ -158,30 +164,26 @@ def _predict(args) -> int:
     # Run-time checks, not argparse types: callers of main() get 2 back with these messages, not SystemExit.
     if not 0.0 <= args.threshold < 1.0:
         raise ValueError(f"--threshold must lie in [0, 1), got {args.threshold}")
-    batch_size = DEFAULT_BATCH_SIZE if args.batch_size is None else args.batch_size
-    if batch_size < 1:
-        raise ValueError(f"--batch-size must be a positive integer, got {batch_size}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}")
     jobs, failures, transform, summary = _plan(args)
-    card = card_settings(weights, model=args.model, intensity=args.intensity)  # refuses what cannot fit
-    for note in card["warnings"]:
+    engine = SegmentationEngine(
+        weights, model=args.model, intensity=args.intensity, precision=args.precision, force_bf16=args.force_bf16,
+        threads=args.threads, threshold=args.threshold, tta=args.tta, min_lesion_size=args.min_lesion_size,
+        skip_empty_slices=not args.all_slices, check_intensity=not args.no_intensity_check,
+        registration_options=_registration_options(args), progress=not args.quiet and sys.stderr.isatty(),
+        **({} if args.batch_size is None else {"batch_size": args.batch_size}))
+    for note in engine.notes:  # the cards' notes, before the networks are built
         print(f"warning: {note}", file=sys.stderr)
-    intensity, intensity_source = ((card["intensity"], card["intensity_source"]) if card["intensity"]
-                                   else resolve_intensity(weights, args.intensity))
-    configure_threads(intra_op=args.threads, inter_op=1, warn=args.threads is not None)
-    precision = resolve_precision(args.precision, force=args.force_bf16)
-    with warnings.catch_warnings(record=True) as caught:  # the cards' notes: one "warning:" line each
-        warnings.simplefilter("always", CardWarning)
-        models = [build_inference_model(card["model"], w, precision=precision, crop=card["crop"]) for w in weights]
-    for w in caught:
-        if issubclass(w.category, CardWarning):
-            print(f"warning: {w.message}", file=sys.stderr)
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    printed = len(engine.notes)
+    engine.build()
+    for note in engine.notes[printed:]:
+        print(f"warning: {note}", file=sys.stderr)
     registered = args.register or transform is not None
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
-    say(f"model {card['model']} ({precision}) with weights {', '.join(weights)}; {len(jobs)} input(s); "
-        f"{'all slices' if args.all_slices else 'brain slices only'}, batch size {batch_size}; intensity "
-        f"{intensity} ({intensity_source})" + (f"; tta {args.tta}" if args.tta != "none" else "")
+    say(f"model {engine.model_name} ({engine.precision}) with weights {', '.join(weights)}; {len(jobs)} input(s); "
+        f"{'all slices' if args.all_slices else 'brain slices only'}, batch size {engine.options['batch_size']}; "
+        f"intensity {engine.intensity} ({engine.intensity_source})" + (f"; tta {args.tta}" if args.tta != "none" else "")
         + ("; registration to MNI152" if registered else ""))
 
     def done(n, job, seg):
@@ -197,13 +199,10 @@ def _predict(args) -> int:
         print(f"[{n}/{len(jobs)}] FAILED {msg}", file=sys.stderr)
 
     result = segment_files(
-        models if len(models) > 1 else models[0], jobs, overwrite=args.overwrite, resume=args.resume,
-        on_done=done, on_skip=lambda n, job: say(f"[{n}/{len(jobs)}] {job.input}: finished earlier, skipped"),
-        on_failure=failed, register=args.register, registration_options=_registration_options(args),
-        transform=transform, summary=summary, intensity_source=intensity_source, threshold=args.threshold,
-        intensity=intensity, batch_size=batch_size, skip_empty_slices=not args.all_slices,
-        progress=not args.quiet and sys.stderr.isatty(), tta=args.tta, min_lesion_size=args.min_lesion_size,
-        check_intensity=not args.no_intensity_check,
+        engine, jobs, overwrite=args.overwrite, resume=args.resume, on_done=done,
+        on_skip=lambda n, job: say(f"[{n}/{len(jobs)}] {job.input}: finished earlier, skipped"),
+        on_failure=failed, register=args.register, transform=transform, summary=summary,
+        intensity_source=engine.intensity_source,
     )
     failures += result.failures
     total = len(result.done) + len(result.skipped) + len(failures)
@@ -235,7 +234,8 @@ def _plan(args):
         raise ValueError("no input to segment")
     if transform is not None and len(jobs) > 1:
         raise ValueError(f"--transform {args.transform} belongs to one scan; give one input, got {len(jobs)}")
-    add_side_outputs(jobs, transform=args.register or transform is not None, qc=not args.no_qc)
+    add_side_outputs(jobs, transform=args.register or transform is not None, qc=not args.no_qc,
+                     lesions=None if args.no_lesions else args.atlas)
     problems = check_output_targets(jobs, overwrite=args.overwrite)
     if problems:
         raise ValueError(problems[0])

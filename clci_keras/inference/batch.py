@@ -7,27 +7,31 @@ each output atomically and collects failures instead of stopping the batch.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
-import warnings
 
 import numpy as np
 
 
 @dataclasses.dataclass
 class Job:
-    """One input and its outputs (``prob``, ``transform``, ``qc`` are ``None`` when not asked for)."""
+    """One input and its outputs (``prob``, ``transform``, ``qc``, ``lesions``, ``load`` are ``None``
+    when not asked for); ``atlas``: the region atlas of the lesion tables."""
 
     input: str
     mask: str
     prob: str | None = None
     transform: str | None = None
     qc: str | None = None
+    lesions: str | None = None
+    load: str | None = None
+    atlas: str | None = None
 
     @property
     def targets(self):
-        return [p for p in (self.mask, self.prob, self.transform, self.qc) if p]
+        return [p for p in (self.mask, self.prob, self.transform, self.qc, self.lesions, self.load) if p]
 
 
 def _side_path(mask, suffix):
@@ -40,14 +44,20 @@ def _side_path(mask, suffix):
     return stem + suffix
 
 
-def add_side_outputs(jobs, transform=False, qc=False):
-    """Give each job its transform (``NAME_to_mni152.json``) and QC picture (``NAME_qc.png``) paths."""
+def add_side_outputs(jobs, transform=False, qc=False, lesions=None):
+    """Give each job its transform (``NAME_to_mni152.json``), QC picture (``NAME_qc.png``) and, with
+    ``lesions`` (a region atlas name), lesion tables' paths (``NAME_lesions.tsv``, ``NAME_lesion_load.tsv``,
+    each with a JSON sidecar: :func:`clci_keras.inference.lesions.lesion_files`)."""
+    from clci_keras.inference.lesions import LESIONS_SUFFIX, LOAD_SUFFIX
     from clci_keras.inference.qc import QC_SUFFIX
     from clci_keras.inference.register import TRANSFORM_SUFFIX
 
     for job in jobs:
         job.transform = _side_path(job.mask, TRANSFORM_SUFFIX) if transform else None
         job.qc = _side_path(job.mask, QC_SUFFIX) if qc else None
+        job.lesions = _side_path(job.mask, LESIONS_SUFFIX) if lesions else None
+        job.load = _side_path(job.mask, LOAD_SUFFIX) if lesions else None
+        job.atlas = lesions or None
     return jobs
 
 
@@ -151,7 +161,9 @@ def segment_files(model, jobs, *, overwrite=False, resume=False, on_done=None, o
     """Segment ``jobs`` (from :func:`plan_outputs`) with ``model``; one bad input never stops the batch.
 
     Args:
-        model: a built model (:func:`clci_keras.inference.build_inference_model`).
+        model: a :class:`clci_keras.inference.engine.SegmentationEngine` (it carries the
+            segmentation settings), or built network(s) (:func:`clci_keras.inference.build_inference_model`)
+            that ``segment_options`` configure.
         jobs: :class:`Job` list.
         overwrite: replace existing outputs (else an existing output is a failure of that input).
         resume: skip the inputs a previous run finished (:func:`finished`) and redo the others,
@@ -165,67 +177,88 @@ def segment_files(model, jobs, *, overwrite=False, resume=False, on_done=None, o
         transform: a :class:`~clci_keras.inference.register.Registration` to
             reuse for every input instead of registering.
         summary: path of the batch's summary CSV (one row per input, failures
-            included; :mod:`clci_keras.inference.qc`), or ``None``. Rows of
+            included; :mod:`clci_keras.inference.qc`), or ``None``. It is
+            rewritten after each input (:func:`clci_keras.inference.qc.record_summary`),
+            so an interrupted or killed run keeps the rows of what it finished. Rows of
             an existing summary are kept: this run's rows replace those of the
-            same inputs, except where this run refused to replace the outputs.
+            same inputs, except where this run refused to replace the outputs; an
+            input skipped by ``resume`` keeps its row, or gets one read from its
+            mask where the run that wrote it was killed before recording it.
             The summary's folder is locked for the run
             (:func:`clci_keras.fileio.exclusive`: a second run fails at once).
         intensity_source: where the intensity scheme came from (for the summary).
-        **segment_options: passed to :func:`clci_keras.inference.segment_image`
-            (threshold, intensity, batch_size, skip_empty_slices, progress).
+        **segment_options: with built networks, the engine's settings (threshold, intensity,
+            batch_size, skip_empty_slices, progress, tta, min_lesion_size, check_intensity).
             Grid notes are returned in ``seg.notes`` instead of being warned.
 
     Raises:
         ValueError: ``overwrite`` and ``resume`` together; an unreadable existing summary.
         clci_keras.fileio.OutputInUseError: another run writes the same summary.
     """
-    import contextlib
-
     from clci_keras.fileio import exclusive
-    from clci_keras.inference.qc import merge_summary_rows, read_summary_csv, write_summary_csv
+    from clci_keras.inference.engine import SegmentationEngine
+    from clci_keras.inference.qc import read_summary_csv, record_summary
 
     if overwrite and resume:
         raise ValueError("overwrite and resume exclude each other (--overwrite redoes every input)")
+    if isinstance(model, SegmentationEngine):
+        engine = model
+    else:
+        engine = SegmentationEngine.from_models(model, registration_options=registration_options,
+                                                keep_members=False, **segment_options)
     if register and transform is None:
         from clci_keras.inference.register import require_dipy
 
         require_dipy()  # RegistrationUnavailable before any work
-    scheme = segment_options.get("intensity", "r1.1")
+    scheme = engine.intensity
     note = f"{scheme} ({intensity_source})" if intensity_source else scheme
     with exclusive(os.path.dirname(os.path.abspath(summary)), what="output folder", inside=True) if summary \
             else contextlib.nullcontext():
         previous = read_summary_csv(summary) if summary else []  # a broken one stops the run before any work
-        result, rows = _run_jobs(model, jobs, overwrite, resume, on_done, on_failure, on_skip, register,
-                                 registration_options, transform, (scheme, note), segment_options)
-        if summary:
-            write_summary_csv(merge_summary_rows(previous, rows), summary)
+
+        def record(rows):  # after each input, outside its try: a summary that cannot be written stops the run
+            if summary:
+                record_summary(previous, rows, summary)
+
+        result, rows = _run_jobs(engine, jobs, overwrite, resume, on_done, on_failure, on_skip, register,
+                                 transform, (scheme, note), record=record, recorded={r.get("input") for r in previous})
+        record(rows)
     return result
 
 
-def _run_jobs(model, jobs, overwrite, resume, on_done, on_failure, on_skip, register, registration_options,
-              transform, intensity, segment_options):
-    """:func:`segment_files`' loop: ``(BatchResult, summary rows)``."""
-    from clci_keras.inference.qc import summary_row
+def _run_jobs(engine, jobs, overwrite, resume, on_done, on_failure, on_skip, register, transform, intensity,
+              record=None, recorded=frozenset()):
+    """:func:`segment_files`' loop: ``(BatchResult, summary rows)``.
+
+    ``record(rows)`` is called after each input that added a row (``recorded``: the
+    inputs the existing summary has rows for; a skipped input without one gets a row
+    read from its mask).
+    """
+    from clci_keras.inference.qc import finished_row, summary_row
 
     done, failures, skipped, rows = [], [], [], []
     start = time.perf_counter()
     scheme, note = intensity  # the summary's intensity column: failed rows, done rows
     for n, job in enumerate(jobs, start=1):
+        n_rows = len(rows)
         try:
             existing = [p for p in job.targets if os.path.exists(p)]
             if existing and resume and finished(job):
                 skipped.append(job)
+                if job.input not in recorded:  # finished by a run killed before it recorded the row
+                    with contextlib.suppress(Exception):  # finished() read the mask; the row is a record
+                        rows.append(finished_row(job.input, job.mask))
                 if on_skip is not None:
                     on_skip(n, job)
-                continue
-            if existing and not (overwrite or resume):
-                raise OutputsExist(f"{job.input}: output {existing[0]} exists (pass --overwrite to replace it, "
-                                   "or --continue to skip finished inputs)")
-            seg = _segment_job(model, job, register, registration_options, transform, segment_options)
-            done.append((job, seg))
-            rows.append(summary_row(job.input, job.mask, seg, intensity=note))
-            if on_done is not None:
-                on_done(n, job, seg)
+            else:
+                if existing and not (overwrite or resume):
+                    raise OutputsExist(f"{job.input}: output {existing[0]} exists (pass --overwrite to replace "
+                                       "it, or --continue to skip finished inputs)")
+                seg = _segment_job(engine, job, register, transform)
+                done.append((job, seg))
+                rows.append(summary_row(job.input, job.mask, seg, intensity=note))
+                if on_done is not None:
+                    on_done(n, job, seg)
         except KeyboardInterrupt:
             raise
         except Exception as e:  # one bad input must not stop the batch
@@ -235,33 +268,37 @@ def _run_jobs(model, jobs, overwrite, resume, on_done, on_failure, on_skip, regi
                 rows.append(summary_row(job.input, status="failed", message=msg, intensity=scheme))
             if on_failure is not None:
                 on_failure(n, job.input, msg)
+        if record is not None and len(rows) > n_rows:
+            record(rows)
     return BatchResult(done, failures, time.perf_counter() - start, skipped), rows
 
 
-def _segment_job(model, job, register, registration_options, transform, segment_options):
-    """Segment one input and publish its outputs together; returns the Segmentation."""
+def _segment_job(engine, job, register, transform):
+    """Segment one input with ``engine`` and publish its outputs together; returns the Segmentation."""
     import json
 
     from clci_keras.inference.io import load_image, save_atomic
-    from clci_keras.inference.predict import GridWarning, segment_image
+    from clci_keras.inference.lesions import lesion_files, lesion_report
     from clci_keras.inference.qc import qc_png
 
     image, data = load_image(job.input)
-    registration = transform
-    if register and registration is None:
-        from clci_keras.inference.register import register_to_mni
-
-        registration = register_to_mni(image, data, **(registration_options or {}))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", GridWarning)  # reported through seg.notes
-        seg = segment_image(model, image, data=data, return_probabilities=bool(job.prob),
-                            registration=registration, **segment_options)
+    seg = engine.segment(image, data=data, register=transform if transform is not None else bool(register),
+                         return_probabilities=bool(job.prob or job.lesions))
+    registration = seg.registration
     outputs = [(seg.mask, job.mask)] + ([(seg.probabilities, job.prob)] if job.prob else [])
+    mask = np.asanyarray(seg.mask.dataobj)
+    labels = None
+    if job.lesions:
+        seg.lesions = lesion_report(mask > 0, image.affine, to_mni=seg.to_mni,
+                                    probability=np.asanyarray(seg.probabilities.dataobj), members=seg.members,
+                                    threshold=engine.threshold, template_mask=seg.template_mask, atlas=job.atlas)
+        outputs += lesion_files(seg.lesions, job.lesions, job.load)
+        labels = seg.lesions
     if job.transform and registration is not None:
         text = json.dumps({**registration.to_dict(), "source": job.input}, indent=2) + "\n"
         outputs.append((text.encode("utf8"), job.transform))
     if job.qc:
         title = f"{os.path.basename(job.input)}: lesion mask outline (red), {seg.grid} grid"
-        outputs.append((qc_png(image, data, np.asanyarray(seg.mask.dataobj), title=title), job.qc))
+        outputs.append((qc_png(image, data, mask, title=title, lesions=labels), job.qc))
     save_atomic(outputs)
     return seg

@@ -5,7 +5,8 @@ outline (matplotlib, Agg backend, into PNG bytes so the caller can write them
 atomically with the other outputs). :func:`summary_row` gives lesion volume
 (mL, from the input's voxel size), number of connected components (26-
 connectivity) and, for registered scans, the registration's similarity
-metric. :func:`write_summary_csv` writes the batch's rows.
+metric. :func:`write_summary_csv` writes the batch's rows; :func:`record_summary` is
+called after each input, so the summary always holds every finished input.
 """
 from __future__ import annotations
 
@@ -35,12 +36,15 @@ def _ras(data, affine):
     return out, zooms
 
 
-def qc_png(image, data, mask, title="", n_slices=12, columns=6, dpi=80):
+def qc_png(image, data, mask, title="", n_slices=12, columns=6, dpi=80, lesions=None):
     """PNG bytes of an axial montage of ``data`` (the input, native grid) with ``mask``'s outline in red.
 
     Slices are spread over the axial extent of the mask (or of the head when
     the mask is empty). The display is reoriented to the closest RAS axes
     (neurological convention: the subject's right is on the picture's right).
+    With ``lesions`` (a :class:`clci_keras.inference.lesions.LesionReport` of ``mask``) each
+    component is numbered as in its table, where it crosses a drawn slice (flagged ones in orange
+    with a ``*``).
     """
     import matplotlib
 
@@ -50,6 +54,8 @@ def qc_png(image, data, mask, title="", n_slices=12, columns=6, dpi=80):
 
     vol, zooms = _ras(np.asarray(data, dtype=np.float32), image.affine)
     m, _ = _ras(np.asarray(mask) > 0, image.affine)
+    numbered = _ras(_numbered_components(mask), image.affine)[0] if lesions is not None else None
+    flagged = {r["lesion_id"] for r in lesions.lesions if r.get("flags")} if lesions is not None else set()
     zs = np.flatnonzero(m.any(axis=(0, 1)))
     if zs.size == 0:
         zs = np.flatnonzero((vol > np.percentile(vol, 50)).any(axis=(0, 1)))
@@ -67,12 +73,39 @@ def qc_png(image, data, mask, title="", n_slices=12, columns=6, dpi=80):
                   aspect=aspect, interpolation="nearest")
         if m[:, :, z].any():
             ax.contour(m[:, :, z].T.astype(np.float32), levels=[0.5], colors="red", linewidths=0.8)
+        if numbered is not None:
+            _number_components(ax, numbered[:, :, z], flagged)
         ax.set_title(f"z={z}", fontsize=7)
         ax.axis("off")
     fig.suptitle(title, fontsize=8)
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
+
+
+#: Components numbered in the QC picture (the largest; the tables list every one).
+MAX_NUMBERED = 25
+
+
+def _numbered_components(mask):
+    """26-connected components of ``mask`` numbered 1 = largest, as the per-lesion table numbers them."""
+    from scipy import ndimage
+
+    labels, n = ndimage.label(np.asarray(mask) > 0, structure=np.ones((3, 3, 3), bool))
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    order = sorted(range(1, n + 1), key=lambda c: -sizes[c])  # stable: ties keep label order
+    renumber = np.zeros(n + 1, np.int32)
+    renumber[order] = np.arange(1, n + 1)
+    return renumber[labels]
+
+
+def _number_components(ax, plane, flagged):
+    """Write each component's number at its centre in one drawn slice."""
+    for k in np.unique(plane[(plane > 0) & (plane <= MAX_NUMBERED)]):
+        i, j = np.argwhere(plane == k).mean(axis=0)
+        bad = int(k) in flagged
+        ax.text(i, j, f"{k}{'*' if bad else ''}", color="orange" if bad else "yellow", fontsize=6,
+                ha="center", va="center")
 
 
 def lesion_stats(mask, affine):
@@ -98,6 +131,25 @@ def summary_row(input_path, mask_path=None, seg=None, status="ok", message="", i
                        similarity_before=f"{reg.similarity_before:.4f}",
                        registration_seconds=f"{reg.seconds:.2f}")
     return row
+
+
+def finished_row(input_path, mask_path, message="finished by an earlier run"):
+    """A summary row for an input whose mask an earlier run wrote but whose row it did not
+    record (killed in between): the lesion volume and components are read from the mask."""
+    import nibabel as nib
+
+    mask = nib.load(os.fspath(mask_path))
+    ml, n = lesion_stats(np.asanyarray(mask.dataobj), mask.affine)
+    row = summary_row(input_path, message=message)
+    row.update(mask=os.fspath(mask_path), lesion_ml=f"{ml:.3f}", components=n)
+    return row
+
+
+def record_summary(previous, rows, path):
+    """Write ``path`` now: the ``previous`` rows merged with this run's ``rows`` so far
+    (:func:`merge_summary_rows`), through the one writer; a batch calls it after each input,
+    so a run that is killed keeps the rows of the inputs it finished."""
+    return write_summary_csv(merge_summary_rows(previous, rows), path)
 
 
 def read_summary_csv(path):
