@@ -19,11 +19,12 @@ from clci_keras.inference.lesions import lesion_load, lesion_report
 
 
 def _mask():
-    g = np.indices(ATLAS_SHAPE, dtype=np.float32).reshape(3, -1).T + ATLAS_AFFINE[:3, 3].astype(np.float32)
-    mask = np.zeros(np.prod(ATLAS_SHAPE), bool)
+    mask = np.zeros(ATLAS_SHAPE, bool)
     for c, r in (([30, 20, 30], 8), ([-22, -15, 20], 5), ([20, -65, -30], 4), ([40, -10, -5], 1)):
-        mask |= np.linalg.norm(g - np.array(c, np.float32), axis=1) <= r
-    return mask.reshape(ATLAS_SHAPE)
+        g = np.indices((2 * r + 1,) * 3).reshape(3, -1).T - r  # a ball, drawn in its own small box
+        g = g[np.linalg.norm(g, axis=1) <= r] + np.round(np.array(c) - ATLAS_AFFINE[:3, 3]).astype(int)
+        mask[tuple(g.T)] = True
+    return mask
 
 
 def main():

@@ -94,6 +94,9 @@ def test_atlas_structures_where_they_should_be():
     assert abs(cereb[0]) < 5 and cereb[1] < -45 and cereb[2] < -20, cereb
     brain = regions.template_brain_mask()
     assert 1.2e6 < brain.sum() < 2.5e6 and brain[tuple(ORIGIN.astype(int))]
+    from nilearn.datasets import load_mni152_brain_mask  # the mask it reproduces without nilearn
+
+    np.testing.assert_array_equal(brain, np.asarray(load_mni152_brain_mask(resolution=1).dataobj) > 0)
 
 
 def test_deterministic_atlas_matches_nibabel_sampling():
