@@ -99,11 +99,13 @@ def test_atlas_structures_where_they_should_be():
     np.testing.assert_array_equal(brain, np.asarray(load_mni152_brain_mask(resolution=1).dataobj) > 0)
 
 
-def test_deterministic_atlas_matches_nibabel_sampling():
-    """AAL (2 mm, x flipped) on the template grid equals the file sampled through the two affines."""
-    img = nib.load(os.path.join(regions.atlas_folder(), "atlas_aal.nii.gz"))
+@pytest.mark.parametrize("name", ["aal", "desikan_killiany"])
+def test_deterministic_atlas_matches_nibabel_sampling(name):
+    """AAL (2 mm, x flipped) and Desikan-Killiany (axes permuted: y and z swapped, flipped) on the
+    template grid equal the file sampled through the two affines."""
+    img = nib.load(os.path.join(regions.atlas_folder(), f"atlas_{name}.nii.gz"))
     src = np.asarray(img.dataobj)
-    aal = regions.load_atlas("aal")
+    atlas = regions.load_atlas(name)
     rng = np.random.default_rng(0)
     vox = rng.integers(0, ATLAS_SHAPE, size=(4000, 3))
     ijk = nib.affines.apply_affine(np.linalg.inv(img.affine) @ ATLAS_AFFINE, vox)
@@ -112,7 +114,7 @@ def test_deterministic_atlas_matches_nibabel_sampling():
     inside = np.all((ijk >= 0) & (ijk < src.shape), axis=1)
     expected = np.zeros(len(ijk), int)
     expected[inside] = src[tuple(ijk[inside].T)]
-    got = aal.data[tuple(vox[ok].T)]
+    got = atlas.data[tuple(vox[ok].T)]
     assert ok.sum() > 300 and (expected > 0).sum() > 50
     np.testing.assert_array_equal(got, expected)
 
@@ -290,6 +292,7 @@ def _cli(args, capsys):
 def test_command_on_template_grid_masks(tmp_path, capsys):
     a = _save(_ball([30, 20, 30], 4.0) | _ball([-40, -30, 10], 2.0), ATLAS_AFFINE, tmp_path / "sub-1_mask.nii.gz")
     empty = _save(np.zeros(ATLAS_SHAPE), ATLAS_AFFINE, tmp_path / "sub-2_mask.nii")
+    scaled = _save(_ball([30, 20, 30], 4.0) * 255, ATLAS_AFFINE, tmp_path / "sub-4_mask.nii.gz")
     out = tmp_path / "out"
     rc, stdout, stderr = _cli([a, empty, "-o", out], capsys)
     assert rc == 0, stderr
@@ -297,6 +300,8 @@ def test_command_on_template_grid_masks(tmp_path, capsys):
         [f"sub-{i}_mask_{t}.{e}" for i in (1, 2) for t in ("lesions", "lesion_load") for e in ("tsv", "json")]
         + ["lesion_load.tsv", "lesion_load.json"])
     assert "sub-2_mask.nii: empty mask" in stderr and "2 lesion(s)" in stdout
+    rc, stdout, stderr = _cli([scaled, "-o", tmp_path / "out255"], capsys)  # a 0/255 mask is binary
+    assert rc == 0 and "values 0/255 read as 0/1" in stdout, stderr
     assert len(_read_tsv(out / "sub-1_mask_lesions.tsv")) == 2 and len(_read_tsv(out / "sub-2_mask_lesions.tsv")) == 0
     group = _read_tsv(out / "lesion_load.tsv")
     assert list(group.columns) == ["mask", "atlas", *LOAD_COLUMNS]
@@ -322,10 +327,14 @@ def test_command_refuses_bad_masks_with_one_line(tmp_path, capsys):
     other = np.diag([2.0, 2.0, 2.0, 1.0])
     small = _save(np.zeros((20, 20, 20)), other, tmp_path / "small_mask.nii.gz")
     t1 = _save(np.random.default_rng(0).random((21, 20, 20)) * 100, other, tmp_path / "t1.nii.gz", np.float32)
+    labels = np.zeros(ATLAS_SHAPE, np.uint8)
+    labels[_ball([30, 20, 30], 4.0)], labels[_ball([-30, 20, 30], 4.0)] = 1, 2
+    labels = _save(labels, ATLAS_AFFINE, tmp_path / "labels.nii.gz")
     junk = tmp_path / "junk.nii.gz"
     junk.write_text("not a nifti")
-    cases = [([prob], "not a binary mask"), ([small], "not on the template grid"),
-             ([small, "--t1", t1], "not on the grid of its T1"), ([junk], "not a readable NIfTI"),
+    cases = [([prob], "not a binary mask: values other than 0 and 1 (0.7)"), ([labels], "(2)"),
+             ([small], "not on the template grid"), ([small, "--t1", t1], "not on the grid of its T1"),
+             ([junk], "not a readable NIfTI"),
              ([small, small, "--t1", t1], "one T1 per mask")]
     for args, message in cases:
         rc, _, stderr = _cli([*args, "-o", tmp_path / "out"], capsys)

@@ -11,9 +11,10 @@ a mask on another grid needs its T1 (``--t1``, one per mask in the same order, o
 grid), which is registered to the template (needs dipy). For each ``MASK.nii[.gz]``:
 ``OUT/MASK_lesions.tsv`` and ``OUT/MASK_lesion_load.tsv`` with JSON sidecars, and
 ``OUT/lesion_load.tsv`` gathering every mask's load. Columns, flags and atlases: docs/lesions.md.
-A bad mask (unreadable, not binary, not on its T1's grid) ends the command with one line naming
-it and exit status 2, before anything is written; an empty mask is reported and gives an empty
-table. Existing outputs are kept unless ``--overwrite``.
+A bad mask (unreadable; not binary: values other than 0 and 1, as a probability map; not on its
+T1's grid) ends the command with one line naming it and exit status 2, before anything is
+written; an empty mask is reported and gives an empty table. A mask's existing tables are kept
+unless ``--overwrite``; ``OUT/lesion_load.tsv`` keeps the rows of masks of earlier runs.
 """
 from __future__ import annotations
 

@@ -406,7 +406,11 @@ class MaskReport:
 
 
 def _load_mask(path):
-    """``(image, 3D bool array)``; InputError naming the file when unreadable, not 3D or not binary."""
+    """``(image, 3D bool array, note or None)``; InputError naming the file when unreadable, not 3D or not binary.
+
+    Binary: every voxel 0 or 1, or 0 or one other whole number (a 0/255 label image, read as
+    0/1 with a note). Anything else (fractions: a probability map; several labels) is refused.
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise InputError(f"{path}: mask not found")
@@ -421,11 +425,14 @@ def _load_mask(path):
         raise InputError(f"{path}: expected a 3D mask, got shape {data.shape}")
     if data.dtype.kind not in "biuf":
         raise InputError(f"{path}: unsupported voxel type {data.dtype}")
-    odd = data[(data != 0) & (data != 1)]
-    if odd.size:
-        raise InputError(f"{path}: not a binary mask: {odd.size} voxels are neither 0 nor 1 (e.g. {odd.flat[0]!r}); "
-                         "threshold a probability map first")
-    return image, data > 0
+    values = np.unique(data[data != 0])
+    if values.size == 0 or (values.size == 1 and values[0] == 1):
+        return image, data != 0, None
+    if values.size == 1 and values[0] > 1 and float(values[0]).is_integer():
+        return image, data != 0, f"{path}: values 0/{values[0]:g} read as 0/1"
+    odd = values[values != 1]
+    raise InputError(f"{path}: not a binary mask: values other than 0 and 1 ({', '.join(f'{v:g}' for v in odd[:4])}"
+                     f"{', ...' if odd.size > 4 else ''}); threshold a probability map first")
 
 
 def _plan_masks(masks, out_dir, t1s):
@@ -448,8 +455,9 @@ def _plan_masks(masks, out_dir, t1s):
 
 def _prepare(mask_path, t1_path, registration_options):
     """``(mask array, affine, to_mni, notes)`` of one mask; InputError naming the file for a bad one."""
-    image, mask = _load_mask(mask_path)
-    notes = [] if mask.any() else [f"{mask_path}: empty mask: no lesion (empty table, zero load)"]
+    image, mask, note = _load_mask(mask_path)
+    notes = [note] if note else []
+    notes += [] if mask.any() else [f"{mask_path}: empty mask: no lesion (empty table, zero load)"]
     if t1_path is None:
         if not on_template_grid(mask.shape, image.affine):
             raise InputError(f"{mask_path}: not on the template grid ({'x'.join(map(str, ATLAS_SHAPE))}, 1 mm "
