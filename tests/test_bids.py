@@ -126,7 +126,8 @@ def test_dataset_description_and_sidecars_are_complete(run, participant):
     assert gen["Name"] == "clci-keras" and gen["Version"] and gen["CodeURL"].startswith("https://")
     assert desc["SourceDatasets"][0]["URL"] == "file://" + str(run["ds"])
     digest = sha256(run["weights"])
-    sidecars = sorted(run["root"].glob("sub-*/**/anat/*_desc-lesion_*.json"))
+    sidecars = sorted(p for p in run["root"].glob("sub-*/**/anat/*_desc-lesion_*.json")
+                      if p.name.endswith(("_mask.json", "_probseg.json")))
     assert len(sidecars) == 10
     for p in sidecars:
         meta = json.loads(p.read_text())
@@ -145,6 +146,33 @@ def test_dataset_description_and_sidecars_are_complete(run, participant):
             assert meta["Registration"]["similarity"] > 0.8 and meta["Grid"] == "registered"
     assert json.loads((run["root"] / "sub-03/ses-2/anat/sub-03_ses-2_label-L_desc-lesion_mask.json")
                       .read_text())["Grid"] == "reoriented"
+
+
+def test_every_scan_has_its_lesion_table_and_load_and_the_group_gathers_the_load(run, participant, group):
+    import pandas as pd
+
+    lesion_tables = sorted(run["root"].glob("sub-*/**/anat/*_desc-lesion_lesions.tsv"))
+    assert len(lesion_tables) == 4  # the four scans that were segmented
+    total = 0
+    for table in lesion_tables:
+        rows = pd.read_csv(table, sep="\t")
+        side = json.loads(table.with_suffix(".json").read_text())
+        assert set(rows.columns) <= set(side) and side["Atlas"]["name"]
+        (load_table,) = table.parent.glob(table.name.split("_desc-")[0] + f"_space-{TPL}_desc-lesion_load.tsv")
+        load = pd.read_csv(load_table, sep="\t")
+        assert set(load.loc[load["kind"] == "tract", "region"]) == {"Corticospinal_tract_left",
+                                                                      "Corticospinal_tract_right"}
+        mask = next(table.parent.glob(table.name.split("_desc-")[0] + "*_desc-lesion_mask.json"))
+        meta = json.loads(mask.read_text())
+        assert len(rows) == meta["Lesion"]["components"]  # the report's summary and the table agree
+        assert rows["volume_ml"].sum() == pytest.approx(meta["Lesion"]["volume_ml"], abs=1e-2)
+        total += len(load)
+    group_load = pd.read_csv(run["root"] / "group" / "lesion_load.tsv", sep="\t")
+    assert len(group_load) == total and group_load["participant_id"].str.startswith("sub-").all()
+    page = (run["root"] / "group.html").read_text()
+    assert "Lesion load" in page and "Corticospinal_tract_left" in page
+    report = (run["root"] / "sub-01.html").read_text()
+    assert "Lesion load (template space)" in report and "Corticospinal_tract_right" in report
 
 
 def test_masks_lie_on_each_inputs_grid_and_the_template_copy_on_the_template(run, participant):
@@ -381,3 +409,20 @@ def test_rerun_skips_finished_scans_and_redoes_a_half_finished_one(run, particip
     assert "done sub-03/ses-1/anat/sub-03_ses-1_T1w.nii.gz" in out
     assert half.is_file() and (root / "sub-03_ses-1.html").is_file()
     assert [p.stat().st_mtime_ns for p in kept] == before
+
+
+def test_lesion_roi_for_fmriprep_is_written_beside_the_t1w_and_never_overwritten(run, participant, tmp_path):
+    copy = tmp_path / "raw_copy"
+    args = ["bids", str(run["ds"]), str(tmp_path / "out"), "participant", "--weights", str(run["weights"]),
+            "--model", MODEL, "--participant-label", "01", "--lesion-roi", str(copy), *FAST]
+    rc, out, err = _cli(args)
+    assert rc == 0, err
+    (roi,) = copy.glob("sub-01/anat/sub-01_label-lesion_roi.nii.gz")
+    (mask,) = (tmp_path / "out" / dv.PIPELINE_NAME).glob("sub-01/anat/sub-01_*desc-lesion_mask.nii.gz")
+    np.testing.assert_array_equal(np.asanyarray(nib.load(roi).dataobj), np.asanyarray(nib.load(mask).dataobj))
+    assert "*lesion_roi.nii.gz" in (copy / ".bidsignore").read_text()
+    nib.save(nib.Nifti1Image(np.zeros(ATLAS_SHAPE, np.uint8), ATLAS_AFFINE), roi)  # a hand-corrected mask
+    rc, out, err = _cli(args + ["--overwrite"])
+    assert rc == 0, err
+    assert not np.asanyarray(nib.load(roi).dataobj).any()  # kept as it was
+    assert str(roi) in out + err

@@ -14,6 +14,10 @@ Names follow the BIDS derivatives rules (checked against the schema of BIDS 1.11
   ``clci-keras predict --transform``): BIDS has no name for transforms yet, so ``*_xfm.*`` is
   listed in ``.bidsignore``, with the reports (``*.html``) and ``group/`` (the scan table and the
   overlap figure);
+* per-lesion table ``<source entities>_desc-lesion_lesions.tsv`` and lesion load
+  ``<source entities>_space-MNI152NLin2009aAsym_desc-lesion_load.tsv``, each with a JSON sidecar
+  describing its columns (:mod:`clci_keras.inference.lesions`); BIDS has no suffix for them, so
+  they are in ``.bidsignore`` too;
 * ``descriptions.tsv`` (BIDS 1.11) says what each ``desc-`` label means.
 """
 from __future__ import annotations
@@ -40,7 +44,8 @@ BIDS_VERSION = "1.10.0"
 #: Where the code lives (GeneratedBy.CodeURL).
 CODE_URL = "https://github.com/YH0517/CLCI_Net"
 #: Patterns of files the specification has no name for (``.bidsignore``).
-BIDSIGNORE = ("*.html", "*_xfm.txt", "*_xfm.json", "group")
+BIDSIGNORE = ("*.html", "*_xfm.txt", "*_xfm.json", "*_lesions.tsv", "*_lesions.json", "*_load.tsv", "*_load.json",
+              "group")
 #: What each ``desc-`` label means (``descriptions.tsv``).
 DESCRIPTIONS = {
     LESION_DESC: "stroke lesion segmented by CLCI-Net (clci-keras) from the T1w image: binary mask "
@@ -94,12 +99,18 @@ class ScanOutputs:
             ents.update({"from": scan.space or "T1w", "to": TEMPLATE_SPACE, "mode": "image"})
             self.transform_itk = os.path.join(folder, entity_name(ents, "xfm", ".txt"))
             self.transform_json = os.path.join(folder, entity_name(ents, "xfm", ".json"))
+        ents = dict(base)
+        ents.update(desc=LESION_DESC)
+        self.lesions = os.path.join(folder, entity_name(ents, "lesions", ".tsv"))
+        ents = dict(base)
+        ents.update(space=TEMPLATE_SPACE, desc=LESION_DESC)
+        self.load = os.path.join(folder, entity_name(ents, "load", ".tsv"))
         self.report = os.path.join(self.root, scan.key + ".html")
 
     @staticmethod
     def sidecar(path):
-        """``X.nii.gz`` -> ``X.json``."""
-        return path[: -len(".nii.gz")] + ".json"
+        """``X.nii.gz`` or ``X.tsv`` -> ``X.json``."""
+        return path[: -len(".nii.gz" if path.endswith(".nii.gz") else ".tsv")] + ".json"
 
     @property
     def images(self):
@@ -111,6 +122,7 @@ class ScanOutputs:
         out = []
         for p in self.images:
             out += [p, self.sidecar(p)]
+        out += [self.lesions, self.sidecar(self.lesions), self.load, self.sidecar(self.load)]
         return out + [p for p in (self.transform_itk, self.transform_json) if p] + [self.report]
 
     def missing(self):

@@ -9,6 +9,8 @@ Reads the derivative dataset the participant level wrote (``OUTPUT_DIR/clci_kera
   its ``space-MNI152NLin2009aAsym`` mask when it was registered, else its mask on its own grid,
   which is already on the template grid (ATLAS's ``MNI152NLin2009aSym`` label names the same
   grid) or in an MNI152 space, brought onto the template grid with nearest neighbour;
+* ``group/lesion_load.tsv`` (+ ``.json``): every scan's lesion load (its
+  ``*_desc-lesion_load.tsv``), one row per scan and region or corticospinal tract;
 * ``group/space-MNI152NLin2009aAsym_desc-overlap.png`` and ``group.html`` (self-contained).
 
 Scans whose outputs are incomplete (a run that stopped midway) are left out and named.
@@ -42,6 +44,10 @@ COLUMNS = {
     "mask": "the lesion mask on the scan's grid (in this dataset)",
 }
 TABLE = os.path.join("group", "lesions.tsv")
+#: The group's lesion-load table: the per-scan load tables, one after the other.
+LOAD_TABLE = os.path.join("group", "lesion_load.tsv")
+#: Rows of the lesion-load table shown in ``group.html`` (the file has all).
+MAX_LOAD_ROWS = 200
 
 
 @dataclasses.dataclass
@@ -129,8 +135,9 @@ def run_group(output_dir, on_event=None):
     if not finished:
         raise ValueError(f"{root}: no finished scan (run the participant level first)")
     total = np.zeros(ATLAS_SHAPE, np.float32)
-    rows = []
+    rows, load_rows = [], []
     for scan, outs, meta in finished:
+        load_rows += _load_rows(scan, outs)
         total += template_space_mask(outs)
         lesion = meta.get("Lesion") or {}
         reg = meta.get("Registration") or {}
@@ -164,11 +171,33 @@ def run_group(output_dir, on_event=None):
                  (tsv.encode("utf8"), table),
                  ((json.dumps({k: {"Description": v} for k, v in COLUMNS.items()}, indent=2) + "\n").encode("utf8"),
                   table[:-4] + ".json"),
-                 (fig, figure)])
+                 (fig, figure)] + _load_files(root, load_rows))
     summary = {"scans": len(finished), "left out (unfinished)": len(incomplete),
                "largest overlap": f"{float(overlap.max()):.3f}", "overlap map": os.path.relpath(ov_path, root),
-               "table": TABLE, "created": side["Created"]}
+               "table": TABLE, "lesion load": LOAD_TABLE, "created": side["Created"]}
     page = os.path.join(root, "group.html")
     rh.write_html(page, rh.group_report(title="clci-keras: lesions of all scans", summary=summary, rows=rows,
-                                        columns=list(COLUMNS), overlap_png=fig))
+                                        columns=list(COLUMNS), overlap_png=fig, load=load_rows[:MAX_LOAD_ROWS],
+                                        load_total=len(load_rows)))
     return GroupResult(table, ov_path, figure, page, rows, incomplete)
+
+
+def _load_rows(scan, outs):
+    """The rows of a scan's lesion-load table, with ``participant_id``, ``session_id`` and ``scan`` first."""
+    import csv
+
+    ids = {"participant_id": f"sub-{scan.subject}", "session_id": f"ses-{scan.session}" if scan.session else "n/a",
+           "scan": scan.relpath}
+    with open(outs.load, newline="", encoding="utf-8") as f:
+        return [{**ids, **row} for row in csv.DictReader(f, delimiter="\t")]
+
+
+def _load_files(root, load_rows):
+    """``(bytes, path)`` of ``group/lesion_load.tsv`` and its sidecar (the per-scan tables' columns)."""
+    from clci_keras.inference.lesions import LOAD_COLUMNS, sidecar_bytes, tsv_bytes
+
+    columns = {"participant_id": ("Participant", "the scan's subject", None),
+               "session_id": ("Session", "the scan's session; n/a without sessions", None),
+               "scan": ("Scan", "the T1w image, relative to the input dataset", None), **LOAD_COLUMNS}
+    path = os.path.join(root, LOAD_TABLE)
+    return [(tsv_bytes(load_rows, columns), path), (sidecar_bytes(columns), path[:-4] + ".json")]

@@ -31,6 +31,8 @@ import numpy as np
 from clci_keras.bids import derivatives as dv
 from clci_keras.bids.layout import find_scans, needs_registration, on_template_grid
 from clci_keras.data.constants import ATLAS_AFFINE
+from clci_keras.data.regions import ATLASES, DEFAULT_ATLAS
+from clci_keras.inference.lesions import FLAGS, lesion_files, lesion_report
 from clci_keras.models.card import check_card
 
 #: Largest number of lesion components listed in a report (largest first).
@@ -66,50 +68,6 @@ def _template_image(data, dtype, description):
     return img
 
 
-def lesion_table(mask, affine, to_mni=None):
-    """``(summary, components)`` of a mask on its own grid.
-
-    ``summary``: volume (mL, from the voxel size), number of 26-connected components, the volume
-    on each side of the template midline (voxel by voxel; template x < 0: left) and the hemisphere
-    (``left``, ``right``, ``bilateral`` when the smaller side holds >= 10 % of the volume, ``none``).
-    ``components``: one row per component, largest first: volume (mL), centre (template mm) and
-    hemisphere of its centre (template x < 0: left). ``to_mni`` maps the image's world mm to the
-    template's (a registration's ``native_to_mni``); ``None``: the image's world is the template's.
-    """
-    from scipy import ndimage
-
-    mask = np.asarray(mask) > 0
-    affine = np.asarray(affine, np.float64)
-    voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
-    to_mni = np.eye(4) if to_mni is None else np.asarray(to_mni, np.float64)
-    labels, n = ndimage.label(mask, structure=ndimage.generate_binary_structure(3, 3))
-    rows, sides = [], {"left": 0.0, "right": 0.0}
-    if n:
-        sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-        centres = ndimage.center_of_mass(mask, labels, range(1, n + 1))
-        for k in np.argsort(-sizes):
-            world = to_mni @ affine @ np.r_[centres[k], 1.0]
-            side = "left" if world[0] < 0 else "right"
-            ml = float(sizes[k]) * voxel_ml
-            rows.append({"component": len(rows) + 1, "volume_ml": round(ml, 4), "voxels": int(sizes[k]),
-                         "centre_mm": [round(float(c), 1) for c in world[:3]], "hemisphere": side})
-    total = float(mask.sum()) * voxel_ml
-    if n:  # each voxel on its side of the template midline
-        ijk = np.argwhere(mask).T.astype(np.float64)
-        x = ((to_mni @ affine)[0, :3] @ ijk) + (to_mni @ affine)[0, 3]
-        sides["left"] = float(np.count_nonzero(x < 0)) * voxel_ml
-        sides["right"] = total - sides["left"]
-    if total == 0:
-        hemisphere = "none"
-    elif min(sides.values()) >= 0.1 * total:
-        hemisphere = "bilateral"
-    else:
-        hemisphere = max(sides, key=sides.get)
-    summary = {"volume_ml": round(total, 4), "components": int(n), "hemisphere": hemisphere,
-               "left_ml": round(sides["left"], 4), "right_ml": round(sides["right"], 4)}
-    return summary, rows
-
-
 def intensity_check(data, scheme, source):
     """The intensity check's figures for the report: the scaled 99.5th percentile and the accepted range."""
     from clci_keras.data.intensity import normalize_intensity, v2_reference
@@ -139,6 +97,8 @@ class _Run:
     overwrite: bool
     settings: dict  # the sidecars' run-wide fields
     event: object
+    atlas: str = DEFAULT_ATLAS  # region atlas of the lesion tables
+    lesion_roi: str | None = None  # dataset root to write fMRIPrep's lesion ROIs into, or None
 
     @property
     def card(self):
@@ -162,7 +122,7 @@ def run_participant(bids_dir, output_dir, weights, *, participant_labels=None, s
                     register="auto", model=None, threshold=0.5, tta="none", precision="fp32",
                     intensity=None, batch_size=4, min_lesion_size=0.0, skip_empty_slices=True,
                     check_intensity=True, registration_options=None, overwrite=False, on_event=None,
-                    threads=None):
+                    threads=None, atlas=DEFAULT_ATLAS, lesion_roi=None):
     """Segment the T1w scans of a BIDS dataset into ``OUTPUT_DIR/clci_keras/`` (BIDS derivatives).
 
     The weights' model cards fix the model, crop and intensity scheme as for ``clci-keras predict``
@@ -183,6 +143,10 @@ def run_participant(bids_dir, output_dir, weights, *, participant_labels=None, s
         overwrite: redo finished scans too.
         on_event: called as ``on_event(kind, scan, text)``, kind ``"skip"``, ``"done"``, ``"failed"``.
         threads: TensorFlow intra-op threads (``None``: all cores).
+        atlas: region atlas of the per-lesion table and the lesion load (:data:`clci_keras.data.regions.ATLASES`).
+        lesion_roi: a BIDS dataset root (the input dataset itself, or a copy) into which each scan's
+            mask is also written as fMRIPrep's lesion ROI (:mod:`clci_keras.bids.lesion_roi`: beside
+            the T1w, never over an existing one); ``None``: not written.
 
     Returns:
         :class:`ParticipantResult`.
@@ -209,8 +173,11 @@ def run_participant(bids_dir, output_dir, weights, *, participant_labels=None, s
                                 skip_empty_slices=skip_empty_slices, check_intensity=check_intensity,
                                 registration_options=registration_options)  # refuses what cannot fit, as predict
     dv.write_dataset_files(root, bids_dir)
+    if atlas not in ATLASES:
+        raise ValueError(f"unknown atlas {atlas!r}; known atlases: {', '.join(ATLASES)}")
     run = _Run(root=root, engine=engine, register=register, overwrite=overwrite, settings=_run_settings(engine),
-               event=on_event or (lambda *a: None))
+               event=on_event or (lambda *a: None), atlas=atlas,
+               lesion_roi=None if lesion_roi is None else os.path.abspath(os.fspath(lesion_roi)))
     done, skipped, failures = _process_scans(scans, run)
     return ParticipantResult(root, done, skipped, failures, time.perf_counter() - start)
 
@@ -340,7 +307,10 @@ def _segment_scan(run, job):
     notes = job.notes + [n for n in seg.notes if n not in job.notes]
     thr = run.engine.threshold
     registration = seg.registration
-    lesion, components = lesion_table(np.asanyarray(seg.mask.dataobj) > 0, job.image.affine, seg.to_mni)
+    report = lesion_report(np.asanyarray(seg.mask.dataobj) > 0, job.image.affine, to_mni=seg.to_mni,
+                           probability=np.asanyarray(seg.probabilities.dataobj), members=seg.members,
+                           threshold=thr, template_mask=seg.template_mask, atlas=run.atlas)
+    lesion = report.summary
     check = intensity_check(job.data, run.settings["IntensityScheme"], run.settings["IntensitySchemeSource"])
     if not check["passed"]:
         notes.append(f"intensity check: 99.5th percentile {check['p99_5_after_scaling']} after scaling is outside "
@@ -348,12 +318,14 @@ def _segment_scan(run, job):
     reg_info = _registration_info(registration, job.reason, notes)
     common = {**run.settings, "Grid": seg.grid, "RegistrationDecision": job.reason, "Registration": reg_info,
               "Lesion": lesion, "IntensityCheck": check, "Warnings": notes, "Created": dv.now()}
-    save_atomic(_scan_images(job, seg, thr) + _sidecar_files(job, thr, common, registration))
-    _write_report(job, seg, common, components)
+    save_atomic(_scan_images(job, seg, thr) + _sidecar_files(job, thr, common, registration)
+                + lesion_files(report, job.outs.lesions, job.outs.load))
+    roi_note = _write_lesion_roi(run, job, seg)
+    _write_report(job, seg, common, report)
     return (f"{job.scan.relpath}: {lesion['volume_ml']:.2f} mL in {lesion['components']} component(s), "
             f"{lesion['hemisphere']}; grid {seg.grid}" + (f", registration similarity {registration.similarity:.3f}"
                                                           if registration else "")
-            + f"; {time.perf_counter() - t0:.1f} s")
+            + f"; {time.perf_counter() - t0:.1f} s" + (f"; {roi_note}" if roi_note else ""))
 
 
 def _segment(engine, job):
@@ -426,14 +398,25 @@ def _sidecar_files(job, thr, common, registration):
     return files
 
 
-def _write_report(job, seg, common, components):
+def _write_lesion_roi(run, job, seg):
+    """Write the scan's mask as fMRIPrep's lesion ROI into ``run.lesion_roi`` (when asked); a line saying what
+    happened, or None."""
+    if run.lesion_roi is None:
+        return None
+    from clci_keras.bids.lesion_roi import write_lesion_roi
+
+    path, written, message = write_lesion_roi(seg.mask, job.scan, run.lesion_roi)
+    return f"lesion ROI {path}" if written else message
+
+
+def _write_report(job, seg, common, report):
     """Publish the scan's HTML report (after its images and sidecars: it marks the scan finished)."""
     from clci_keras.inference.qc import qc_png
     from clci_keras.inference.register import template
     from clci_keras.reports import html as rh
 
     scan, outs = job.scan, job.outs
-    overlay = qc_png(job.image, job.data, np.asanyarray(seg.mask.dataobj) > 0,
+    overlay = qc_png(job.image, job.data, np.asanyarray(seg.mask.dataobj) > 0, lesions=report,
                      title=f"{scan.key}: lesion outline (red) on the scan's grid ({seg.grid})")
     reg_png = None
     if seg.registration is not None:
@@ -446,11 +429,14 @@ def _write_report(job, seg, common, components):
                                     for w in common["Weights"]),
                "threshold": common["Threshold"], "tta": common["TTA"], "precision": common["Precision"],
                "clci-keras": common["SoftwareUsed"].get("clci-keras"), "created": common["Created"]}
+    components = report.lesions
     shown = components[:MAX_COMPONENT_ROWS]
     if len(components) > len(shown):
-        shown.append({"component": f"... {len(components) - len(shown)} smaller component(s) not listed"})
+        shown.append({"lesion_id": f"... {len(components) - len(shown)} smaller component(s) not listed here "
+                                   f"(all in {_rel(outs, outs.lesions)})"})
     page = rh.subject_report(title=scan.key, summary=summary, overlay_png=overlay, lesion=common["Lesion"],
-                             components=shown, intensity=common["IntensityCheck"], card=common["ModelCards"][0],
+                             components=shown, load=report.load, flags=FLAGS,
+                             intensity=common["IntensityCheck"], card=common["ModelCards"][0],
                              registration=common["Registration"], registration_png=reg_png,
                              warnings=common["Warnings"], outputs=[_rel(outs, p) for p in outs.all if p != outs.report])
     rh.write_html(outs.report, page)

@@ -23,6 +23,7 @@ import sys
 def add_arguments(parser):
     from clci_keras.cli import nonnegative_float, positive_float, positive_int, positive_ints
     from clci_keras.data.intensity import SCHEMES
+    from clci_keras.data.regions import ATLASES, DEFAULT_ATLAS
     from clci_keras.hardware import PRECISIONS
 
     parser.add_argument("bids_dir", metavar="BIDS_DIR", help="the input BIDS dataset (raw T1w images)")
@@ -58,6 +59,12 @@ def add_arguments(parser):
     parser.add_argument("--no-intensity-check", action="store_true",
                         help="segment scans whose intensities are far from the training scale anyway")
     parser.add_argument("--threads", type=positive_int, default=None, metavar="N", help="TensorFlow intra-op threads")
+    parser.add_argument("--atlas", choices=ATLASES, default=DEFAULT_ATLAS,
+                        help=f"region atlas of the per-lesion table and the lesion load (default: {DEFAULT_ATLAS})")
+    parser.add_argument("--lesion-roi", nargs="?", const="", default=None, metavar="DIR",
+                        help="also write each mask as fMRIPrep's lesion ROI (sub-<label>[_ses-<label>]_label-lesion_roi"
+                        ".nii.gz beside the T1w, never over an existing one) into BIDS_DIR, or into the copy of the "
+                        "raw dataset DIR (docs/bids.md)")
     parser.add_argument("--overwrite", action="store_true", help="redo scans whose outputs are complete")
     parser.add_argument("--quiet", action="store_true", help="print only failures")
 
@@ -101,7 +108,8 @@ def _participant(args) -> int:
         tta=args.tta, precision=args.precision, intensity=args.intensity, batch_size=args.batch_size,
         min_lesion_size=args.min_lesion_size, skip_empty_slices=not args.all_slices,
         check_intensity=not args.no_intensity_check, registration_options=options, overwrite=args.overwrite,
-        on_event=event, threads=args.threads)
+        on_event=event, threads=args.threads, atlas=args.atlas,
+        lesion_roi=None if args.lesion_roi is None else (args.lesion_roi or args.bids_dir))
     total = len(result.done) + len(result.skipped) + len(result.failures)
     say(f"{len(result.done)} segmented, {len(result.skipped)} finished earlier, {len(result.failures)} failed of "
         f"{total} scan(s) in {result.seconds:.1f} s; derivatives in {result.root}")

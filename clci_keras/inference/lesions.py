@@ -9,8 +9,8 @@ registration's ``native_to_mni``) and gives a :class:`LesionReport`:
   (:data:`FLAGS`);
 * ``load``: lesion load per atlas region and on the left and right corticospinal tracts
   (:data:`LOAD_COLUMNS`; :func:`lesion_load`), computed on the template grid;
-* ``summary``: count, total, largest, flagged, and the keys of
-  :func:`clci_keras.bids.participant.lesion_table`'s summary with the same numbers.
+* ``summary``: count, total, largest, flagged, and the whole mask's volume, components,
+  hemisphere and left/right volumes (the BIDS sidecars' ``Lesion``).
 
 :func:`lesion_files` turns a report into TSV tables with JSON sidecars (BIDS tabular files) for
 :func:`clci_keras.inference.io.save_atomic`; :func:`report_masks` does all of it for mask files
@@ -301,9 +301,9 @@ def _component_row(lesion_id, ml, voxels, world, lab, atlas_, prob, member_vals,
 
 
 def _summary(rows, mask, world, voxel_ml, n):
-    """The per-scan summary; ``volume_ml`` .. ``right_ml`` as ``bids.participant.lesion_table``'s."""
+    """The per-scan summary (:class:`LesionReport`'s ``summary``)."""
     total = float(mask.sum()) * voxel_ml
-    left = float(np.count_nonzero(world[:, 0] < 0)) * voxel_ml  # voxel by voxel, as lesion_table
+    left = float(np.count_nonzero(world[:, 0] < 0)) * voxel_ml  # voxel by voxel
     sides = {"left": left, "right": total - left}
     if total == 0:
         hemisphere = "none"

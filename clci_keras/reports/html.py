@@ -23,7 +23,7 @@ body{font-family:sans-serif;margin:1.5em auto;max-width:1100px;color:#222}
 h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ccc;margin-top:1.6em}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.2em .6em;text-align:left;
 font-size:.9em}th{background:#f2f2f2}img{max-width:100%}.warn{color:#a40}.ok{color:#070}
-.muted{color:#777;font-size:.85em}
+.muted{color:#777;font-size:.85em}tr.flagged td{background:#fff1dc}
 """
 
 
@@ -109,13 +109,15 @@ def overlap_figure_png(template, fraction, n_subjects, n_slices=12, columns=6, d
     return png
 
 
-def _table(rows, columns=None):
-    """An HTML table of dicts (``columns``: their order; default the first row's keys)."""
+def _table(rows, columns=None, flag=None):
+    """An HTML table of dicts (``columns``: their order; default the first row's keys); rows whose
+    ``flag`` column is not empty are marked (class ``flagged``)."""
     if not rows:
         return "<p class='muted'>(none)</p>"
     columns = list(columns or rows[0].keys())
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c, '')))}</td>" for c in columns) + "</tr>"
+    body = "".join(("<tr class='flagged'>" if flag and r.get(flag) else "<tr>")
+                   + "".join(f"<td>{html.escape(_fmt(r.get(c, '')))}</td>" for c in columns) + "</tr>"
                    for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
@@ -145,7 +147,7 @@ def _page(title, body):
 
 
 def subject_report(*, title, summary, overlay_png, lesion, components, intensity, card=None, registration=None,
-                   registration_png=None, warnings=(), outputs=()):
+                   registration_png=None, warnings=(), outputs=(), load=(), flags=None):
     """The HTML text of one scan's report.
 
     Args:
@@ -153,7 +155,10 @@ def subject_report(*, title, summary, overlay_png, lesion, components, intensity
         summary: ``{key: value}`` of the run (input file, weights, threshold, grid, ...).
         overlay_png: PNG bytes: the lesion outline over the scan on its own grid.
         lesion: ``{"volume_ml", "components", "hemisphere", ...}`` of the whole mask.
-        components: one dict per connected component (``volume_ml``, ``hemisphere``, ``centre_mm``).
+        components: one dict per connected component (the per-lesion table's rows); rows with
+            ``flags`` are marked.
+        load: the lesion-load table's rows (regions and corticospinal tracts).
+        flags: ``{flag: meaning}`` shown under the component table.
         intensity: ``{"scheme", "p99_5", "accepted", "passed", ...}``: the intensity check.
         card: the weights' model card (``{key: value}``) or ``None`` when the weights have none.
         registration: ``{key: value}`` of the registration or ``None`` (not registered).
@@ -170,8 +175,15 @@ def subject_report(*, title, summary, overlay_png, lesion, components, intensity
         parts.append("<ul>" + "".join(f"<li class='warn'>{html.escape(w)}</li>" for w in warnings) + "</ul>")
     else:
         parts.append("<p class='ok'>none</p>")
-    parts += ["<h2>Lesion</h2>", _kv_table(lesion), "<h3>Components (26-connected)</h3>", _table(components),
-              "<h2>Lesion overlay (native scan)</h2>", _img(overlay_png, "lesion outline over the scan")]
+    parts += ["<h2>Lesion</h2>", _kv_table(lesion), "<h3>Components (26-connected)</h3>",
+              _table(components, flag="flags")]
+    if flags:
+        parts.append("<p class='muted'>flagged rows (marked): " + "; ".join(
+            f"{html.escape(k)}: {html.escape(v)}" for k, v in flags.items()) + "</p>")
+    if load:
+        parts += ["<h3>Lesion load (template space)</h3>", _table(list(load))]
+    parts += ["<h2>Lesion overlay (native scan)</h2>", _img(overlay_png, "lesion outline over the scan, components "
+                                                                         "numbered as in the table")]
     parts.append("<h2>Registration check</h2>")
     if registration is None:
         parts.append("<p class='muted'>not registered (the scan is on the template grid or in an MNI152 space)</p>")
@@ -186,10 +198,14 @@ def subject_report(*, title, summary, overlay_png, lesion, components, intensity
     return _page(title, "\n".join(parts))
 
 
-def group_report(*, title, summary, rows, columns, overlap_png):
-    """The HTML text of the group page: a summary, the table of every scan and the overlap figure."""
+def group_report(*, title, summary, rows, columns, overlap_png, load=(), load_total=None):
+    """The HTML text of the group page: a summary, the table of every scan, the overlap figure and
+    the lesion-load rows ``load`` (of ``load_total`` in the table file)."""
     body = "\n".join(["<h2>Summary</h2>", _kv_table(summary), "<h2>Lesion overlap</h2>",
                       _img(overlap_png, "lesion overlap map"), "<h2>Scans</h2>", _table(rows, columns)])
+    if load:
+        shown = "" if load_total in (None, len(load)) else f" (first {len(load)} of {load_total} rows)"
+        body += f"\n<h2>Lesion load (template space){shown}</h2>\n" + _table(list(load))
     return _page(title, body)
 
 
