@@ -64,3 +64,16 @@ def test_readme_using_the_model_block_runs_as_written(tmp_path):
     out = _bare_python(code, tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert (tmp_path / "export.h5").stat().st_size > 100e6  # 36.8 M float32 parameters
+
+
+def test_every_import_line_of_the_readme_and_docs_runs_first_thing(tmp_path):
+    # each page's python blocks' import lines, page by page, in a fresh bare interpreter
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    code = []
+    for page in pages:
+        for block in re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), re.S):
+            code += [line for line in block.splitlines() if line.startswith(("import ", "from "))]
+    assert any("clci_keras.inference.engine" in line for line in code)  # the pages this checks
+    out = _bare_python("\n".join(dict.fromkeys(code)) + "\nprint('ok')\n", tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("ok")
