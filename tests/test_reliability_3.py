@@ -650,3 +650,15 @@ def test_what_a_killed_synth_left_is_removed_by_the_next_run(tmp_path):
     assert any(fileio.is_temporary(n, "ds") for n in left) and not out.exists()  # recognisable as such
     recs = generate_dataset(out, layout="v2", n_subjects=3)
     assert os.listdir(tmp_path / "out") == ["ds"] and len(recs) == 3
+
+
+def test_a_second_tables_run_into_a_folder_in_use_fails_at_once(tmp_path, capsys):
+    from clci_keras.cli import main
+
+    (tmp_path / "runs").mkdir()
+    out = tmp_path / "tables"
+    with fileio.exclusive(out, what="tables folder", inside=True):
+        assert main(["tables", str(tmp_path / "runs"), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{out}: this tables folder is in use by another run (process {os.getpid()}" in err[0]
+    assert os.listdir(out) == []

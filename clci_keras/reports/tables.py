@@ -34,7 +34,7 @@ import json
 import math
 import os
 
-from clci_keras.fileio import atomic_text
+from clci_keras.fileio import atomic_text, exclusive
 from clci_keras.models.paper import METRICS, PAPER, TABLE1, TABLE2  # noqa: F401  (re-exported)
 
 #: Paper metrics in table order: (key in our summaries, column title, decimals).
@@ -311,18 +311,20 @@ def write_tables(runs_dir, out_dir, part="test", tables=(1, 2), broken=None):
 
     With a list ``broken``, unreadable run folders are appended to it (see
     :func:`collect_runs`) and the tables are written from the others; a row
-    whose runs were left out says so in ``measured_on``.
+    whose runs were left out says so in ``measured_on``. One run per ``out_dir`` at a
+    time (:func:`clci_keras.fileio.exclusive`: a second one fails at once, naming the first).
     """
     runs = collect_runs(runs_dir, part, broken)
     for run, model, _ in broken or ():
         runs.setdefault(model, {"runs": []}).setdefault("broken", []).append(run)
     os.makedirs(out_dir, exist_ok=True)
     written = {}
-    for which in tables:
-        rows = build_table(which, runs)
-        for ext, text in (("csv", to_csv_text(rows)), ("md", to_markdown(rows, which)),
-                          ("tex", to_latex(rows, which))):
-            path = os.path.join(out_dir, f"table{which}.{ext}")
-            _atomic_write(path, text)
-            written[f"table{which}.{ext}"] = path
+    with exclusive(out_dir, what="tables folder", inside=True):  # two runs never mix their tables
+        for which in tables:
+            rows = build_table(which, runs)
+            for ext, text in (("csv", to_csv_text(rows)), ("md", to_markdown(rows, which)),
+                              ("tex", to_latex(rows, which))):
+                path = os.path.join(out_dir, f"table{which}.{ext}")
+                _atomic_write(path, text)
+                written[f"table{which}.{ext}"] = path
     return written
