@@ -1,7 +1,8 @@
 """Inference: segment T1 NIfTI volumes into lesion-mask NIfTI volumes.
 
-``predict_volume(model, image)`` is the library entry point; ``clci-keras
-predict`` (:mod:`clci_keras.cli.predict`) the command line. Registration of
+:class:`~clci_keras.inference.engine.SegmentationEngine` is the one segmentation engine that
+``predict_volume(model, image)``, ``clci-keras predict`` (:mod:`clci_keras.cli.predict`) and the
+BIDS App share. Registration of
 native-space scans: :mod:`clci_keras.inference.register`; ensembles, flip
 TTA and clean-up: :mod:`~clci_keras.inference.ensemble`; QC pictures and the
 summary CSV: :mod:`~clci_keras.inference.qc`; the intensity check:
@@ -20,7 +21,8 @@ _HOMES = {
     **dict.fromkeys(("ZeroStateConvLSTM2D", "optimize_for_inference"), "clci_keras.inference.optimize"),
     **dict.fromkeys(("DEFAULT_BATCH_SIZE", "PRECISIONS", "GridWarning", "Segmentation", "WeightsError",
                      "brain_slice_indices", "build_inference_model", "configure_threads", "predict_atlas_volume",
-                     "predict_slices", "predict_volume", "segment_image"), "clci_keras.inference.predict"),
+                     "predict_slices", "segment_image"), "clci_keras.inference.predict"),
+    **dict.fromkeys(("SegmentationEngine", "predict_volume"), "clci_keras.inference.engine"),
     **dict.fromkeys(("Registration", "RegistrationError", "RegistrationUnavailable", "register_to_mni"),
                     "clci_keras.inference.register"),
     **dict.fromkeys(("IntensityError", "resolve_intensity"), "clci_keras.inference.scaling"),
@@ -66,6 +68,7 @@ __all__ = [
     "predict_volume",
     "save_atomic",
     "segment_image",
+    "SegmentationEngine",
     "IntensityError",
     "Registration",
     "RegistrationError",

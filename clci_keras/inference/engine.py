@@ -156,7 +156,7 @@ class SegmentationEngine:
         self.build()
         return self.models if len(self.models) > 1 else self.models[0]
 
-    def segment(self, image, *, data=None, register=None, return_probabilities=True):
+    def segment(self, image, *, data=None, register=None, return_probabilities=True, warn=False):
         """Segment one scan; returns a :class:`~clci_keras.inference.predict.Segmentation`.
 
         Args:
@@ -167,14 +167,15 @@ class SegmentationEngine:
                 the scan is taken as on the template grid (reoriented or resampled as needed).
             return_probabilities: also map the probabilities back onto the scan's grid.
 
-        Grid notes are in the result's ``notes`` (not warned). Raises ``InputError`` (a
-        ``ValueError`` naming the file) for a scan that cannot be segmented.
+        Grid notes are in the result's ``notes``, and also warned (``GridWarning``) with ``warn``.
+        Raises ``InputError`` (a ``ValueError`` naming the file) for a scan that cannot be segmented.
         """
         self.build()
         if isinstance(image, (str, os.PathLike)):
             image, data = load_image(os.fspath(image))
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", GridWarning)  # reported through seg.notes
+            if not warn:
+                warnings.simplefilter("ignore", GridWarning)  # reported through seg.notes
             return segment_image(self.network, image, data=data, return_probabilities=return_probabilities,
                                  registration=register if register not in (None, False) else None,
                                  registration_options=self.registration_options,
@@ -186,3 +187,67 @@ class SegmentationEngine:
         return (f"model {self.model_name} ({self.precision or self.precision_asked}) with weights "
                 f"{', '.join(self.weights)}; intensity {self.intensity} ({self.intensity_source})"
                 + (f"; tta {self.tta}" if self.tta != "none" else ""))
+
+
+def predict_volume(model, image, *, threshold=0.5, intensity="r1.1", batch_size=DEFAULT_BATCH_SIZE,
+                   skip_empty_slices=True, return_probabilities=False, progress=False, tta=None,
+                   min_lesion_size=0, register=False, check_intensity=True):
+    """Segment the stroke lesion of a T1 NIfTI image with a trained 2D model.
+
+    The volume follows the training data path of CLCI-Net (Yang et al.,
+    MICCAI 2019; arXiv:1907.07008) on ATLAS (Liew et al., Sci. Data 2018):
+    intensity scaling, 189 axial slices, 224 x 176 crop; the crop border and
+    the slices outside the MNI152 brain are background.
+
+    Args:
+        model: a Keras model with one (batch, H, W, 1) input, H x W a crop
+            window (224 x 176 for CLCI-Net, 224 x 192 for X-Net), and a
+            sigmoid output (batch, H, W, 1) (or a 2-class softmax); or a list
+            of models (an ensemble, e.g. the five folds: mean probability).
+        image: a ``nibabel.Nifti1Image`` (or ``Nifti2Image``) T1 volume. On the
+            ATLAS grid (MNI152 1 mm, 197 x 233 x 189) in any axis order it is
+            used as is; other grids are resampled (with a :class:`GridWarning`).
+        threshold: mask = probability > ``threshold``.
+        intensity: the intensity scheme the weights were trained with:
+            ``"r1.1"`` (divide by 100, the original's ATLAS R1.1 scaling) or
+            ``"v2"`` (ATLAS 2.0: divide by the 99.5th percentile).
+        batch_size: slices per model call.
+        skip_empty_slices: compute only the 155 axial slices that contain
+            brain in the MNI152 brain mask; the others are background.
+            ``False`` computes all 189. Computed slices are identical either way.
+        return_probabilities: also return the float32 probability map.
+        progress: show a progress bar over batches.
+        tta: ``"flip"``: average with the prediction of the left-right
+            mirrored volume (twice the model work).
+        min_lesion_size: drop connected lesion components smaller than this
+            many mm^3 (on the 1 mm template grid); 0 (default) keeps all.
+        register: ``True`` registers the scan affinely to nilearn's MNI152
+            1 mm template first (needs dipy: ``pip install -e ".[register]"``),
+            predicts on the template grid and maps the mask back; or a
+            :class:`clci_keras.inference.register.Registration` to reuse.
+        check_intensity: refuse a scan whose intensities are far from the
+            training data's scale (:class:`clci_keras.inference.scaling.IntensityError`).
+
+    Returns:
+        A uint8 (0/1) mask image with the input's shape, affine and header
+        (sform/qform codes kept), or ``(mask, probabilities)``.
+
+    For speed pass a model from :func:`build_inference_model` (or
+    :func:`clci_keras.inference.optimize.optimize_for_inference`), which
+    gives the same results with less work. It segments through
+    :class:`SegmentationEngine` (:meth:`SegmentationEngine.from_models`), as
+    ``clci-keras predict`` and the BIDS App do.
+
+    Raises:
+        InputError: (a ``ValueError``) 2D/4D data, NaN/inf voxels, an empty
+            volume; its subclasses ``IntensityError`` (intensities off the
+            training scale) and ``RegistrationError`` (registration failed).
+        RegistrationUnavailable: ``register=True`` without dipy installed.
+    """
+    engine = SegmentationEngine.from_models(
+        model, intensity=intensity, threshold=threshold, batch_size=batch_size, skip_empty_slices=skip_empty_slices,
+        progress=progress, tta=tta, min_lesion_size=min_lesion_size, check_intensity=check_intensity,
+        keep_members=False)
+    seg = engine.segment(image, register=register if register is not False else None,
+                         return_probabilities=return_probabilities, warn=True)
+    return (seg.mask, seg.probabilities) if return_probabilities else seg.mask
