@@ -154,13 +154,14 @@ def _untrained(out_dir, h5, split_path, model, crop, seed, eval_slices, init_wei
     from clci_keras.data import crop_shape
     from clci_keras.evaluation.evaluate import evaluate_run
     from clci_keras.models import build_model, load_weights
-    from clci_keras.models.seeding import draw_initial_state
+    from clci_keras.models.seeding import deferred_initializers, draw_initial_state
     from clci_keras.training import set_seed
 
     untrained_dir = os.path.join(out_dir, "untrained")
     os.makedirs(untrained_dir, exist_ok=True)
     set_seed(seed)
-    net = build_model(model, input_shape=(*crop_shape(crop), 1))
+    with deferred_initializers():  # every weight is loaded or drawn below: skip Keras's draws
+        net = build_model(model, input_shape=(*crop_shape(crop), 1))
     if init_weights is not None:
         load_weights(net, init_weights)
         init = os.fspath(init_weights)

@@ -167,7 +167,12 @@ def optimize_for_inference(model, fold_batch_norm=False):
                     node["kwargs"] = {}
         elif name in convs:
             c["config"]["use_bias"] = True
-    folded = keras.Model.from_config(config)
+    from clci_keras.models.seeding import deferred_initializers
+
+    # every weight of the copy is set below (set_weights of each layer, the folded kernels and
+    # biases; the Identity layers have none): Keras's initialisers would only be overwritten
+    with deferred_initializers():
+        folded = keras.Model.from_config(config)
     for layer in model.layers:
         target = folded.get_layer(layer.name)
         if layer.name in pairs:

@@ -330,8 +330,30 @@ def _run_fit(cfg, run_dir, model, data, extra_callbacks):
         validation_steps=val_steps,
         callbacks=cbs,
         shuffle=False,  # the batches are already in their per-epoch order
-        verbose=cfg.verbose,
+        verbose=fit_verbosity(cfg.verbose),
     )
+
+
+def fit_verbosity(verbose, stream=None):
+    """Keras ``fit`` verbosity for ``verbose``, plain off a terminal.
+
+    ``"auto"`` and ``1`` (Keras's progress bar, redrawn with carriage returns and ANSI colours)
+    stay ``1`` where ``stream`` (default ``sys.stdout``, where Keras prints) is a terminal or a
+    Jupyter kernel's, and become ``2`` anywhere else (a log file, a pipe, CI): one plain line
+    per epoch (``6/6 - 52s - 9s/step - loss: ...``). ``0`` and ``2`` are kept.
+    """
+    import sys
+
+    if verbose not in ("auto", 1):
+        return verbose
+    stream = sys.stdout if stream is None else stream
+    if type(stream).__module__.split(".")[0] == "ipykernel":
+        return 1
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return 1 if isatty and isatty() else 2
+    except (OSError, ValueError):  # a closed stream
+        return 2
 
 
 def _make_data(cfg, run_dir, split, shard=None):
@@ -403,9 +425,10 @@ def _build_compiled(cfg, input_shape, replicas=None):
     backend (:func:`clci_keras.models.seeding.draw_initial_state`).
     """
     from clci_keras.models import build_model, load_weights
-    from clci_keras.models.seeding import draw_initial_state
+    from clci_keras.models.seeding import deferred_initializers, draw_initial_state
 
-    model = build_model(cfg.model, input_shape=input_shape)
+    with deferred_initializers():  # every weight is drawn or loaded below: skip Keras's draws
+        model = build_model(cfg.model, input_shape=input_shape)
     draw_initial_state(model, cfg.seed, weights=not cfg.init_weights)
     if cfg.init_weights:
         load_weights(model, cfg.init_weights)
