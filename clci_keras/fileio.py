@@ -347,17 +347,17 @@ _NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 #: errno values of a write that fails for want of room or of a working disk; the system's text
 #: of each is looked for in the message of a library's own exception (:func:`_failed`).
-_WRITE_FAILURES = _NO_SPACE + (errno.EROFS, errno.EIO)
+WRITE_FAILURES = _NO_SPACE + (errno.EROFS, errno.EIO)
 
 
 def write_failure_errno(exc):
-    """The errno of :data:`_WRITE_FAILURES` whose system text ``exc``'s message carries, or None.
+    """The errno of :data:`WRITE_FAILURES` whose system text ``exc``'s message carries, or None.
 
     TensorFlow, for one, reports a failed write as its own exception
     (``ResourceExhaustedError: ...; No space left on device``), not an ``OSError``.
     """
     text = str(exc)
-    return next((no for no in _WRITE_FAILURES if os.strerror(no) in text), None)
+    return next((no for no in WRITE_FAILURES if os.strerror(no) in text), None)
 
 
 def _failed(exc, path):
@@ -621,7 +621,8 @@ def exclusive(path, what="output", inside=False, reentrant=False):
     """Hold an exclusive lock on output ``path`` (a file or a folder) for the ``with`` block.
 
     The lock is ``flock`` on ``.NAME.lock`` beside ``path`` (with ``inside``:
-    ``path/.clci-keras.lock`` in the folder ``path``; folders are created if needed), which records the
+    ``path/.clci-keras.lock`` in the folder ``path``; folders are created if needed, and removed
+    again at the end if they are still empty), which records the
     holder's PID and command line (forked children, e.g. pool workers, do not keep
     it); the kernel releases it when the holder ends,
     however it ends (a lock file left by a killed process is reused). Take it
@@ -651,7 +652,13 @@ def exclusive(path, what="output", inside=False, reentrant=False):
         finally:
             _HELD_PATHS[lock] -= 1
         return
-    os.makedirs(path if inside else os.path.dirname(path), exist_ok=True)  # as the output's writer would
+    folder = path if inside else os.path.dirname(path)
+    created = []  # the folders this lock makes, deepest first: removed again if the run left them empty
+    f = folder
+    while not os.path.exists(f) and os.path.dirname(f) != f:
+        created.append(f)
+        f = os.path.dirname(f)
+    os.makedirs(folder, exist_ok=True)  # as the output's writer would
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, umask_mode(0o666))
         try:
@@ -679,6 +686,9 @@ def exclusive(path, what="output", inside=False, reentrant=False):
         _HELD_PATHS.pop(lock, None)
         _HELD_LOCKS.discard(fd)
         os.close(fd)
+        for f in created:  # a run that wrote nothing leaves nothing, not even its folder
+            with contextlib.suppress(OSError):
+                os.rmdir(f)
 
 
 class _LineProgress:

@@ -57,7 +57,7 @@ def test_a_signal_in_synth_exits_with_one_line_and_leaves_nothing(tmp_path, sign
     assert proc.returncode == code, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"clci-keras synth: {word}; nothing was written to {out}"), err
-    assert os.listdir(tmp_path / "out") == []  # no half-made folder, no temporary, no lock file
+    assert not (tmp_path / "out").exists()  # no half-made folder, no temporary, no lock file, no empty folder
 
 
 def test_terminated_is_ctrl_c_with_its_own_exit_code_and_line(monkeypatch, capsys, tmp_path):
@@ -274,7 +274,7 @@ def test_an_export_is_checked_and_carded_before_it_appears(fake_export, tmp_path
         export_model(fake_export["weights"], out, fmt=fmt)
     assert fake_export["seen"][0][0] == "check" and fake_export["seen"][0][1].startswith(".")  # the temporary
     assert fake_export["seen"][0][2] is False and fake_export["seen"][1] == ("card", False)
-    assert os.listdir(tmp_path / "out") == []  # nothing under the final name, no temporary, no lock
+    assert not (tmp_path / "out").exists()  # nothing under the final name, no temporary, no lock, no empty folder
     fake_export["card_fails"] = False
     info = export_model(fake_export["weights"], out, fmt=fmt)  # the same command: no --overwrite needed
     assert os.path.exists(out) and os.path.isfile(info["card"])
@@ -292,7 +292,7 @@ def test_a_backend_error_while_exporting_is_one_line_naming_the_output(fake_expo
     assert main(["export", "--weights", fake_export["weights"], "--format", "savedmodel", "-o", str(out)]) == 2
     assert capsys.readouterr().err.strip() == (f"clci-keras export: error: {out}: cannot write it: "
                                                "No space left on device (ResourceExhaustedError)")
-    assert os.listdir(tmp_path / "out") == []
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_tensorflow_op_error_while_writing_names_the_output():
@@ -630,7 +630,7 @@ def test_a_command_can_lock_its_output_before_its_start_up_and_call_a_locking_li
         with pytest.raises(fileio.OutputInUseError):  # not reentrant: refused, as before
             with fileio.exclusive(out, what="output folder", inside=True):
                 pass
-    assert not fileio.holds(out, inside=True) and os.listdir(out) == []
+    assert not fileio.holds(out, inside=True) and not out.exists()  # the lock's own folder goes when empty
     with fileio.exclusive(out, inside=True, reentrant=True):  # not held yet: locks
         assert fileio.holds(out, inside=True)
 
@@ -661,4 +661,67 @@ def test_a_second_tables_run_into_a_folder_in_use_fails_at_once(tmp_path, capsys
         assert main(["tables", str(tmp_path / "runs"), "-o", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{out}: this tables folder is in use by another run (process {os.getpid()}" in err[0]
-    assert os.listdir(out) == []
+    assert not out.exists()
+
+
+# --- 3, 5, 6 in predict and the BIDS App: lock before the start-up, resolved paths, named inputs ---
+@pytest.mark.parametrize("command", ["predict", "bids"])
+def test_a_second_predict_or_bids_run_fails_before_keras_starts(tmp_path, command):
+    ds = tmp_path / "ds"
+    scan = tmp_path / "scan.nii.gz"
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.float32), np.eye(4)), scan)
+    (ds / "sub-01" / "anat").mkdir(parents=True)
+    (ds / "dataset_description.json").write_text('{"Name": "t", "BIDSVersion": "1.10.0"}')
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.float32), np.eye(4)), ds / "sub-01" / "anat" / "sub-01_T1w.nii.gz")
+    weights = tmp_path / "w.h5"
+    weights.write_bytes(b"not read before the lock")
+    if command == "predict":
+        out = tmp_path / "out"
+        argv, locked = ["predict", str(scan), "-o", str(out), "--weights", str(weights)], out
+    else:
+        out = tmp_path / "bout"
+        argv, locked = ["bids", str(ds), str(out), "participant", "--weights", str(weights)], out / "clci_keras"
+    code = ("import sys\nfrom clci_keras.cli import main\n"
+            f"rc = main({argv!r})\n"
+            "print(rc, [m for m in ('keras', 'tensorflow', 'jax', 'torch') if m in sys.modules])\n")
+    with fileio.exclusive(locked, what="output folder", inside=True):
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.stdout.strip() == "2 []", proc.stderr
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and f"in use by another run (process {os.getpid()}" in err[0], err
+
+
+def test_predict_names_what_it_found_nothing_in_and_what_it_skipped(tmp_path, capsys):
+    import nibabel as nib
+
+    from clci_keras.cli import main
+
+    src = tmp_path / "src"
+    src.mkdir()
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.uint8), np.eye(4)), src / "sub-01_label-L_desc-T1lesion_mask.nii.gz")
+    assert main(["predict", str(src), "-o", str(tmp_path / "out"), "--weights", str(tmp_path / "w.h5")]) == 2
+    captured = capsys.readouterr()
+    assert f"skipped {src / 'sub-01_label-L_desc-T1lesion_mask.nii.gz'}" in captured.out
+    assert f"{src}: no input to segment (no NIfTI T1 image found; 1 NIfTI file(s) skipped" in captured.err
+    scan = src / "t1.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.float32), np.eye(4)), scan)
+    before = scan.read_bytes()
+    assert main(["predict", str(scan), "-o", str(scan), "--weights", str(tmp_path / "w.h5"), "--overwrite"]) == 2
+    assert "output mask" in capsys.readouterr().err and scan.read_bytes() == before  # the input is not replaced
+
+
+def test_a_bids_output_linked_into_the_input_dataset_is_refused(tmp_path, capsys):
+    from clci_keras.cli import main
+
+    ds = tmp_path / "ds"
+    (ds / "sub-01" / "anat").mkdir(parents=True)
+    (ds / "dataset_description.json").write_text('{"Name": "t", "BIDSVersion": "1.10.0"}')
+    os.symlink(ds / "sub-01", tmp_path / "out")  # looks outside, writes inside
+    weights = tmp_path / "w.h5"
+    weights.write_bytes(b"x")
+    assert main(["bids", str(ds), str(tmp_path / "out"), "participant", "--weights", str(weights)]) == 2
+    err = capsys.readouterr().err
+    assert "must not lie inside the input dataset" in err and "resolved:" in err
+    assert sorted(os.listdir(ds / "sub-01")) == ["anat"]  # nothing written into the raw dataset

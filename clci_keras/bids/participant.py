@@ -32,6 +32,7 @@ from clci_keras.bids import derivatives as dv
 from clci_keras.bids.layout import find_scans, needs_registration, on_template_grid
 from clci_keras.data.constants import ATLAS_AFFINE
 from clci_keras.data.regions import ATLASES, DEFAULT_ATLAS
+from clci_keras.fileio import WRITE_FAILURES
 from clci_keras.inference.lesions import FLAGS, lesion_files, lesion_report
 from clci_keras.models.card import check_card
 
@@ -160,26 +161,35 @@ def run_participant(bids_dir, output_dir, weights, *, participant_labels=None, s
         A failure of one scan is not raised: it is in ``failures`` (a scan its weights' card
         refuses, e.g. a native-space scan left unregistered, included).
     """
-    from clci_keras.fileio import check_writable_folder
-    from clci_keras.inference.engine import SegmentationEngine
+    from clci_keras.fileio import check_writable_folder, exclusive, remove_leftovers_under
 
     start = time.perf_counter()
     weights, bids_dir, output_dir = _check_arguments(weights, threshold, bids_dir, output_dir)
-    scans = find_scans(bids_dir, participant_labels, session_labels)
-    root = os.path.join(output_dir, dv.PIPELINE_NAME)
-    check_writable_folder(root)
-    engine = SegmentationEngine(weights, model=model, intensity=intensity, precision=precision, threads=threads,
-                                batch_size=batch_size, threshold=threshold, tta=tta, min_lesion_size=min_lesion_size,
-                                skip_empty_slices=skip_empty_slices, check_intensity=check_intensity,
-                                registration_options=registration_options)  # refuses what cannot fit, as predict
-    dv.write_dataset_files(root, bids_dir)
     if atlas not in ATLASES:
         raise ValueError(f"unknown atlas {atlas!r}; known atlases: {', '.join(ATLASES)}")
-    run = _Run(root=root, engine=engine, register=register, overwrite=overwrite, settings=_run_settings(engine),
-               event=on_event or (lambda *a: None), atlas=atlas,
-               lesion_roi=None if lesion_roi is None else os.path.abspath(os.fspath(lesion_roi)))
-    done, skipped, failures = _process_scans(scans, run)
-    return ParticipantResult(root, done, skipped, failures, time.perf_counter() - start)
+    refused = []  # scans whose name disagrees with their folders: named, not segmented
+    scans = find_scans(bids_dir, participant_labels, session_labels, refused=refused)
+    root = os.path.join(output_dir, dv.PIPELINE_NAME)
+    check_writable_folder(root)
+    event = on_event or (lambda *a: None)
+    for path, message in refused:
+        event("failed", None, message)
+    # The output's lock before Keras starts (a second run fails at once); what killed runs left goes.
+    with exclusive(root, what="BIDS output folder", inside=True):
+        remove_leftovers_under(root)
+        from clci_keras.inference.engine import SegmentationEngine  # starts Keras and its backend
+
+        engine = SegmentationEngine(weights, model=model, intensity=intensity, precision=precision, threads=threads,
+                                    batch_size=batch_size, threshold=threshold, tta=tta,
+                                    min_lesion_size=min_lesion_size, skip_empty_slices=skip_empty_slices,
+                                    check_intensity=check_intensity,
+                                    registration_options=registration_options)  # refuses what cannot fit
+        dv.write_dataset_files(root, bids_dir)
+        run = _Run(root=root, engine=engine, register=register, overwrite=overwrite,
+                   settings=_run_settings(engine), event=event, atlas=atlas,
+                   lesion_roi=None if lesion_roi is None else os.path.abspath(os.fspath(lesion_roi)))
+        done, skipped, failures = _process_scans(scans, run)
+    return ParticipantResult(root, done, skipped, list(refused) + failures, time.perf_counter() - start)
 
 
 def _check_arguments(weights, threshold, bids_dir, output_dir):
@@ -199,10 +209,10 @@ def _check_arguments(weights, threshold, bids_dir, output_dir):
         raise ValueError(f"threshold must lie in [0, 1), got {threshold!r}")
     bids_dir = os.path.abspath(os.fspath(bids_dir))
     output_dir = os.path.abspath(os.fspath(output_dir))
-    if output_dir == bids_dir or output_dir.startswith(bids_dir + os.sep) and not output_dir.startswith(
-            os.path.join(bids_dir, "derivatives") + os.sep):
+    rb, ro = os.path.realpath(bids_dir), os.path.realpath(output_dir)  # links followed
+    if ro == rb or ro.startswith(rb + os.sep) and not ro.startswith(os.path.join(rb, "derivatives") + os.sep):
         raise ValueError(f"{output_dir}: the output folder must not lie inside the input dataset {bids_dir} "
-                         "(except under its derivatives/ folder)")
+                         "(except under its derivatives/ folder)" + (f" (resolved: {ro})" if ro != output_dir else ""))
     return weights, bids_dir, output_dir
 
 
@@ -255,8 +265,9 @@ def _scan_failed(scan, error, run, failures):
     from clci_keras.inference.register import RegistrationUnavailable
     from clci_keras.models.weights import WeightsMismatchError
 
-    if isinstance(error, (RegistrationUnavailable, WeightsMismatchError)):
-        raise error  # the run's problem, not the scan's
+    if isinstance(error, (RegistrationUnavailable, WeightsMismatchError)) or (
+            isinstance(error, OSError) and error.errno in WRITE_FAILURES):
+        raise error  # the run's problem, not the scan's (a full or read-only disk names the output)
     msg = str(error) if scan.path in str(error) else f"{scan.path}: {type(error).__name__}: {error}"
     failures.append((scan.path, msg))
     run.event("failed", scan, msg)

@@ -152,11 +152,8 @@ def run(args) -> int:
 
 
 def _predict(args) -> int:
-    """Plan the outputs, set up the engine, segment, print; bad arguments raise ValueError (exit 2)."""
-    import numpy as np
-
-    from clci_keras.inference import segment_files
-    from clci_keras.inference.engine import SegmentationEngine
+    """Plan the outputs, lock the output folder, segment; bad arguments raise ValueError (exit 2)."""
+    from clci_keras.fileio import exclusive, remove_leftovers_under
 
     weights = ([args.weights] if args.weights else []) + list(args.ensemble or [])
     if not weights:
@@ -167,6 +164,20 @@ def _predict(args) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}")
     jobs, failures, transform, summary = _plan(args)
+    folder = os.path.dirname(os.path.abspath(summary))
+    # The output's lock before the start-up (a second run fails at once); what killed runs left goes.
+    with exclusive(folder, what="output folder", inside=True):
+        remove_leftovers_under(folder)
+        return _segment(args, weights, jobs, failures, transform, summary)
+
+
+def _segment(args, weights, jobs, failures, transform, summary):
+    """Set up the engine, segment the planned jobs and print; the exit code."""
+    import numpy as np
+
+    from clci_keras.inference import segment_files
+    from clci_keras.inference.engine import SegmentationEngine
+
     engine = SegmentationEngine(
         weights, model=args.model, intensity=args.intensity, precision=args.precision, force_bf16=args.force_bf16,
         threads=args.threads, threshold=args.threshold, tta=args.tta, min_lesion_size=args.min_lesion_size,
@@ -227,11 +238,16 @@ def _plan(args):
     transform = Registration.load(args.transform) if args.transform else None
     if args.register and transform is None:
         require_dipy()  # before any work
-    jobs, failures = plan_outputs(args.inputs, args.output, prob=args.prob)
+    skipped = []
+    jobs, failures = plan_outputs(args.inputs, args.output, prob=args.prob, skipped=skipped)
+    if not args.quiet:
+        for path, reason in skipped:
+            print(f"skipped {path}: {reason}")
     if not jobs:
         for _, msg in failures:
             print(f"FAILED {msg}", file=sys.stderr)
-        raise ValueError("no input to segment")
+        raise ValueError(f"{', '.join(args.inputs)}: no input to segment (no NIfTI T1 image found"
+                         + (f"; {len(skipped)} NIfTI file(s) skipped by their names" if skipped else "") + ")")
     if transform is not None and len(jobs) > 1:
         raise ValueError(f"--transform {args.transform} belongs to one scan; give one input, got {len(jobs)}")
     add_side_outputs(jobs, transform=args.register or transform is not None, qc=not args.no_qc,

@@ -14,6 +14,8 @@ import time
 
 import numpy as np
 
+from clci_keras.fileio import WRITE_FAILURES, check_not_an_input, exclusive
+
 
 @dataclasses.dataclass
 class Job:
@@ -110,22 +112,25 @@ class BatchResult:
         return not self.failures
 
 
-def plan_outputs(inputs, output, prob=False):
+def plan_outputs(inputs, output, prob=False, skipped=None):
     """``(jobs, failures)`` for input files/folders and an output folder.
 
     Each ``NAME.nii[.gz]`` gives ``OUTPUT/NAME_lesion_mask.nii.gz`` (and
     ``NAME_lesion_prob.nii.gz``); files found in a folder keep their
     sub-folder. With one input file, ``output`` may be the mask's file name.
     Two inputs that would write the same output are a failure of the second.
+    ``skipped``: a list to which ``(path, reason)`` of each NIfTI file found in a folder and not
+    taken (a label, another kind of image) is appended. An output that is its input is refused.
     """
     from clci_keras.inference.io import find_inputs, is_nifti_name, output_paths, strip_nifti_suffix
 
     inputs = [os.fspath(p) for p in inputs]
     output = os.fspath(output)
     if len(inputs) == 1 and os.path.isfile(inputs[0]) and is_nifti_name(output):
+        check_not_an_input(output, [inputs[0]], what="output mask")
         prob_path = strip_nifti_suffix(output) + "_prob.nii.gz" if prob else None
         return [Job(inputs[0], output, prob_path)], []
-    found, failures = find_inputs(inputs, exclude=[output])
+    found, failures = find_inputs(inputs, exclude=[output], skipped=skipped)
     jobs, used = [], {}
     for path, rel in found:
         mask, prob_path = output_paths(path, output, rel, prob=prob)
@@ -195,7 +200,6 @@ def segment_files(model, jobs, *, overwrite=False, resume=False, on_done=None, o
         ValueError: ``overwrite`` and ``resume`` together; an unreadable existing summary.
         clci_keras.fileio.OutputInUseError: another run writes the same summary.
     """
-    from clci_keras.fileio import exclusive
     from clci_keras.inference.engine import SegmentationEngine
     from clci_keras.inference.qc import read_summary_csv, record_summary
 
@@ -212,7 +216,8 @@ def segment_files(model, jobs, *, overwrite=False, resume=False, on_done=None, o
         require_dipy()  # RegistrationUnavailable before any work
     scheme = engine.intensity
     note = f"{scheme} ({intensity_source})" if intensity_source else scheme
-    with exclusive(os.path.dirname(os.path.abspath(summary)), what="output folder", inside=True) if summary \
+    with exclusive(os.path.dirname(os.path.abspath(summary)), what="output folder", inside=True,
+                   reentrant=True) if summary \
             else contextlib.nullcontext():
         previous = read_summary_csv(summary) if summary else []  # a broken one stops the run before any work
 
@@ -262,6 +267,8 @@ def _run_jobs(engine, jobs, overwrite, resume, on_done, on_failure, on_skip, reg
         except KeyboardInterrupt:
             raise
         except Exception as e:  # one bad input must not stop the batch
+            if isinstance(e, OSError) and e.errno in WRITE_FAILURES:
+                raise  # a full or read-only disk: every later input would fail alike; the output is named
             msg = str(e) if job.input in str(e) else f"{job.input}: {type(e).__name__}: {e}"
             failures.append((job.input, msg))
             if not isinstance(e, OutputsExist):  # the earlier run's row still describes those outputs
