@@ -314,10 +314,12 @@ def build_with_weights(name, weights, input_shape=(224, 176, 1), **options):
             are bugs and propagate unchanged.
     """
     from clci_keras.models.registry import build_model
+    from clci_keras.models.seeding import deferred_initializers
 
     if weights is None:
         raise ValueError(f"`weights` is required to build model {name!r} with weights, got weights=None")
-    model = build_model(name, input_shape=tuple(input_shape), **options)
+    with deferred_initializers() as deferred:  # every weight is loaded below: skip Keras's random draws
+        model = build_model(name, input_shape=tuple(input_shape), **options)
     path = os.fspath(weights)
     try:
         load_weights(model, path)
@@ -328,4 +330,8 @@ def build_with_weights(name, weights, input_shape=(224, 176, 1), **options):
         raise WeightsMismatchError(
             f"{path}: cannot load these weights into model {name!r} ({type(e).__name__}: {msg})"
         ) from e
+    unset = deferred.unset(model)
+    if unset:  # a file that left weights out would leave them at the placeholder
+        raise WeightsMismatchError(f"{path}: these weights leave {len(unset)} weight(s) of model {name!r} unset "
+                                   f"(e.g. {unset[0]})")
     return model
