@@ -185,16 +185,15 @@ def _build_before_first_step():
     import keras
     import numpy as np
 
+    from clci_keras.models import keras_private
+
     class BuildBeforeFirstStep(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
             model = self.model
-            build = getattr(model, "_symbolic_build", None)  # Keras' own pre-build (used for strategies)
-            if build is None:
-                return
             try:
                 x = np.zeros((1, *model.input_shape[1:]), "float32")
                 y = np.zeros((1, *model.output_shape[1:]), "float32")
-                build(data_batch=(x, y, None))
+                keras_private.symbolic_build(model, (x, y, None))  # Keras' own pre-build (used for strategies)
             except Exception:  # an optimisation only: Keras builds them when tracing
                 pass
 

@@ -18,11 +18,14 @@ and load back with ``safe_mode`` on (no ``Lambda`` layers anywhere).
 """
 from __future__ import annotations
 
+import collections
 import math
 
 import keras
 import numpy as np
 from keras import ops
+
+from clci_keras.models.keras_private import untracked
 
 PACKAGE = "clci_keras"
 
@@ -343,9 +346,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
 
     def build(self, input_shape):
         super().build(input_shape)
-        from keras.src.utils import tracking  # no public switch for untracked state
-
-        with tracking.DotNotTrackScope():
+        with untracked():  # Keras private API: see clci_keras.models.keras_private
             # Not an attribute Keras tracks, so not a weight (see the class docstring).
             self._debias_step = keras.Variable(0.0, dtype="float32", trainable=False,
                                                name="debias_step", aggregation="only_first_replica")
@@ -386,18 +387,36 @@ class BatchNormalization(keras.layers.BatchNormalization):
         return {**super().get_config(), "moving_update": self.moving_update}
 
 
+def all_layers(model):
+    """Every layer inside ``model``, each once; nested models' layers included.
+
+    The public counterpart of Keras's private ``Layer._flatten_layers(include_self=False)``,
+    in its order, for models built from layers (a layer that holds other layers must be a
+    model): a queue of ``model.layers``, each one's own ``layers`` put in front of it.
+    """
+    out, seen, queue = [], set(), collections.deque(model.layers)
+    while queue:
+        layer = queue.popleft()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        out.append(layer)
+        queue.extendleft(getattr(layer, "layers", ()))
+    return out
+
+
 def debias_steps(model):
     """``{layer name: t}`` of every :class:`BatchNormalization` of ``model`` that is built."""
     return {
         layer.name: float(np.asarray(layer._debias_step))
-        for layer in model._flatten_layers(include_self=False)
+        for layer in all_layers(model)
         if isinstance(layer, BatchNormalization) and layer._debias_step is not None
     }
 
 
 def set_debias_steps(model, steps):
     """Restore :func:`debias_steps` (layers not named in ``steps`` are left alone)."""
-    for layer in model._flatten_layers(include_self=False):
+    for layer in all_layers(model):
         if isinstance(layer, BatchNormalization) and layer.name in steps and layer._debias_step is not None:
             layer._debias_step.assign(float(steps[layer.name]))
 

@@ -35,7 +35,7 @@ import zlib
 import keras
 import numpy as np
 
-from clci_keras.models.layers import BilinearKernel, bilinear_kernel
+from clci_keras.models.layers import BilinearKernel, all_layers, bilinear_kernel
 
 #: Initialisers whose values do not depend on a random draw.
 _CONSTANT = (keras.initializers.Zeros, keras.initializers.Ones, keras.initializers.Constant,
@@ -52,7 +52,7 @@ _TRUNCATION, _TRUNCATED_STD = 2.0, 0.87962566103423978
 def seed_generators(model):
     """``{layer name/attribute: SeedGenerator}`` of every layer of ``model`` (e.g. Dropout's)."""
     out = {}
-    for layer in model._flatten_layers(include_self=False):
+    for layer in all_layers(model):
         for attr, value in vars(layer).items():
             if isinstance(value, keras.random.SeedGenerator):
                 out[f"{layer.name}/{attr}"] = value
@@ -117,7 +117,7 @@ def _draw(init, shape, rng):
 def _random_weights(model):
     """``{id(weight): initialiser}`` of the weights that random initialisers filled."""
     out = {}
-    for layer in model._flatten_layers(include_self=False):
+    for layer in all_layers(model):
         for attr, init in vars(layer).items():
             if not attr.endswith("_initializer") or not isinstance(init, keras.initializers.Initializer):
                 continue

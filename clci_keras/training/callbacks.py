@@ -43,7 +43,9 @@ class ResumePoint(keras.callbacks.Callback):
     killed at any moment leaves the previous point intact
     (``keras.callbacks.BackupAndRestore`` overwrites its one weights file in
     place, so a kill during that write loses the run). Put it last, so that it
-    saves the states after the other callbacks updated them.
+    saves the states after the other callbacks updated them, and pass
+    ``fit(initial_epoch=run_folder.resume_point(run_dir)[0])``: the callback
+    restores the state, ``fit`` starts at that epoch.
     """
 
     def __init__(self, run_dir, tracked=()):
@@ -111,13 +113,22 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
         fileio.remove_temporaries(os.path.dirname(os.path.abspath(self.filepath)),
                                   of=os.path.basename(self.filepath))
 
-    def _save_model(self, epoch, batch, logs):
-        template, final = self.filepath, self._get_file_path(epoch, batch, logs)
+    def __init__(self, filepath, *args, save_freq="epoch", **kwargs):
+        if save_freq != "epoch":
+            raise ValueError(f"AtomicModelCheckpoint saves at epoch ends only, got save_freq={save_freq!r}")
+        super().__init__(filepath, *args, save_freq=save_freq, **kwargs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        template, logs = self.filepath, logs or {}
+        try:  # the name Keras gives the file (its placeholders filled as ModelCheckpoint fills them)
+            final = template.format(epoch=epoch + 1, **logs)
+        except KeyError as e:
+            raise KeyError(f'Failed to format this callback filepath: "{template}". Reason: {e}') from e
         # Empty until Keras decides to save (an HDF5 or .keras file is never empty).
         with fileio.atomic_path(final, durable=True, tag="partial", skip_empty=True) as tmp:
             self.filepath = tmp.replace("{", "{{").replace("}", "}}")  # Keras formats it
             try:
-                super()._save_model(epoch, batch, logs)
+                super().on_epoch_end(epoch, logs)
             finally:
                 self.filepath = template
 

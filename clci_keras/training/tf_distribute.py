@@ -14,6 +14,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from clci_keras.models.keras_private import FirstBatchForSymbolicBuild
+
 #: Port of every worker under Slurm (TensorFlow's default; use TF_CONFIG for others).
 SLURM_PORT = 8888
 
@@ -65,7 +67,7 @@ def _vector(logs):
     return tf.nest.map_structure(lambda v: tf.reshape(v, [1]) if v.shape.rank == 0 else v, logs)
 
 
-class ReplicaSteps:
+class ReplicaSteps(FirstBatchForSymbolicBuild):
     """Training and test steps of a functional model that ``fit`` runs under a ``tf.distribute`` strategy.
 
     A mixin placed before the model's own class by :func:`replica_model`
@@ -94,15 +96,15 @@ class ReplicaSteps:
 
     sync_statistics = False
 
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+    def symbolic_build_batch(self, iterator, data_batch):
+        """One replica's share of the first batch (see :class:`~clci_keras.models.keras_private.FirstBatchForSymbolicBuild`)."""
         strategy = self.distribute_strategy
-        if iterator is not None:
-            for _, _, batches in iterator:
-                with contextlib.suppress(StopIteration):
-                    data_batch = tf.nest.map_structure(lambda v: strategy.experimental_local_results(v)[0],
-                                                       next(batches))
-                break
-        return super()._maybe_symbolic_build(iterator=None, data_batch=data_batch)
+        for _, _, batches in iterator:
+            with contextlib.suppress(StopIteration):
+                data_batch = tf.nest.map_structure(lambda v: strategy.experimental_local_results(v)[0],
+                                                   next(batches))
+            break
+        return data_batch
 
     def train_step(self, data):
         logs = super().train_step(data)
