@@ -160,13 +160,17 @@ def _untrained(out_dir, h5, split_path, model, crop, seed, eval_slices, init_wei
     untrained_dir = os.path.join(out_dir, "untrained")
     os.makedirs(untrained_dir, exist_ok=True)
     set_seed(seed)
-    with deferred_initializers():  # every weight is loaded or drawn below: skip Keras's draws
+    with deferred_initializers() as deferred:  # every weight is loaded or drawn below: skip Keras's draws
         net = build_model(model, input_shape=(*crop_shape(crop), 1))
     if init_weights is not None:
         load_weights(net, init_weights)
         init = os.fspath(init_weights)
     else:  # the same network on every backend (models.seeding)
         draw_initial_state(net, seed)
+    unset = deferred.unset(net)
+    if unset:  # never start from placeholder zeros
+        raise RuntimeError(f"{len(unset)} weight(s) of {model!r} were neither drawn nor loaded (e.g. {unset[0]})")
+    if init_weights is None:
         init = os.path.join(untrained_dir, "initial.weights.h5")
         net.save_weights(init)
     untrained = evaluate_run(None, model, h5, split_path, part="test", out_dir=untrained_dir, crop=crop,

@@ -427,11 +427,15 @@ def _build_compiled(cfg, input_shape, replicas=None):
     from clci_keras.models import build_model, load_weights
     from clci_keras.models.seeding import deferred_initializers, draw_initial_state
 
-    with deferred_initializers():  # every weight is drawn or loaded below: skip Keras's draws
+    with deferred_initializers() as deferred:  # every weight is drawn or loaded below: skip Keras's draws
         model = build_model(cfg.model, input_shape=input_shape)
     draw_initial_state(model, cfg.seed, weights=not cfg.init_weights)
     if cfg.init_weights:
         load_weights(model, cfg.init_weights)
+    unset = deferred.unset(model)
+    if unset:  # never train from placeholder zeros
+        raise RuntimeError(f"{len(unset)} weight(s) of {cfg.model!r} were neither drawn nor loaded "
+                           f"(e.g. {unset[0]}): the seeded draw missed them")
     if replicas is not None:
         model = replicas.prepare(model)
     compile_model(model, cfg.loss, cfg.learning_rate, cfg.jit, is_mixed_precision(cfg.mixed_precision),
