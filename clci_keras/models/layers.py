@@ -392,7 +392,9 @@ def all_layers(model):
 
     The public counterpart of Keras's private ``Layer._flatten_layers(include_self=False)``,
     in its order, for models built from layers (a layer that holds other layers must be a
-    model): a queue of ``model.layers``, each one's own ``layers`` put in front of it.
+    model, or a recurrent layer holding its ``cell``, e.g. ``ConvLSTM2D``'s, which owns the
+    kernels): a queue of ``model.layers``, each one's own ``layers`` (or ``cell``) put in
+    front of it.
     """
     out, seen, queue = [], set(), collections.deque(model.layers)
     while queue:
@@ -401,7 +403,8 @@ def all_layers(model):
             continue
         seen.add(id(layer))
         out.append(layer)
-        queue.extendleft(getattr(layer, "layers", ()))
+        cell = getattr(layer, "cell", None)
+        queue.extendleft([cell] if isinstance(cell, keras.layers.Layer) else getattr(layer, "layers", ()))
     return out
 
 
