@@ -40,6 +40,7 @@ import os
 import re
 from dataclasses import asdict, dataclass, field
 
+import nibabel as nib
 import numpy as np
 
 from clci_keras.data.constants import ATLAS_SHAPE, R11_CSV_NAME
@@ -362,8 +363,6 @@ def load_nifti(path, what="image"):
     Raises AtlasDataError naming ``path`` for missing, unreadable or truncated
     files and for NaN/inf voxels.  A trailing axis of size 1 is dropped.
     """
-    import nibabel as nib
-
     if not os.path.isfile(path):
         raise AtlasDataError(f"{path}: {what} file not found.")
     try:

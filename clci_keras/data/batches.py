@@ -30,6 +30,7 @@ import keras
 import numpy as np
 
 from clci_keras.data.reader import epoch_permutation, steps_for
+from clci_keras.data.stream import iter_stream_batches
 from clci_keras.process import keep_freed_memory
 
 
@@ -110,8 +111,6 @@ class TrainBatches:
         return np.concatenate(parts)
 
     def _streamed(self, k):
-        from clci_keras.data.stream import iter_stream_batches
-
         if self._next is None or k < self._next:
             self._walk = iter_stream_batches(
                 self._groups, self.batch_size, self.seed, self.first_batch + k, self.reader.buffer_subjects,

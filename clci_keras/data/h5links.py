@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import os
 
+import h5py
+
 #: Environment variable: set to 1 to read HDF5 files whose data lie partly in other files.
 ALLOW_ENV = "CLCI_KERAS_ALLOW_EXTERNAL_HDF5"
 
@@ -28,8 +30,6 @@ def outside_references(f):
     """``[(object name, what it points to), ...]`` for every object of the open h5py file ``f``
     whose data lie outside it (external links, virtual datasets mapping other files, external
     raw storage). Links are read without being followed; each object is visited once."""
-    import h5py
-
     found, seen = [], set()
 
     def visit(group, prefix):

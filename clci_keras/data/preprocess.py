@@ -26,13 +26,16 @@ removes the temporaries of killed runs; pool workers end with their parent.
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
 import sys
 import time
 import warnings
 import zlib
+from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
 
+import h5py
 import numpy as np
 
 from clci_keras.data.atlas import NonBinaryMaskWarning, discover_subjects, load_subject
@@ -47,10 +50,11 @@ from clci_keras.data.constants import (
     SLICE_SHAPE,
     SLICES_PER_SUBJECT,
 )
-from clci_keras.data.intensity import normalize_slice, v2_reference
 from clci_keras.data.h5links import check_self_contained
+from clci_keras.data.intensity import normalize_slice, v2_reference
 from clci_keras.fileio import atomic_path, check_writable_folder, exclusive, progress_bar, remove_dead_temporaries
 from clci_keras.process import PARENT_POLL_SECONDS, die_with_parent  # noqa: F401  (re-exported)
+from clci_keras.version import __version__
 
 CHUNK = (1,) + SLICE_SHAPE
 
@@ -117,8 +121,6 @@ def _iter_results(records, scheme, level, workers, affine_atol):
         for r in records:
             yield r, process_subject(r, scheme, level, affine_atol)
         return
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
 
     # "fork" is cheap; once TensorFlow (multi-threaded) is loaded, forking is
     # unsafe, so fall back to "spawn".
@@ -195,8 +197,6 @@ def prepare_h5(
 
 def _prepare(src, out_h5, layout, workers, intensity, compression_level, progress, max_subjects, affine_atol):
     """:func:`prepare_h5` once its output is checked and locked."""
-    import h5py
-
     stale = _remove_stale_temporaries_warning(out_h5)
     layout, records = discover_subjects(src, layout)
     if max_subjects is not None:
@@ -283,8 +283,6 @@ def _write_slices(f, n, results, level, bar):
 
 def _write_subject_table(f, records, meta):
     """Group ``subjects`` of the open file ``f``: one entry per record, ``meta`` from :func:`_write_slices`."""
-    import h5py
-
     n = len(records)
     g = f.create_group("subjects")
     st = h5py.string_dtype()
@@ -305,8 +303,6 @@ def _write_subject_table(f, records, meta):
 
 def _file_attributes(src, layout, scheme, n):
     """The file attributes of an HDF5 slice file of ``n`` subjects converted from ``src``."""
-    from clci_keras.version import __version__
-
     return {
         "format": "clci_keras ATLAS slices",
         "format_version": H5_FORMAT_VERSION,
@@ -336,8 +332,6 @@ def read_subjects(h5_path):
     ``t1_path``, ``mask_paths``.  Files without a ``subjects`` group (e.g. the
     original generator's output) get ids "0", "1", ... from ``len(data) // 189``.
     """
-    import h5py
-
     if not os.path.isfile(h5_path):
         raise FileNotFoundError(f"{h5_path}: HDF5 slice file not found" +
                                 (" (it is a folder)" if os.path.isdir(h5_path) else ""))

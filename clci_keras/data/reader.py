@@ -41,6 +41,7 @@ import functools
 import os
 import re
 
+import h5py
 import numpy as np
 
 from clci_keras.data.constants import ATLAS_SHAPE, CACHED_PIXEL_BYTES, DEFAULT_CROP, SLICES_PER_SUBJECT
@@ -48,6 +49,7 @@ from clci_keras.data.h5links import check_self_contained
 from clci_keras.data.preprocess import read_subjects, subject_table  # subject_table: re-exported here
 from clci_keras.data.slicing import get_crop
 from clci_keras.data.stream import wrap_around_batches
+from clci_keras.data.stream import StreamingReader
 from clci_keras.hardware import memory_total_bytes
 from clci_keras.process import keep_freed_memory  # noqa: F401  (re-exported: training, tests)
 
@@ -63,8 +65,6 @@ MEMORY_BUDGET = 2 * 1024**3
 # ---------------------------------------------------------------------------
 def dataset_info(h5_path):
     """Provenance of the HDF5 file: its attributes, slice count and a ``synthetic`` flag."""
-    import h5py
-
     info = {"h5": os.path.abspath(h5_path)}
     with h5py.File(h5_path, "r") as f:
         check_self_contained(f, h5_path)
@@ -135,8 +135,6 @@ def select_slices(h5_path, subjects, spec="all", crop=DEFAULT_CROP, seed=0):
         crop: crop window; lesion slices are judged inside it.
         seed: seed of the ``+N`` draw.
     """
-    import h5py
-
     kind, extra = parse_slice_spec(spec)
     table = subject_table(h5_path)
     rows, cols = get_crop(crop)
@@ -425,7 +423,6 @@ def open_reader(h5_path, crop, subjects, plan, workers=None):
     ``subjects`` in memory, or a :class:`clci_keras.data.stream.StreamingReader`."""
     if plan["mode"] == "memory":
         return SliceReader(h5_path, crop, in_memory=True, subjects=subjects)
-    from clci_keras.data.stream import StreamingReader
 
     if workers is None:
         workers = max(1, min(4, os.cpu_count() or 1))

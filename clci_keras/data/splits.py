@@ -36,6 +36,8 @@ import os
 
 import numpy as np
 
+from clci_keras.data.preprocess import read_subjects
+from clci_keras.data.published_splits import PUBLISHED_SPLITS
 from clci_keras.fileio import atomic_text
 
 SPLIT_FORMAT_VERSION = 1
@@ -200,15 +202,11 @@ def _validate_ids(split, source):
 
 def list_split_presets():
     """Names of the published splits :func:`preset_split` knows."""
-    from clci_keras.data.published_splits import PUBLISHED_SPLITS
-
     return sorted(PUBLISHED_SPLITS)
 
 
 def is_split_preset(name):
     """True if ``name`` is a published split name (and not an existing file of that name)."""
-    from clci_keras.data.published_splits import PUBLISHED_SPLITS
-
     return isinstance(name, str) and name in PUBLISHED_SPLITS and not os.path.exists(name)
 
 
@@ -218,8 +216,6 @@ def preset_split(name):
     ``"spin_traintest"``: Wong et al. 2021's ATLAS R1.2 split, 212 training
     and 27 test scans (:mod:`clci_keras.data.published_splits`).
     """
-    from clci_keras.data.published_splits import PUBLISHED_SPLITS
-
     if name not in PUBLISHED_SPLITS:
         raise ValueError(f"Unknown split preset {name!r}; known presets: {list_split_presets()}.")
     p = PUBLISHED_SPLITS[name]
@@ -456,8 +452,6 @@ def check_split_matches_h5(split, h5, source="split"):
     another subject order, is refused). A different recorded ``h5`` path with
     matching ids is accepted (the file was moved or copied).
     """
-    from clci_keras.data.preprocess import read_subjects
-
     h5 = os.fspath(h5)
     file_ids = [str(s["subject_id"]) for s in read_subjects(h5)]
     used = sorted({int(i) for p in PARTS for i in split.get(p) or []})

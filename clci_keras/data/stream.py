@@ -34,13 +34,20 @@ not over the whole pass.
 from __future__ import annotations
 
 import collections
+import multiprocessing as mp
 import os
 import threading
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import shared_memory
 
+import h5py
 import numpy as np
 
 from clci_keras.data.constants import CACHED_PIXEL_BYTES, DEFAULT_CROP
 from clci_keras.data.h5links import check_self_contained
+from clci_keras.data.preprocess import subject_table
+from clci_keras.data.slicing import get_crop
+from clci_keras.process import die_with_parent, keep_freed_memory
 
 _SHM_PREFIX = "clci_stream_"
 
@@ -186,11 +193,6 @@ def _inflate():
 
 
 def _worker_init(h5_path, shm_name, geometry, parent_pid):
-    import h5py
-    from multiprocessing import shared_memory
-
-    from clci_keras.process import die_with_parent, keep_freed_memory
-
     keep_freed_memory()  # each subject's read and inflated chunks reuse freed memory, no page faults
 
     # Exit when the training process is gone (killed): polling, not PR_SET_PDEATHSIG, whose
@@ -347,13 +349,6 @@ class StreamingReader:
     streaming = True
 
     def __init__(self, h5_path, crop=DEFAULT_CROP, buffer_subjects=8, cache_subjects=None, workers=2):
-        from concurrent.futures import ProcessPoolExecutor
-        import multiprocessing as mp
-        from multiprocessing import shared_memory
-
-        from clci_keras.data.preprocess import subject_table
-        from clci_keras.data.slicing import get_crop
-
         self.h5_path = os.fspath(h5_path)
         if cache_subjects is None:
             cache_subjects = 3 * buffer_subjects if isinstance(buffer_subjects, (int, np.integer)) else 0
@@ -375,7 +370,6 @@ class StreamingReader:
                                                name=f"{_SHM_PREFIX}{os.getpid()}_{id(self):x}")
         self._x, self._y = (np.ndarray((self.cache_subjects, max_count, h, w), t, self._shm.buf, o)
                             for t, o in ((np.float32, 0), (np.uint8, self.cache_subjects * max_count * h * w * 4)))
-        import h5py
 
         with h5py.File(self.h5_path, "r") as f:
             check_self_contained(f, self.h5_path)

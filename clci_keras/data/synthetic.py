@@ -34,11 +34,15 @@ import errno
 import functools
 import json
 import os
+import re
 from dataclasses import dataclass, field
 
+import nibabel as nib
 import numpy as np
+from scipy import ndimage
 
 from clci_keras.data.constants import ATLAS_SHAPE, R11_CSV_NAME, SYNTHETIC_MARKER, V2_SPACE
+from clci_keras.data.published_splits import SPIN_TRAINTEST_TEST, SPIN_TRAINTEST_TRAIN
 from clci_keras.fileio import (
     LOCK_NAME,
     atomic_path,
@@ -134,7 +138,6 @@ def _lesion_field(rng, volume):
     half = np.ceil(radii * 1.5).astype(int) + 2
     # Low-frequency random perturbation of an ellipsoid, built on a coarse
     # grid and interpolated (cheap even for 150 cm^3 lesions).
-    from scipy import ndimage
 
     coarse = rng.standard_normal((5, 5, 5)).astype(np.float32)
     shape = tuple(2 * half + 1)
@@ -272,8 +275,6 @@ def axis_rotation(axis, degrees):
 def save_nifti(arr, affine, path, dtype, xform_code=4):
     """Write ``arr`` as a NIfTI image of ``dtype`` (atomically), qform and sform ``affine``
     with ``xform_code`` (4: MNI152, 1: scanner); float data stored as integers are scaled."""
-    import nibabel as nib
-
     dtype = np.dtype(dtype)
     if np.issubdtype(dtype, np.integer) and np.issubdtype(arr.dtype, np.floating):
         data = arr  # nibabel picks scl_slope so the integers keep the float precision
@@ -295,8 +296,6 @@ def r11_subject_id(index, seed=0):
 
 def r12_subject_ids(n_subjects):
     """Default R1.2 scan ids: the published SPiN test ids, then their training ids (line order)."""
-    from clci_keras.data.published_splits import SPIN_TRAINTEST_TEST, SPIN_TRAINTEST_TRAIN
-
     pool = SPIN_TRAINTEST_TEST + SPIN_TRAINTEST_TRAIN
     if not 1 <= int(n_subjects) <= len(pool):
         raise ValueError(f"n_subjects must be in 1..{len(pool)} for the r1.2 layout, got {n_subjects}.")
@@ -304,8 +303,6 @@ def r12_subject_ids(n_subjects):
 
 
 def _check_r12_ids(ids):
-    import re
-
     ids = [str(i) for i in ids]
     bad = [i for i in ids if not re.fullmatch(r"c\d{4}s\d{4}t\d{2}", i)]
     if bad:
