@@ -93,16 +93,16 @@ def one(name, precision, batch, steps, warmup, shape=(224, 176)):
 
     from bench_models import analytic_gflop
     from clci_keras.models import build_model
+    from clci_keras.precision import DTYPE_POLICIES
     from clci_keras.training.trainer import compile_model
 
-    keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bf16" else "float32")
+    keras.config.set_dtype_policy(DTYPE_POLICIES[precision])
     keras.utils.set_random_seed(0)
     t0 = time.perf_counter()
     model = build_model(name, input_shape=(*shape, 1))
     build_s = time.perf_counter() - t0
     gflop = analytic_gflop(model)
-    compile_model(model, loss="dice", learning_rate=1e-4, jit=True,
-                  mixed_precision=precision != "fp32")
+    compile_model(model, loss="dice", learning_rate=1e-4, jit=True, precision=precision)
     rng = np.random.default_rng(0)
     xs = [rng.random((batch, *shape, 1), dtype=np.float32) for _ in range(2)]
     ys = [(rng.random((batch, *shape, 1)) > 0.95).astype("float32") for _ in range(2)]

@@ -34,18 +34,15 @@ def _one(args):
     import numpy as np
     import keras
 
+    from clci_keras.precision import DTYPE_POLICIES
     from clci_keras.training.trainer import compile_model
 
     keras.utils.set_random_seed(0)
-    if args.precision != "fp32":
-        keras.mixed_precision.set_global_policy(
-            "mixed_bfloat16" if args.precision == "bf16" else "mixed_float16"
-        )
+    keras.config.set_dtype_policy(DTYPE_POLICIES[args.precision])
     from clci_keras.models import build_model
 
     model = build_model(args.model, input_shape=(args.height, args.width, 1))
-    compile_model(model, loss="dice", learning_rate=1e-4, jit=args.jit,
-                  mixed_precision=args.precision != "fp32")
+    compile_model(model, loss="dice", learning_rate=1e-4, jit=args.jit, precision=args.precision)
     rng = np.random.default_rng(0)
     x = rng.random((args.batch, args.height, args.width, 1), dtype=np.float32)
     y = (rng.random((args.batch, args.height, args.width, 1)) > 0.95).astype("float32")

@@ -15,9 +15,9 @@ does the rest. Sub-commands:
                instead of ``clci-keras train``, because the command line cannot take
                the Keras callback that times every step. The options are the ones the
                CLI would pass for ``clci-keras train --model M --h5 DATA --split SPLIT
-               --out RUN --crop C --batch-size B --max-steps N [--mixed-precision bf16]
-               --no-register`` (log lines, not progress bars: ``verbose=2``); bf16 goes
-               through :func:`clci_keras.hardware.resolve_precision` as in the CLI.
+               --out RUN --crop C --batch-size B --max-steps N [--precision bf16]
+               --no-manifest`` (log lines, not progress bars: ``verbose=2``); bf16 goes
+               through :func:`clci_keras.precision.resolve_precision` as in train().
 ``cli``        ``clci_keras.cli.main(ARGS)`` with the dry run's stand-in model
                ``gpu_check_tiny`` registered (the CLI cannot import it otherwise).
 
@@ -179,7 +179,7 @@ def train_one(args):
     import keras
     import numpy as np
 
-    from clci_keras.hardware import resolve_precision
+    from clci_keras.precision import resolve_precision
     from clci_keras.training import train
 
     register_standin()
@@ -217,10 +217,10 @@ def train_one(args):
 
     precision_run = args.precision
     if args.precision == "bf16":
-        precision_run = resolve_precision("bf16")  # as `clci-keras train --mixed-precision bf16`
+        precision_run = resolve_precision("bf16")  # as train() (`clci-keras train --precision bf16`) does
     timer = StepTimer()
     overrides = dict(crop=args.crop, batch_size=args.batch, max_steps=args.steps, manifest=None, verbose=2,
-                     mixed_precision="bf16" if precision_run == "bf16" else "off")
+                     precision=precision_run)
     if args.no_deterministic:
         overrides["deterministic"] = False
     t0 = time.perf_counter()

@@ -31,8 +31,8 @@
 # The training step is NOT `clci-keras train`: timing each step needs a Keras callback, which the
 # command line cannot take, so benchmarks/gpu_check.py calls clci_keras.training.train(...) directly
 # with the options the CLI would pass (`--model M --crop C --batch-size B --max-steps N
-# [--mixed-precision bf16] --no-register`, log lines instead of progress bars; bf16 through
-# clci_keras.hardware.resolve_precision as in the CLI). synth, prep, split, evaluate and predict go
+# [--precision bf16] --no-manifest`, log lines instead of progress bars; bf16 through
+# clci_keras.precision.resolve_precision as in train()). synth, prep, split, evaluate and predict go
 # through the command line (`python -m clci_keras`: the same main() as the clci-keras script).
 #
 # --dry runs the same steps on the CPU at tiny size: 3 subjects, crop 96:128,80:112 (32x32), 3

@@ -242,11 +242,44 @@ def test_train_options_are_the_trainconfig_fields():
     parser = _train_parser()
     args = parser.parse_args(
         ["--h5", "d.h5", "--split", "s.json", "--out", "r", "--epochs", "3", "--lr", "0.01",
-         "--stream-buffer", "4", "--no-tensorboard", "--mixed-precision", "--set", "reduce_lr_min_lr=1e-7"])
+         "--stream-buffer", "4", "--no-tensorboard", "--precision", "bf16", "--set", "reduce_lr_min_lr=1e-7"])
     assert cli_train.overrides_from_args(args) == {
         "epochs": 3, "learning_rate": 0.01, "stream_buffer_subjects": 4, "tensorboard": False,
-        "mixed_precision": "bf16", "reduce_lr_min_lr": 1e-7}
-    assert set(cli_train.OPTION_FIELDS) & set(vars(args)) >= {"epochs", "crop", "mixed_precision", "deterministic"}
+        "precision": "bf16", "reduce_lr_min_lr": 1e-7}
+    assert set(cli_train.OPTION_FIELDS) & set(vars(args)) >= {"epochs", "crop", "precision", "deterministic"}
+
+
+@pytest.mark.parametrize("old, new", [([], "bf16"), (["bf16"], "bf16"), (["fp16"], "fp16"), (["off"], "fp32"),
+                                      (["fp32"], "fp32")])
+def test_mixed_precision_is_a_deprecated_alias_of_precision(capsys, old, new):
+    """`train --mixed-precision [VALUE]` sets --precision (no value: bf16; off: fp32), warning once."""
+    from clci_keras.cli import train as cli_train
+
+    base = ["--h5", "d.h5", "--split", "s.json", "--out", "r"]
+    parser = _train_parser()
+    args = parser.parse_args([*base, "--mixed-precision", *old])
+    assert args.precision == new and cli_train.overrides_from_args(args)["precision"] == new
+    err = capsys.readouterr().err
+    assert err.count("warning: --mixed-precision is deprecated; use --precision") == 1 and len(err.splitlines()) == 1
+    args = parser.parse_args([*base, "--precision", new])
+    assert args.precision == new and capsys.readouterr().err == ""
+    assert parser.parse_args(base).precision is None  # not given: TrainConfig's fp32
+    help_text = parser.format_help()
+    assert "--precision {fp32,bf16,fp16}" in help_text and "deprecated alias of --precision" in help_text
+
+
+@pytest.mark.parametrize("command", ["train", "predict", "bids"])
+def test_every_command_names_precision_alike(command):
+    """One flag, one vocabulary: --precision on train, predict and bids (fp16 for training only)."""
+    import argparse
+    import importlib
+
+    from clci_keras.precision import INFERENCE_PRECISIONS, PRECISIONS
+
+    parser = argparse.ArgumentParser()
+    importlib.import_module(f"clci_keras.cli.{command}").add_arguments(parser)
+    action = next(a for a in parser._actions if "--precision" in a.option_strings)
+    assert tuple(action.choices) == (PRECISIONS if command == "train" else INFERENCE_PRECISIONS)
 
 
 def test_deprecated_training_load_split_name():

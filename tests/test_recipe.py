@@ -60,10 +60,10 @@ def test_sh_lists_the_steps_in_order_and_the_30_jobs(tmp_path):
     assert 'RUNS="$WORK/runs_dry"' in text and 'TABLES="$WORK/tables_dry"' in text
     assert f"SRC={src}" in text and "timed synth" not in text  # a given release: no synth step
 
-    real = to_sh(Recipe(tmp_path / "work", src=src, train_args=("--mixed-precision",)))
+    real = to_sh(Recipe(tmp_path / "work", src=src, train_args=("--precision", "bf16")))
     assert "--max-steps" not in real and "--max-subjects" not in real and "DRY RUN" not in real
     assert 'RUNS="$WORK/runs"' in real
-    assert "--manifest \"$run/manifest.json\" --mixed-precision" in real
+    assert "--manifest \"$run/manifest.json\" --precision bf16" in real
 
 
 def test_slurm_array_maps_task_ids_to_model_and_fold_and_chains_the_jobs(tmp_path):

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import h5py
 import numpy as np
@@ -215,12 +216,12 @@ def test_cli_train_evaluate_manifest_and_legacy_weights(tiny, tmp_path):
     run = str(tmp_path / "run")
     common = ["--h5", h5, "--split", split, "--crop", CROP]
     assert main(["train", "--model", MODEL, *common, "--out", run, "--manifest", manifest,
-                 "--mixed-precision", "--force-bf16", "--batch-size", "2", "--val-batch-size", "8", "--epochs", "1",
+                 "--precision", "bf16", "--force-bf16", "--batch-size", "2", "--val-batch-size", "8", "--epochs", "1",
                  "--steps-per-epoch", "1", "--train-slices", "lesion+2", "--val-slices", "lesion",
                  "--lr", "1e-3", "--no-tensorboard", "--quiet", "--set", "reduce_lr_min_lr=1e-7"]) == 0
     assert keras.mixed_precision.dtype_policy().name == "float32"  # policy restored
     cfg = json.load(open(os.path.join(run, "config.json")))
-    assert cfg["mixed_precision"] == "bf16" and cfg["batch_size"] == 2 and cfg["model"] == MODEL
+    assert cfg["precision"] == "bf16" and cfg["batch_size"] == 2 and cfg["model"] == MODEL
     assert cfg["reduce_lr_min_lr"] == 1e-7 and cfg["learning_rate"] == 1e-3 and cfg["epochs"] == 1
     res = json.load(open(os.path.join(run, "result.json")))
     assert np.isfinite(res["final"]["loss"]) and res["data"]["synthetic"] is True
@@ -378,34 +379,79 @@ def test_train_refuses_a_split_made_for_another_file(tiny, tmp_path):
     assert not os.path.exists(tmp_path / "run" / "log.csv")  # refused before training
 
 
-def test_cli_bf16_falls_back_to_fp32_on_cpus_that_emulate_it(monkeypatch):
-    """`--mixed-precision bf16` on a CPU without AVX-512 BF16 / AMX (mocked) trains fp32, with a warning."""
-    import argparse
+@pytest.fixture
+def ran_precision(monkeypatch):
+    """The precision train() would run, recorded where it starts on the run folder (nothing trains)."""
+    from clci_keras.training import trainer
 
-    from clci_keras import hardware
-    from clci_keras.cli import train as cli_train
+    seen = []
 
-    calls = {}
-
-    def fake_train(*args, **overrides):
-        calls.update(overrides)
+    def fake_train_in(cfg, run_dir, *args, **kwargs):
+        seen.append(cfg.precision)
         return {"epochs_run": 0, "monitor": "val_loss", "best_value": None, "best_epoch": None,
-                "run_dir": "r", "weights": "w"}
+                "run_dir": run_dir, "weights": "w"}
 
-    monkeypatch.setattr(hardware, "has_native_bf16", lambda flags=None: False)
-    monkeypatch.setattr(hardware, "gpu_info", lambda: [])
-    monkeypatch.setattr("clci_keras.training.train", fake_train)
-    parser = argparse.ArgumentParser()
-    cli_train.add_arguments(parser)
-    base = ["--h5", "d.h5", "--split", "s.json", "--out", "r", "--mixed-precision", "bf16"]
-    with pytest.warns(UserWarning, match="emulated"):
-        assert cli_train.run(parser.parse_args(base)) == 0
-    assert calls["mixed_precision"] == "off"
-    assert cli_train.run(parser.parse_args(base + ["--force-bf16"])) == 0
-    assert calls["mixed_precision"] == "bf16"
-    monkeypatch.setattr(hardware, "has_native_bf16", lambda flags=None: True)
-    assert cli_train.run(parser.parse_args(base)) == 0
-    assert calls["mixed_precision"] == "bf16"
+    monkeypatch.setattr(trainer, "_train_in", fake_train_in)
+    return seen
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_falls_back_alike_from_python_and_the_cli(tiny, tmp_path, monkeypatch, ran_precision, native):
+    """bf16 on a CPU without AVX-512 BF16 / AMX (mocked, no GPU) runs fp32 with a warning: in
+    train() itself, so `clci-keras train --precision bf16` (and its deprecated spelling) and
+    train(precision="bf16") from Python run the same; force_bf16 / --force-bf16 keep bf16."""
+    from clci_keras import precision
+    from clci_keras.cli import main
+    from clci_keras.training import train
+
+    monkeypatch.setattr(precision, "has_native_bf16", lambda flags=None: native)
+    monkeypatch.setattr(precision, "gpu_info", lambda *a, **k: [])
+    h5, split = tiny
+    cli = ["train", "--model", MODEL, "--h5", h5, "--split", split, "--out", str(tmp_path / "r"), "--quiet"]
+    want = "bf16" if native else "fp32"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(MODEL, h5, split, str(tmp_path / "r"), precision="bf16")
+        assert main([*cli, "--precision", "bf16"]) == 0
+        assert main([*cli, "--mixed-precision", "bf16"]) == 0
+        assert main([*cli, "--mixed-precision"]) == 0
+    assert ran_precision == [want] * 4
+    emulated = [w for w in caught if issubclass(w.category, UserWarning) and "emulated" in str(w.message)]
+    assert len(emulated) == (0 if native else 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        train(MODEL, h5, split, str(tmp_path / "r"), precision="bf16", force_bf16=True)
+        assert main([*cli, "--precision", "bf16", "--force-bf16"]) == 0
+        train(MODEL, h5, split, str(tmp_path / "r"), precision="fp16")
+        assert main([*cli, "--mixed-precision", "off"]) == 0
+    assert ran_precision[4:] == ["bf16", "bf16", "fp16", "fp32"]
+
+
+def test_train_mixed_precision_keyword_is_deprecated(tiny, tmp_path, ran_precision):
+    from clci_keras.training import train
+
+    h5, split = tiny
+    for old, new in (("off", "fp32"), ("fp16", "fp16")):
+        with pytest.warns(DeprecationWarning, match=r"mixed_precision=.*deprecated; use precision="):
+            train(MODEL, h5, split, str(tmp_path / "r"), mixed_precision=old)
+        assert ran_precision[-1] == new
+
+
+def test_a_run_folder_with_the_old_precision_spelling_resumes(tiny, tmp_path):
+    """A config.json written before `precision` (``"mixed_precision": "off"``) is the same run:
+    more epochs continue it instead of refusing the folder."""
+    from clci_keras.training import train
+
+    h5, split = tiny
+    run = str(tmp_path / "run")
+    train(MODEL, h5, split, run, **fast(epochs=1))
+    path = os.path.join(run, "config.json")
+    cfg = json.load(open(path))
+    cfg["mixed_precision"] = {"fp32": "off"}[cfg.pop("precision")]
+    json.dump(cfg, open(path, "w"))
+    res = train(MODEL, h5, split, run, **fast(epochs=2))
+    assert res["epochs_run"] == 2 and [r["epoch"] for r in _log(run)] == ["0", "1"]
+    assert json.load(open(path))["precision"] == "fp32" and "mixed_precision" not in json.load(open(path))
 
 
 def test_a_folder_without_a_finished_epoch_restarts_with_new_settings(tiny, tmp_path, capsys):

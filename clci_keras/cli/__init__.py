@@ -230,6 +230,23 @@ class DeprecatedFlag(argparse.Action):
         setattr(namespace, self.dest, True)
 
 
+class DeprecatedOption(argparse.Action):
+    """argparse ``action``: an option with a value kept under an old name (``new=`` names the new one).
+
+    Stores its value into the new option's ``dest``, old spellings of values
+    translated by ``values=`` (``{old: new}``); using it prints one
+    ``warning: OLD is deprecated; use NEW`` line on stderr.
+    """
+
+    def __init__(self, option_strings, dest, new, values=None, **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self.new, self.renamed = new, dict(values or {})
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"warning: {option_string} is deprecated; use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, self.renamed.get(values, values))
+
+
 def error_line(command, exc):
     """The one-line message ``main`` prints for ``exc``: the problem, with the path named."""
     msg = str(exc)

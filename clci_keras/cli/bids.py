@@ -24,7 +24,7 @@ def add_arguments(parser):
     from clci_keras.cli import nonnegative_float, positive_float, positive_int, positive_ints
     from clci_keras.data.intensity import SCHEMES
     from clci_keras.data.regions import ATLASES, DEFAULT_ATLAS
-    from clci_keras.hardware import PRECISIONS
+    from clci_keras.precision import INFERENCE_PRECISIONS
 
     parser.add_argument("bids_dir", metavar="BIDS_DIR", help="the input BIDS dataset (raw T1w images)")
     parser.add_argument("output_dir", metavar="OUTPUT_DIR",
@@ -50,7 +50,7 @@ def add_arguments(parser):
     parser.add_argument("--threshold", type=float, default=0.5, help="mask = probability > THRESHOLD (default 0.5)")
     parser.add_argument("--min-lesion-size", type=nonnegative_float, default=0.0, metavar="MM3",
                         help="drop lesion components smaller than MM3 mm^3 (default 0: off)")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="fp32 (default) or bf16")
+    parser.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="fp32", help="fp32 (default) or bf16")
     parser.add_argument("--batch-size", type=positive_int, default=4, metavar="B", help="slices per model call")
     parser.add_argument("--all-slices", action="store_true", help="compute all 189 axial slices")
     parser.add_argument("--intensity", choices=tuple(s for s in SCHEMES if s != "none"), default=None,

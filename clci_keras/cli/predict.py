@@ -82,7 +82,7 @@ def _add_model_arguments(parser):
     from clci_keras.cli import positive_int
     from clci_keras.data.intensity import SCHEMES
     from clci_keras.data.regions import ATLASES, DEFAULT_ATLAS
-    from clci_keras.hardware import PRECISIONS
+    from clci_keras.precision import INFERENCE_PRECISIONS
 
     parser.add_argument("--no-qc", action="store_true", help="do not write the QC montage PNGs")
     parser.add_argument("--no-lesions", action="store_true",
@@ -100,7 +100,7 @@ def _add_model_arguments(parser):
     )
     parser.add_argument(
         "--precision",
-        choices=PRECISIONS,
+        choices=INFERENCE_PRECISIONS,
         default="fp32",
         help="fp32 (default), or bf16: Keras mixed_bfloat16 policy with batch norm folded, ~1.9x "
         "faster on CPUs with AVX-512 BF16/AMX; masks may differ from fp32 at a few boundary voxels",

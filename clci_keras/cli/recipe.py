@@ -39,7 +39,7 @@ def add_arguments(parser):
                    help=f"validation share of each fold's training subjects (default: {d.val})")
     g.add_argument("--crop", help="crop window of train and evaluate (default: clci = 224x176)")
     g.add_argument("--train-args", default="", metavar="'OPTIONS'",
-                   help="more options of every train command, as one string: --train-args='--mixed-precision'")
+                   help="more options of every train command, as one string: --train-args='--precision bf16'")
     g.add_argument("--evaluate-args", default="", metavar="'OPTIONS'",
                    help="more options of every evaluate command, e.g. --evaluate-args='--batch-size 32'")
     g = p.add_argument_group("dry run (checks that everything runs; numbers mean nothing)")

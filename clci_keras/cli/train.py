@@ -4,7 +4,8 @@ from __future__ import annotations
 import dataclasses
 import sys
 
-from clci_keras.training.config import PRECISIONS, RUN_FIELDS, STRATEGIES, TrainConfig
+from clci_keras.precision import PRECISIONS
+from clci_keras.training.config import RUN_FIELDS, STRATEGIES, TrainConfig
 
 #: The TrainConfig fields that are training options, read from the option of the same ``dest``
 #: where there is one (``--epochs``, ``--lr``, ...; ``--set`` reaches any field): every field but
@@ -14,7 +15,7 @@ OPTION_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name 
 
 
 def add_arguments(parser):
-    from clci_keras.cli import DeprecatedFlag, positive_int
+    from clci_keras.cli import DeprecatedFlag, DeprecatedOption, positive_int
 
     d = TrainConfig()
     p = parser
@@ -59,9 +60,13 @@ def add_arguments(parser):
     g.add_argument("--init-weights", metavar="W", help="start from these weights (any supported format)")
     h = p.add_argument_group("hardware and reproducibility")
     h.add_argument("--strategy", choices=STRATEGIES, help="tf.distribute strategy (default: default)")
-    h.add_argument("--mixed-precision", nargs="?", const="bf16", choices=PRECISIONS,
-                   help="mixed precision: bf16 (default when given) or fp16, or off (fp32, the default); bf16 "
-                   "falls back to fp32 with a warning on CPUs that only emulate it (no AVX-512 BF16 / AMX)")
+    h.add_argument("--precision", choices=PRECISIONS,
+                   help="fp32 (the default), bf16 (mixed, float32 variables) or fp16 (mixed, dynamic "
+                   "loss scaling); bf16 falls back to fp32 with a warning on CPUs that only emulate it "
+                   "(no AVX-512 BF16 / AMX)")
+    h.add_argument("--mixed-precision", dest="precision", nargs="?", const="bf16", action=DeprecatedOption,
+                   new="--precision", values={"off": "fp32"}, choices=(*PRECISIONS, "off"),
+                   help="deprecated alias of --precision (no value: bf16; off: fp32)")
     h.add_argument("--force-bf16", action="store_true",
                    help="run bf16 even on a CPU without native BF16 (emulated, slower)")
     h.add_argument("--jit", action="store_true", default=None, help="XLA-compile the train step")
@@ -116,12 +121,8 @@ def run(args) -> int:
         overrides["manifest"] = None if args.no_manifest else args.manifest
         if args.quiet or not sys.stdout.isatty():  # no progress-bar escapes in log files
             overrides["verbose"] = 2
-        if overrides.get("mixed_precision") == "bf16":  # fp32 where the CPU only emulates bf16
-            from clci_keras.hardware import mixed_precision_value, resolve_precision
-
-            overrides["mixed_precision"] = mixed_precision_value(resolve_precision("bf16", force=args.force_bf16))
         result = train(args.model, args.h5, args.split, args.out, fold=args.fold, config=config,
-                       overwrite=args.overwrite, **overrides)
+                       overwrite=args.overwrite, force_bf16=args.force_bf16, **overrides)
     except (OSError, ValueError) as e:
         return report("train", e)
     print(f"done: {result['epochs_run']} epochs, best {result['monitor']} = {result['best_value']} "

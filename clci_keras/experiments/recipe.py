@@ -102,7 +102,7 @@ class Recipe:
             ``max_subjects`` test patients per fold.
         workers: ``prep --workers``.
         train_args, evaluate_args: further options of every ``train`` /
-            ``evaluate`` command (e.g. ``("--mixed-precision",)``).
+            ``evaluate`` command (e.g. ``("--precision", "bf16")``).
         command: how the scripts call ``clci-keras`` (e.g. ``python3 -m clci_keras``).
     """
 

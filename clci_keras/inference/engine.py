@@ -34,6 +34,7 @@ from clci_keras.inference.predict import (
     segment_image,
 )
 from clci_keras.inference.scaling import resolve_intensity
+from clci_keras.precision import resolve_precision
 
 
 class SegmentationEngine:
@@ -133,8 +134,6 @@ class SegmentationEngine:
         """
         if self.models:
             return self
-        from clci_keras.hardware import resolve_precision
-
         configure_threads(intra_op=self.threads, inter_op=1, warn=self.threads is not None)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", CardWarning)

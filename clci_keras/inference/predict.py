@@ -39,20 +39,17 @@ from clci_keras.data.constants import ATLAS_AFFINE, ATLAS_SHAPE, CROPS, DEFAULT_
 from clci_keras.data.reader import brain_slice_indices
 from clci_keras.data.intensity import SCHEMES, normalize_intensity
 from clci_keras.data.slicing import crop_shape, crop_slices, slices_to_volume, uncrop_slices, volume_to_slices
-from clci_keras.hardware import DTYPE_POLICIES, precision_policy
-from clci_keras.hardware import PRECISIONS as _PRECISION_NAMES
 from clci_keras.inference.io import InputError, describe, validate_volume
 from clci_keras.inference.register import resample
 from clci_keras.models.card import card_path, check_card, read_card
 from clci_keras.models.predictor import predict_slices
 from clci_keras.models.weights import WeightsMismatchError
+from clci_keras.precision import INFERENCE_PRECISIONS, check_precision, precision_policy
 
 #: Largest difference (mm) between an input's affine and :data:`ATLAS_AFFINE` still taken as the ATLAS grid.
 GRID_ATOL = 1e-2
 #: Slices per model call (batch-size sweep: benchmarks/RESULTS.md, "Inference: ``clci-keras predict``").
 DEFAULT_BATCH_SIZE = 4
-#: Precision names of :func:`build_inference_model` -> Keras dtype policies (:mod:`clci_keras.hardware`'s).
-PRECISIONS = {name: DTYPE_POLICIES[name] for name in _PRECISION_NAMES}
 
 
 class GridWarning(UserWarning):
@@ -181,8 +178,7 @@ def build_inference_model(name="clci_net", weights=None, precision="fp32", crop=
     """
     from clci_keras.models import build_model, build_with_weights
 
-    if precision not in PRECISIONS:
-        raise ValueError(f"`precision` must be one of {sorted(PRECISIONS)}, got precision={precision!r}")
+    check_precision(precision, INFERENCE_PRECISIONS)
     card = read_card(weights) if weights is not None else None
     if crop is None:  # the card's crop if predict can paste it back (a named window), else the default
         crop = card["input"]["crop"] if card and card["input"]["crop"] in CROPS else DEFAULT_CROP

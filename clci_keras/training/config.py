@@ -18,10 +18,8 @@ import json
 
 from clci_keras.data.constants import DEFAULT_CROP
 from clci_keras.fileio import atomic_text
-from clci_keras.hardware import MIXED_PRECISIONS
+from clci_keras.precision import check_precision, read_legacy_precision
 
-#: The values of ``mixed_precision``: the precision names of :mod:`clci_keras.hardware` (``off`` is fp32).
-PRECISIONS = MIXED_PRECISIONS
 STRATEGIES = ("default", "mirrored", "multiworker")
 #: The fields that say which run this is: :func:`clci_keras.training.train`'s own arguments
 #: (``clci-keras train --model --h5 --split --out --fold``); every other field is a training option.
@@ -78,8 +76,9 @@ class TrainConfig:
     deterministic: bool = True
     strategy: str = "default"
     devices: list | None = None  # mirrored only; None = all local GPUs (or the CPU)
-    # "off" (fp32), "bf16" or "fp16" (PRECISIONS)
-    mixed_precision: str = "off"
+    # "fp32", "bf16" or "fp16" (clci_keras.precision.PRECISIONS); train() runs bf16 as fp32 on a
+    # CPU that only emulates it (clci_keras.precision.resolve_precision)
+    precision: str = "fp32"
     jit: bool = False
     # logging / outputs
     tensorboard: bool = True
@@ -113,10 +112,7 @@ class TrainConfig:
             raise ValueError(f"unknown loss {self.loss!r}; choose 'dice' or 'bce_dice'")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {self.strategy!r}; choose one of {STRATEGIES}")
-        if self.mixed_precision not in PRECISIONS:
-            raise ValueError(
-                f"unknown mixed_precision {self.mixed_precision!r}; choose one of {PRECISIONS}"
-            )
+        check_precision(self.precision)
         if self.export not in ("best", "last"):
             raise ValueError(f"`export` must be 'best' or 'last', got {self.export!r}")
         if self.bn_momentum is not None and not 0.0 <= self.bn_momentum < 1.0:
@@ -139,6 +135,13 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d):
+        """The config of ``d`` (a ``config.json``'s values).
+
+        Older files' ``mixed_precision`` (``off``, ``bf16``, ``fp16``) is read as ``precision``.
+        """
+        d = dict(d)
+        if "mixed_precision" in d and "precision" not in d:
+            d["precision"] = read_legacy_precision(d.pop("mixed_precision"))
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:

@@ -20,9 +20,10 @@ import math
 import os
 import shutil
 import time
+import warnings
 
 from clci_keras.fileio import exclusive
-from clci_keras.hardware import is_mixed_precision, precision_policy  # precision_policy: public here too
+from clci_keras.precision import check_precision, is_mixed, precision_policy, read_legacy_precision, resolve_precision
 from clci_keras.training import run_folder as rf
 from clci_keras.training.config import TrainConfig
 from clci_keras.training.run_folder import ResumeError  # noqa: F401  (public here since the first release)
@@ -72,11 +73,15 @@ def _float32(fn):
     return wrapped
 
 
-def compile_model(model, loss="dice", learning_rate=1e-4, jit=False, mixed_precision=False,
-                  bn_momentum=None, bn_update=None):
+def compile_model(model, loss="dice", learning_rate=1e-4, jit=False, precision="fp32",
+                  bn_momentum=None, bn_update=None, *, mixed_precision=None):
     """Compile ``model`` as the original code: Adam, the Dice/BCE+Dice loss, Dice metric.
 
-    Under mixed precision the loss and metric are computed in float32.
+    ``precision`` (:data:`clci_keras.precision.PRECISIONS`): under ``bf16`` and
+    ``fp16`` the loss and metric are computed in float32 (the dtype policy itself
+    is set around the model's construction: :func:`clci_keras.precision.precision_policy`).
+    ``mixed_precision=True/False`` (or a bool as ``precision``) is the deprecated
+    spelling of ``precision="bf16"/"fp32"``.
     ``bn_momentum`` (if given) replaces every BatchNormalization's momentum;
     ``bn_update`` (if given: ``"keras2"`` or ``"keras3"``) sets how every
     :class:`clci_keras.models.layers.BatchNormalization` updates its
@@ -96,8 +101,13 @@ def compile_model(model, loss="dice", learning_rate=1e-4, jit=False, mixed_preci
             if bn_update not in ("keras2", "keras3"):
                 raise ValueError(f"`bn_update` must be 'keras2' or 'keras3', got {bn_update!r}")
             layer.moving_update = bn_update
+    if mixed_precision is not None or isinstance(precision, bool):
+        warnings.warn("compile_model(mixed_precision=True/False) is deprecated; use precision='bf16'/'fp32' "
+                      "(or 'fp16')", DeprecationWarning, stacklevel=2)
+        precision = "bf16" if (precision if mixed_precision is None else mixed_precision) is True else "fp32"
+    check_precision(precision)
     loss_fn, metric = get_loss(loss), dice_coef
-    if mixed_precision:
+    if is_mixed(precision):
         loss_fn, metric = _float32(loss_fn), _float32(metric)
     backend = keras.backend.backend()
     model.compile(
@@ -129,7 +139,7 @@ def load_training_split(split_path, fold=None, h5=None):
 # train()
 # ---------------------------------------------------------------------------
 def train(model_name="clci_net", h5_path=None, split_path=None, out_dir=None, fold=None,
-          config=None, callbacks=(), overwrite=False, **overrides):
+          config=None, callbacks=(), overwrite=False, force_bf16=False, **overrides):
     """Train ``model_name`` on the HDF5 file with the split; see the module docstring.
 
     Args:
@@ -141,7 +151,11 @@ def train(model_name="clci_net", h5_path=None, split_path=None, out_dir=None, fo
         config: a :class:`TrainConfig` (the other arguments override it).
         callbacks: extra Keras callbacks (run after the built-in ones).
         overwrite: delete an existing run in ``out_dir`` and start afresh.
-        **overrides: any :class:`TrainConfig` field, e.g. ``epochs=5``.
+        force_bf16: run ``precision="bf16"`` even on a CPU that only emulates bf16; without it
+            such a CPU trains fp32, with a warning (:func:`clci_keras.precision.resolve_precision`;
+            ``clci-keras train --precision bf16`` is this call).
+        **overrides: any :class:`TrainConfig` field, e.g. ``epochs=5``; ``mixed_precision=`` is a
+            deprecated spelling of ``precision=``.
 
     Returns:
         The ``result.json`` dict.
@@ -160,10 +174,16 @@ def train(model_name="clci_net", h5_path=None, split_path=None, out_dir=None, fo
     base = config.to_dict() if config is not None else TrainConfig().to_dict()
     given = dict(model=model_name, h5=h5_path, split=split_path, out_dir=out_dir, fold=fold)
     base.update({k: v for k, v in given.items() if v is not None})
+    if "mixed_precision" in overrides:
+        warnings.warn("train(mixed_precision=...) is deprecated; use precision= ('fp32', 'bf16' or 'fp16')",
+                      DeprecationWarning, stacklevel=2)
+        overrides = dict(overrides)
+        overrides.setdefault("precision", read_legacy_precision(overrides.pop("mixed_precision")))
     base.update(overrides)
     cfg = TrainConfig.from_dict(base)
     cfg.h5, cfg.split, cfg.out_dir = (os.fspath(p) if p else p for p in (cfg.h5, cfg.split, cfg.out_dir))
     cfg.validate()
+    cfg.precision = resolve_precision(cfg.precision, force=force_bf16)  # fp32 where the CPU emulates bf16
     distribution.check_strategy(cfg.strategy)
     if not os.path.isfile(cfg.h5):
         raise FileNotFoundError(f"HDF5 data file not found: {cfg.h5}")
@@ -199,7 +219,7 @@ def _train_in(cfg, run_dir, chief, role, overwrite, callbacks):
             return result
     if chief:
         cfg.save(cfg_path)
-    with precision_policy(cfg.mixed_precision):
+    with precision_policy(cfg.precision):
         return _fit(cfg, run_dir, callbacks, role)
 
 
@@ -438,8 +458,7 @@ def _build_compiled(cfg, input_shape, replicas=None):
                            f"(e.g. {unset[0]}): the seeded draw missed them")
     if replicas is not None:
         model = replicas.prepare(model)
-    compile_model(model, cfg.loss, cfg.learning_rate, cfg.jit, is_mixed_precision(cfg.mixed_precision),
-                  cfg.bn_momentum, cfg.bn_update)
+    compile_model(model, cfg.loss, cfg.learning_rate, cfg.jit, cfg.precision, cfg.bn_momentum, cfg.bn_update)
     return model
 
 
