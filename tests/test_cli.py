@@ -220,6 +220,26 @@ def test_no_manifest_and_its_deprecated_alias(monkeypatch, capsys):
     assert "--no-manifest" in help_text and "deprecated alias of --no-manifest" in help_text
 
 
+def test_add_to_manifest_and_its_deprecated_name(tmp_path):
+    """The manifest's word is "add" (register is the model registry's and MNI152 registration's):
+    ``register_weights`` still works, with a DeprecationWarning naming ``add_to_manifest``."""
+    import warnings
+
+    import clci_keras.training as training
+    from clci_keras.models.manifest import add_to_manifest, read_manifest
+
+    weights, path = tmp_path / "w.h5", tmp_path / "weights" / "manifest.json"
+    weights.write_bytes(b"weights")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert add_to_manifest(path, weights, "a", format="x")["file"] == os.path.abspath(weights)
+    with pytest.warns(DeprecationWarning, match="register_weights is deprecated; use .*add_to_manifest"):
+        assert training.register_weights(path, weights, "b")["name"] == "b"
+    assert [e["name"] for e in read_manifest(path)["weights"]] == ["a", "b"]
+    assert training.add_to_manifest is add_to_manifest
+    assert "add_to_manifest" in training.__all__ and "register_weights" not in training.__all__
+
+
 def _train_parser():
     import argparse
 

@@ -212,7 +212,7 @@ def test_scan_on_another_intensity_scale_is_refused_with_the_fix(weights, tmp_pa
 
 
 def test_intensity_scheme_is_read_from_the_weights_record(tmp_path, monkeypatch):
-    from clci_keras.models.manifest import register_weights
+    from clci_keras.models.manifest import add_to_manifest
 
     monkeypatch.chdir(tmp_path)
     run = tmp_path / "runs" / "m"
@@ -220,8 +220,8 @@ def test_intensity_scheme_is_read_from_the_weights_record(tmp_path, monkeypatch)
     w = run / "m_weights.h5"
     w.write_bytes(b"weights")
     assert resolve_intensity(str(w))[0] == "r1.1" and "assumed" in resolve_intensity(str(w))[1]
-    register_weights(tmp_path / "weights" / "manifest.json", w, "m-run",
-                     training={"data": {"intensity_scheme": "v2"}})
+    add_to_manifest(tmp_path / "weights" / "manifest.json", w, "m-run",
+                    training={"data": {"intensity_scheme": "v2"}})
     assert resolve_intensity(str(w)) == ("v2", f"manifest {tmp_path / 'weights' / 'manifest.json'} entry 'm-run'")
     (run / "result.json").write_text(json.dumps({"weights": "m_weights.h5", "data": {"intensity_scheme": "v2"}}))
     assert resolve_intensity(str(w))[1].startswith("training record")

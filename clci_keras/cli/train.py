@@ -75,9 +75,9 @@ def add_arguments(parser):
                    help="do not enable TensorFlow op determinism")
     o = p.add_argument_group("outputs")
     o.add_argument("--manifest", default="weights/manifest.json",
-                   help="weights manifest to register the result in (default: weights/manifest.json)")
+                   help="weights manifest the result is added to (default: weights/manifest.json)")
     o.add_argument("--no-manifest", dest="no_manifest", action="store_true",
-                   help="do not register the weights in the manifest")
+                   help="do not add the weights to the manifest")
     o.add_argument("--no-register", dest="no_manifest", action=DeprecatedFlag, new="--no-manifest",
                    help="deprecated alias of --no-manifest")
     o.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", default=None)

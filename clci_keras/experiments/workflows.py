@@ -270,7 +270,7 @@ def train_and_evaluate(model_name, h5, split, out_dir, fold=None, part="test", e
     scored in 3D per patient (:func:`clci_keras.evaluation.evaluate_run`:
     ``scores_<part>.csv``, ``summary_<part>.json`` in the run folder). An
     evaluation newer than the weights, with the same slices, is reused. With
-    ``manifest`` the weights are registered there (by ``train``) and the
+    ``manifest`` the weights are added to it (by ``train``) and the
     scores added to their entry.
 
     Args:
@@ -321,11 +321,11 @@ def train_and_evaluate(model_name, h5, split, out_dir, fold=None, part="test", e
         network = _load_network(model_name, crop, weights)
     if summary is None:
         entry = result.get("manifest_entry")
-        registered = _manifest_has(manifest, entry)
+        in_manifest = _manifest_has(manifest, entry)
         summary = evaluate_run(weights, model_name, h5, split, part=part, out_dir=run_dir, fold=fold, crop=crop,
                                slices=slices, progress=progress, model=network,
-                               manifest=manifest if registered else None,
-                               manifest_name=entry if registered else None)
+                               manifest=manifest if in_manifest else None,
+                               manifest_name=entry if in_manifest else None)
     seconds = {"training": t_eval - t, "evaluation": time.time() - t_eval}
     print(f"{model_name} fold {fold}: {result['epochs_run']} epochs, {time.time() - t:.0f} s; {part} "
           + format_summary(summary["scores"]), flush=True)

@@ -1,4 +1,4 @@
-"""``weights/manifest.json``: a registry of trained weight files and their provenance.
+"""``weights/manifest.json``: the list of trained weight files and their provenance.
 
 Layout::
 
@@ -15,14 +15,16 @@ the weights (:mod:`clci_keras.models.card`), which holds the same provenance
 plus the input the weights expect (crop, space, intensity scheme).
 
 ``file`` is relative to the manifest's folder when the weights lie inside it
-(or below), absolute otherwise. Entries are keyed by ``name``; registering an
-existing name replaces it.
+(or below), absolute otherwise. Entries are keyed by ``name``; adding an
+existing name replaces it (:func:`add_to_manifest`; ``register_weights`` is its
+deprecated name: "register" is the model registry's and MNI152 registration's word).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import warnings
 
 from clci_keras.fileio import atomic_text
 
@@ -70,7 +72,7 @@ def _jsonable(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def register_weights(manifest_path, weights_path, name, **fields):
+def add_to_manifest(manifest_path, weights_path, name, **fields):
     """Add (or replace) the entry ``name`` for ``weights_path``; returns the entry."""
     manifest_path = os.fspath(manifest_path)
     base = os.path.dirname(os.path.abspath(manifest_path))
@@ -87,6 +89,13 @@ def register_weights(manifest_path, weights_path, name, **fields):
     data["weights"] = [e for e in data["weights"] if e.get("name") != name] + [entry]
     _write_json(manifest_path, data)
     return entry
+
+
+def register_weights(manifest_path, weights_path, name, **fields):
+    """Deprecated name of :func:`add_to_manifest` (a DeprecationWarning says so)."""
+    warnings.warn("register_weights is deprecated; use clci_keras.models.manifest.add_to_manifest",
+                  DeprecationWarning, stacklevel=2)
+    return add_to_manifest(manifest_path, weights_path, name, **fields)
 
 
 def update_entry(manifest_path, name, **fields):

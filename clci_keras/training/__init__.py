@@ -7,7 +7,7 @@ when first used.
 from clci_keras.training.config import TrainConfig
 
 _TRAINER = ("train", "compile_model", "make_strategy", "set_seed", "load_training_split")
-_MANIFEST = ("read_manifest", "register_weights", "sha256")
+_MANIFEST = ("read_manifest", "add_to_manifest", "sha256")
 #: Old names: ``{old: new}`` (a DeprecationWarning names the new one).
 _DEPRECATED = {"load_split": "load_training_split"}
 
@@ -25,7 +25,7 @@ def __getattr__(name):
         from clci_keras.training import trainer
 
         return getattr(trainer, name)
-    if name in _MANIFEST:
+    if name in _MANIFEST or name == "register_weights":  # register_weights: deprecated, warns when called
         from clci_keras.models import manifest
 
         return getattr(manifest, name)

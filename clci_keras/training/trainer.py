@@ -319,7 +319,7 @@ def _fit(cfg, run_dir, extra_callbacks, role=None):
     weights_path = os.path.join(run_dir, result["weights"])
     result["card"] = os.path.basename(_write_card(cfg, model, weights_path, result))
     if cfg.manifest:
-        result["manifest_entry"] = _register(cfg, model, weights_path, result)
+        result["manifest_entry"] = _add_to_manifest(cfg, model, weights_path, result)
     rf.write_json(os.path.join(run_dir, rf.RESULT_FILE), result, indent=2)
     # The run is complete: the resume point is no longer needed.
     shutil.rmtree(os.path.join(run_dir, rf.BACKUP_DIR), ignore_errors=True)
@@ -593,12 +593,12 @@ def _write_card(cfg, model, weights_path, result):
     return write_card(weights_path, card)
 
 
-def _register(cfg, model, weights_path, result):
+def _add_to_manifest(cfg, model, weights_path, result):
     """Add the exported weights to the manifest ``cfg.manifest``; returns the entry's name."""
     from clci_keras.models.card import card_path
-    from clci_keras.models.manifest import register_weights
+    from clci_keras.models.manifest import add_to_manifest
 
     name = f"{cfg.model}-{os.path.basename(os.path.abspath(cfg.out_dir))}"
-    entry = register_weights(cfg.manifest, weights_path, name, format="keras2_legacy_h5",
-                             card=os.path.basename(card_path(weights_path)), **_provenance(cfg, model, result))
+    entry = add_to_manifest(cfg.manifest, weights_path, name, format="keras2_legacy_h5",
+                            card=os.path.basename(card_path(weights_path)), **_provenance(cfg, model, result))
     return entry["name"]
