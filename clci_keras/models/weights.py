@@ -305,7 +305,7 @@ def build_with_weights(name, weights, input_shape=(224, 176, 1), **options):
     The one "build, then load" of the package (inference, evaluation, the published-weights
     preset and the experiments all use it). ``options`` go to
     :func:`clci_keras.models.build_model`. The current dtype policy applies (wrap the call in
-    :func:`clci_keras.hardware.precision_policy` for bf16).
+    :func:`clci_keras.precision.precision_policy` for bf16).
 
     Raises:
         ValueError: unknown ``name`` (from the registry).
