@@ -23,11 +23,14 @@ Names follow the BIDS derivatives rules (checked against the schema of BIDS 1.11
 from __future__ import annotations
 
 import datetime
+import importlib.metadata as md
 import json
 import os
 
 import numpy as np
 
+from clci_keras.bids.layout import SOURCE_ENTITIES
+from clci_keras.fileio import atomic_text
 from clci_keras.version import __version__
 
 #: Folder of the derivative dataset under OUTPUT_DIR (BIDS Apps: one folder per pipeline).
@@ -67,8 +70,6 @@ def entity_name(entities, suffix, extension):
 
 def source_entities(scan):
     """The entities a derivative keeps from ``scan`` (:data:`clci_keras.bids.layout.SOURCE_ENTITIES`)."""
-    from clci_keras.bids.layout import SOURCE_ENTITIES
-
     return {k: scan.entities[k] for k in SOURCE_ENTITIES if k in scan.entities}
 
 
@@ -166,8 +167,6 @@ def dataset_description(bids_dir, weights=()):
 
 def write_dataset_files(root, bids_dir):
     """Write (or refresh) ``dataset_description.json``, ``descriptions.tsv``, ``.bidsignore``, ``README.md``."""
-    from clci_keras.fileio import atomic_text
-
     files = {
         "dataset_description.json": json.dumps(dataset_description(bids_dir), indent=2) + "\n",
         "descriptions.tsv": "desc_id\tdescription\n" + "".join(f"desc-{k}\t{v}\n" for k, v in DESCRIPTIONS.items()),
@@ -226,8 +225,6 @@ def read_itk_affine(path):
 
 def software_versions():
     """``{package: version}`` of what produced the outputs (clci-keras, Keras and its backend, ...)."""
-    import importlib.metadata as md
-
     out = {"clci-keras": __version__}
     for name in ("keras", "tensorflow", "tensorflow-cpu", "jax", "torch", "numpy", "scipy", "nibabel", "nilearn",
                  "dipy", "pybids"):

@@ -17,16 +17,22 @@ Scans whose outputs are incomplete (a run that stopped midway) are left out and 
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
 import glob
 import json
 import os
 
+import nibabel as nib
 import numpy as np
 
 from clci_keras.bids import derivatives as dv
 from clci_keras.bids.layout import Scan, parse_entities
 from clci_keras.data.constants import ATLAS_AFFINE, ATLAS_SHAPE
+from clci_keras.inference.io import save_atomic
+from clci_keras.inference.lesions import LOAD_COLUMNS, sidecar_bytes, tsv_bytes
+from clci_keras.inference.register import resample, template
+from clci_keras.reports import html as rh
 
 #: Columns of ``group/lesions.tsv`` and their descriptions (``lesions.json``).
 COLUMNS = {
@@ -95,10 +101,6 @@ def finished_scans(root):
 
 def template_space_mask(outs):
     """The scan's lesion mask on the template grid (bool array, 197 x 233 x 189)."""
-    import nibabel as nib
-
-    from clci_keras.inference.register import resample
-
     if outs.template_mask:
         img = nib.load(outs.template_mask)
     else:
@@ -119,12 +121,6 @@ def run_group(output_dir, on_event=None):
     Returns:
         :class:`GroupResult`.
     """
-    import nibabel as nib
-
-    from clci_keras.inference.io import save_atomic
-    from clci_keras.inference.register import template
-    from clci_keras.reports import html as rh
-
     root = os.path.join(os.path.abspath(os.fspath(output_dir)), dv.PIPELINE_NAME)
     if not os.path.isfile(os.path.join(root, "dataset_description.json")):
         raise ValueError(f"{root}: no clci-keras derivative dataset here (run the participant level first)")
@@ -184,8 +180,6 @@ def run_group(output_dir, on_event=None):
 
 def _load_rows(scan, outs):
     """The rows of a scan's lesion-load table, with ``participant_id``, ``session_id`` and ``scan`` first."""
-    import csv
-
     ids = {"participant_id": f"sub-{scan.subject}", "session_id": f"ses-{scan.session}" if scan.session else "n/a",
            "scan": scan.relpath}
     with open(outs.load, newline="", encoding="utf-8") as f:
@@ -194,8 +188,6 @@ def _load_rows(scan, outs):
 
 def _load_files(root, load_rows):
     """``(bytes, path)`` of ``group/lesion_load.tsv`` and its sidecar (the per-scan tables' columns)."""
-    from clci_keras.inference.lesions import LOAD_COLUMNS, sidecar_bytes, tsv_bytes
-
     columns = {"participant_id": ("Participant", "the scan's subject", None),
                "session_id": ("Session", "the scan's session; n/a without sessions", None),
                "scan": ("Scan", "the T1w image, relative to the input dataset", None), **LOAD_COLUMNS}

@@ -13,6 +13,7 @@ import os
 import re
 
 import numpy as np
+from nibabel import orientations as no
 
 from clci_keras.data.constants import ATLAS_AFFINE, ATLAS_SHAPE
 
@@ -191,8 +192,6 @@ def find_scans(bids_dir, participant_labels=None, session_labels=None, refused=N
 
 def on_template_grid(shape, affine):
     """Whether an image lies on the ATLAS / template grid (MNI152 1 mm, 197 x 233 x 189), in any axis order."""
-    from nibabel import orientations as no
-
     shape = tuple(int(s) for s in shape[:3])
     affine = np.asarray(affine, dtype=np.float64)
     ornt = no.io_orientation(affine)

@@ -42,9 +42,11 @@ from __future__ import annotations
 import fnmatch
 import os
 
+import nibabel as nib
 import numpy as np
 
 from clci_keras.bids.layout import SOURCE_ENTITIES, strip_label
+from clci_keras.inference.io import save_atomic
 
 #: The ``label-`` value, suffix and extension of fMRIPrep's documented example name.
 ROI_LABEL = "lesion"
@@ -146,8 +148,6 @@ def ensure_bidsignore(dataset_root, roi_path):
 
     Returns the line added, or ``None``. The file's other lines are kept as they are.
     """
-    from clci_keras.inference.io import save_atomic
-
     ignore = os.path.join(os.fspath(dataset_root), ".bidsignore")
     text = ""
     if os.path.exists(ignore):
@@ -183,10 +183,6 @@ def write_lesion_roi(mask_image, scan, dataset_root, bidsignore=True):
         ValueError: the mask is not 3D binary, or its shape or affine is not the T1w's (naming
             both files).
     """
-    import nibabel as nib
-
-    from clci_keras.inference.io import save_atomic
-
     path = lesion_roi_path(dataset_root, scan)
     there = _existing_roi(path)
     if there is not None:
@@ -229,8 +225,6 @@ def copy_dataset_skeleton(bids_dir, dest):
     ``.bidsignore`` line into the raw dataset (or a full copy of it) and point fMRIPrep there.
     Returns ``dest`` (absolute).
     """
-    from clci_keras.inference.io import save_atomic
-
     src = os.path.join(os.fspath(bids_dir), "dataset_description.json")
     if not os.path.isfile(src):
         raise ValueError(f"{bids_dir}: not a BIDS dataset (no dataset_description.json)")

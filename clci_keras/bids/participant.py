@@ -26,15 +26,26 @@ import json
 import os
 import time
 
+import nibabel as nib
 import numpy as np
 
 from clci_keras.bids import derivatives as dv
 from clci_keras.bids.layout import find_scans, needs_registration, on_template_grid
+from clci_keras.bids.lesion_roi import write_lesion_roi
 from clci_keras.data.constants import ATLAS_AFFINE
+from clci_keras.data.intensity import normalize_intensity, v2_reference
 from clci_keras.data.regions import ATLASES, DEFAULT_ATLAS
-from clci_keras.fileio import WRITE_FAILURES
+from clci_keras.fileio import WRITE_FAILURES, check_writable_folder, exclusive, remove_leftovers_under
+from clci_keras.inference import InputError
+from clci_keras.inference.io import load_image, save_atomic
 from clci_keras.inference.lesions import FLAGS, lesion_files, lesion_report
+from clci_keras.inference.qc import qc_png
+from clci_keras.inference.register import RegistrationUnavailable, template
+from clci_keras.inference.scaling import INTENSITY_RANGE
 from clci_keras.models.card import check_card
+from clci_keras.models.manifest import sha256
+from clci_keras.models.weights import WeightsMismatchError
+from clci_keras.reports import html as rh
 
 #: Largest number of lesion components listed in a report (largest first).
 MAX_COMPONENT_ROWS = 25
@@ -58,8 +69,6 @@ class ParticipantResult:
 
 
 def _template_image(data, dtype, description):
-    import nibabel as nib
-
     img = nib.Nifti1Image(np.asarray(data, dtype=dtype), ATLAS_AFFINE)
     img.set_qform(ATLAS_AFFINE, code=4)  # 4: MNI152
     img.set_sform(ATLAS_AFFINE, code=4)
@@ -71,9 +80,6 @@ def _template_image(data, dtype, description):
 
 def intensity_check(data, scheme, source):
     """The intensity check's figures for the report: the scaled 99.5th percentile and the accepted range."""
-    from clci_keras.data.intensity import normalize_intensity, v2_reference
-    from clci_keras.inference.scaling import INTENSITY_RANGE
-
     ref = float(v2_reference(normalize_intensity(np.asarray(data, np.float32), scheme)))
     lo, hi = INTENSITY_RANGE
     return {"scheme": scheme, "scheme_source": source,
@@ -161,8 +167,6 @@ def run_participant(bids_dir, output_dir, weights, *, participant_labels=None, s
         A failure of one scan is not raised: it is in ``failures`` (a scan its weights' card
         refuses, e.g. a native-space scan left unregistered, included).
     """
-    from clci_keras.fileio import check_writable_folder, exclusive, remove_leftovers_under
-
     start = time.perf_counter()
     weights, bids_dir, output_dir = _check_arguments(weights, threshold, bids_dir, output_dir)
     if atlas not in ATLASES:
@@ -218,8 +222,6 @@ def _check_arguments(weights, threshold, bids_dir, output_dir):
 
 def _run_settings(engine):
     """The run-wide fields of every sidecar (``Precision`` is updated once the networks are built)."""
-    from clci_keras.models.manifest import sha256
-
     opts = engine.options
     return {"Model": engine.model_name,
             "Weights": [{"file": os.path.abspath(w), "sha256": sha256(w)} for w in engine.weights],
@@ -262,9 +264,6 @@ def _process_scans(scans, run):
 
 def _scan_failed(scan, error, run, failures):
     """Record a scan's failure, its message naming the scan; re-raise the run's problems (no dipy, weights)."""
-    from clci_keras.inference.register import RegistrationUnavailable
-    from clci_keras.models.weights import WeightsMismatchError
-
     if isinstance(error, (RegistrationUnavailable, WeightsMismatchError)) or (
             isinstance(error, OSError) and error.errno in WRITE_FAILURES):
         raise error  # the run's problem, not the scan's (a full or read-only disk names the output)
@@ -280,10 +279,6 @@ def _open_scan(scan, run):
     (:class:`clci_keras.models.card.CardMismatchError`, e.g. a native-space scan not registered).
     RegistrationUnavailable: the scan needs registration and dipy is missing (the run's problem).
     """
-    import nibabel as nib
-
-    from clci_keras.inference.io import load_image
-
     try:
         header_img = nib.load(scan.path)
         shape, affine = header_img.shape, header_img.affine
@@ -311,8 +306,6 @@ def _open_scan(scan, run):
 # --------------------------------------------------------------------------
 def _segment_scan(run, job):
     """Segment one scan, publish its images, sidecars and transform, then its report; returns a summary line."""
-    from clci_keras.inference.io import save_atomic
-
     t0 = time.perf_counter()
     seg = _segment(run.engine, job)
     notes = job.notes + [n for n in seg.notes if n not in job.notes]
@@ -342,8 +335,6 @@ def _segment_scan(run, job):
 def _segment(engine, job):
     """Segment one scan with the engine, registered first or not (a
     :class:`~clci_keras.inference.predict.Segmentation`); an InputError is raised again naming the scan's file."""
-    from clci_keras.inference import InputError
-
     path = job.scan.path
     try:
         return engine.segment(job.image, data=job.data, register=job.register_it)
@@ -414,7 +405,6 @@ def _write_lesion_roi(run, job, seg):
     happened, or None."""
     if run.lesion_roi is None:
         return None
-    from clci_keras.bids.lesion_roi import write_lesion_roi
 
     path, written, message = write_lesion_roi(seg.mask, job.scan, run.lesion_roi)
     return f"lesion ROI {path}" if written else message
@@ -422,10 +412,6 @@ def _write_lesion_roi(run, job, seg):
 
 def _write_report(job, seg, common, report):
     """Publish the scan's HTML report (after its images and sidecars: it marks the scan finished)."""
-    from clci_keras.inference.qc import qc_png
-    from clci_keras.inference.register import template
-    from clci_keras.reports import html as rh
-
     scan, outs = job.scan, job.outs
     overlay = qc_png(job.image, job.data, np.asanyarray(seg.mask.dataobj) > 0, lesions=report,
                      title=f"{scan.key}: lesion outline (red) on the scan's grid ({seg.grid})")

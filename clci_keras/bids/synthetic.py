@@ -16,9 +16,12 @@ import json
 import os
 
 import numpy as np
+from nibabel import orientations as no
 
 from clci_keras.data.constants import ATLAS_AFFINE, V2_SPACE
-from clci_keras.data.synthetic import axis_rotation as _rot, save_nifti
+from clci_keras.data.synthetic import axis_rotation as _rot, generate_subject, save_nifti
+from clci_keras.fileio import atomic_path, atomic_text, discard, exclusive, publish, remove_leftovers, temporary
+from clci_keras.inference.register import resample
 
 KINDS = ("mni", "native", "sessions", "broken")
 
@@ -52,8 +55,6 @@ def write_synthetic_bids(out_dir, kinds=KINDS, seed=0):
     complete (an interrupted run leaves nothing); an existing empty one is filled in place.
     One run per folder at a time (:func:`clci_keras.fileio.exclusive`).
     """
-    from clci_keras.fileio import discard, exclusive, publish, remove_leftovers, temporary
-
     out_dir = os.path.normpath(os.fspath(out_dir))
     bad = [k for k in kinds if k not in KINDS]
     if bad:
@@ -77,12 +78,6 @@ def write_synthetic_bids(out_dir, kinds=KINDS, seed=0):
 
 def _write(out_dir, kinds, seed):
     """:func:`write_synthetic_bids` into the folder ``out_dir``."""
-    from nibabel import orientations as no
-
-    from clci_keras.data.synthetic import generate_subject
-    from clci_keras.fileio import atomic_path, atomic_text
-    from clci_keras.inference.register import resample
-
     os.makedirs(out_dir, exist_ok=True)
     with atomic_text(os.path.join(out_dir, "dataset_description.json")) as f:
         json.dump({"Name": "clci-keras synthetic ATLAS-like T1w scans", "BIDSVersion": "1.10.0",

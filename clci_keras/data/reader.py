@@ -48,8 +48,7 @@ from clci_keras.data.constants import ATLAS_SHAPE, CACHED_PIXEL_BYTES, DEFAULT_C
 from clci_keras.data.h5links import check_self_contained
 from clci_keras.data.preprocess import read_subjects, subject_table  # subject_table: re-exported here
 from clci_keras.data.slicing import get_crop
-from clci_keras.data.stream import wrap_around_batches
-from clci_keras.data.stream import StreamingReader
+from clci_keras.data.stream import StreamingReader, wrap_around_batches
 from clci_keras.hardware import memory_total_bytes
 from clci_keras.process import keep_freed_memory  # noqa: F401  (re-exported: training, tests)
 

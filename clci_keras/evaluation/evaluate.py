@@ -34,7 +34,11 @@ import os
 
 import numpy as np
 
+from clci_keras.data import read_subjects
 from clci_keras.data.constants import DEFAULT_CROP
+from clci_keras.data.reader import SliceReader, brain_slice_indices, dataset_info, subject_table
+from clci_keras.data.slicing import crop_shape
+from clci_keras.data.splits import load_split
 from clci_keras.evaluation.metrics import (
     ATLAS2_NAMES,
     COUNT_NAMES,
@@ -44,13 +48,13 @@ from clci_keras.evaluation.metrics import (
     summarize,
 )
 from clci_keras.fileio import atomic_text, exclusive
+from clci_keras.models import build_with_weights
+from clci_keras.models.manifest import update_entry
 
 EVAL_SLICES = ("all", "brain")  # and slabs "A:B"
 
 
 def _subject_meta(h5_path):
-    from clci_keras.data import read_subjects
-
     return {int(s["index"]): s for s in read_subjects(h5_path)}
 
 
@@ -77,8 +81,6 @@ def slab_bounds(slices):
 
 def _eval_slices(count, slices):
     """Local indices of a subject's slices that are predicted (``all``, ``brain`` or ``A:B``)."""
-    from clci_keras.data.reader import brain_slice_indices
-
     check_eval_slices(slices)
     if slices == "all":
         return np.arange(count)
@@ -98,7 +100,6 @@ def predict_subject(model, h5_path, index, crop=DEFAULT_CROP, batch_size=8, slic
     of a multi-class model), 0 for slices skipped by ``slices="brain"`` or a slab;
     ``gt`` uint8 {0, 1}; both in the crop window.
     """
-    from clci_keras.data.reader import SliceReader
     from clci_keras.models.predictor import predict_slices
 
     own = reader is None
@@ -121,8 +122,6 @@ def evaluate_model(model, h5_path, subjects, crop=DEFAULT_CROP, batch_size=8, th
     With ``keep_predictions`` each row also carries ``_prob`` and ``_gt`` arrays
     (used for figures); they are not written to CSV.
     """
-    from clci_keras.data.reader import SliceReader, subject_table
-
     meta = _subject_meta(h5_path)
     table = subject_table(h5_path)
     missing = [s for s in subjects if int(s) not in table]
@@ -235,8 +234,6 @@ def evaluate_run(weights, model_name, h5_path, split_path, part="test", out_dir=
 def _score_and_write(model, model_name, weights, h5_path, subjects, part_subjects, out_dir, suffix, part, fold,
                      crop, batch_size, threshold, slices, progress, max_subjects):
     """Score ``subjects``; write ``scores_<suffix>.csv`` and ``summary_<suffix>.json``; return the summary."""
-    from clci_keras.data.reader import dataset_info
-
     rows = evaluate_model(model, h5_path, subjects, crop, batch_size, threshold, slices, progress)
     write_scores(rows, os.path.join(out_dir, f"scores_{suffix}.csv"))
     summary = {
@@ -266,8 +263,6 @@ def _part_subjects(split_path, fold, h5_path, part, allow_missing, max_subjects)
     """``(subjects to score, how many the part has)``: the first ``max_subjects`` of ``part``'s
     subject indices (all with ``None``); ``ValueError`` for a bad ``part``, an empty part or
     a bad ``max_subjects``."""
-    from clci_keras.data.splits import load_split
-
     split = load_split(split_path, fold=fold, h5=h5_path, parts=(part,), allow_missing=allow_missing)
     if part not in ("train", "val", "test"):
         raise ValueError(f"`part` must be train, val or test, got {part!r}")
@@ -286,8 +281,6 @@ def _scoring_model(model, model_name, weights, crop):
     """``model`` if given, else a ``model_name`` network for ``crop`` with ``weights`` loaded."""
     if model is not None:
         return model
-    from clci_keras.data.slicing import crop_shape
-    from clci_keras.models import build_with_weights
 
     if weights is None:
         raise ValueError("`weights` is required unless a built `model` is given")
@@ -296,8 +289,6 @@ def _scoring_model(model, model_name, weights, crop):
 
 def _record_in_manifest(manifest, name, summary):
     """Store the mean scores of ``summary`` in the ``metrics[part]`` of manifest entry ``name``."""
-    from clci_keras.models.manifest import update_entry
-
     update_entry(manifest, name, metrics={
         summary["part"]: {k: v["mean"] for k, v in summary["scores"].items()} | {"subjects": len(summary["subjects"])}
         | ({"partial": True, "part_subjects": summary["part_subjects"]} if summary["partial"] else {})

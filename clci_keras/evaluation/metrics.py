@@ -50,6 +50,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy import ndimage
+from skimage.measure import label
 
 #: Score names in column order of the per-patient CSV.
 SCORE_NAMES = (
@@ -107,8 +109,6 @@ def lesion_counts(gt, pred, connectivity=None):
         that overlap the prediction), ``fn_lesions`` and ``fp_lesions``
         (predicted components that overlap no GT voxel).
     """
-    from skimage.measure import label
-
     gt = np.asarray(gt, dtype=bool)
     pred = np.asarray(pred, dtype=bool)
     conn = gt.ndim if connectivity is None else connectivity
@@ -226,8 +226,6 @@ def atlas2_scores(gt, pred, threshold=0.5, connectivity=1):
       otherwise an FN; a predicted component touching no ground truth is an FP;
       TP / (TP + (FP + FN) / 2); 1.0 when both masks are empty.
     """
-    from scipy import ndimage
-
     a = binarize(gt, threshold)
     b = binarize(pred, threshold)
     if a.shape != b.shape:

@@ -61,9 +61,18 @@ import math
 import os
 import time
 
+import h5py
 import numpy as np
+from scipy import ndimage
 
+from clci_keras.data import read_subjects
+from clci_keras.data.reader import SliceReader, dataset_info
+from clci_keras.data.slicing import crop_shape
+from clci_keras.data.splits import load_split
+from clci_keras.evaluation.evaluate import predict_subject, write_scores
 from clci_keras.fileio import atomic_text
+from clci_keras.models import build_with_weights
+from clci_keras.models.catalog import get_weights_entry
 
 #: Per-patient scores of the SPiN convention, in CSV order.
 SPIN_SCORE_NAMES = ("dsc", "iou", "precision", "recall", "voe", "rvd")
@@ -122,8 +131,6 @@ def spin_scores(gt, prob, threshold=0.5):
 
 def only_small_lesions(slice_2d, min_size=SMALL_LESION_MIN, max_size=SMALL_LESION_MAX):
     """True if every 8-connected lesion component of ``slice_2d`` is small (their rule, module docstring)."""
-    from scipy import ndimage
-
     fg = np.asarray(slice_2d) != 0
     if not fg.any():
         return False
@@ -162,8 +169,6 @@ def summarize_published(rows):
 
 def write_published_scores(rows, csv_path):
     """Per-patient rows to CSV (NaN as empty), atomically."""
-    from clci_keras.evaluation.evaluate import write_scores
-
     write_scores(rows, csv_path, CSV_COLUMNS)
 
 
@@ -231,11 +236,6 @@ def evaluate_published(preset, weights, h5_path, out_dir, *, allow_missing=False
         ValueError: unknown ``preset``; ``h5_path`` lacks some of the part's ids (unless
             ``allow_missing``) or holds none; neither ``weights`` nor ``model`` given.
     """
-    from clci_keras.data import read_subjects
-    from clci_keras.data.reader import dataset_info
-    from clci_keras.data.splits import load_split
-    from clci_keras.models.catalog import get_weights_entry
-
     entry = get_weights_entry(preset)
     ev = entry["evaluation"]
     part = ev["part"]
@@ -289,8 +289,6 @@ def _published_model(entry, weights, crop, model):
         return model
     if weights is None:
         raise ValueError("`weights` is required unless a built `model` is given")
-    from clci_keras.data.slicing import crop_shape
-    from clci_keras.models import build_with_weights
 
     return build_with_weights(entry["architecture"], weights, input_shape=(*crop_shape(crop), 1))
 
@@ -306,11 +304,6 @@ def _score_patients(model, h5_path, subjects, meta, crop, batch_size, ev, desc=N
         ``(rows, wall seconds, CPU seconds)``: one :data:`CSV_COLUMNS` row per patient,
         its small-lesion scores NaN when it has no small-lesion slice.
     """
-    import h5py
-
-    from clci_keras.data.reader import SliceReader
-    from clci_keras.evaluation.evaluate import predict_subject
-
     bar = None
     if desc is not None:
         from clci_keras.fileio import progress_bar

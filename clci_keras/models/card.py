@@ -31,6 +31,7 @@ from clci_keras.data.constants import ATLAS_AFFINE, ATLAS_SHAPE, CROPS, V2_SPACE
 from clci_keras.data.intensity import SCHEMES
 from clci_keras.data.slicing import get_crop
 from clci_keras.fileio import atomic_text
+from clci_keras.version import __version__
 
 #: Version of the card layout; a card of a newer schema is refused (upgrade clci_keras).
 CARD_SCHEMA = 1
@@ -89,8 +90,6 @@ def crop_name(crop):
 
 def software_versions(backend=None):
     """Python, clci_keras, Keras and backend versions of this process (``backend``: name, if known)."""
-    from clci_keras.version import __version__
-
     out = {"python": platform.python_version(), "clci_keras": __version__}
     try:
         import keras

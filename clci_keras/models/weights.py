@@ -17,16 +17,18 @@ original Keras 2 code can load weights trained here with ``load_weights``.
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
+import warnings
 import zipfile
 
 import h5py
 import numpy as np
 
 from clci_keras.fileio import atomic_path
-
+from clci_keras.models.registry import build_model
 from clci_keras.version import __version__
 
 
@@ -134,9 +136,6 @@ class _QuietKeras:
     LOGGERS = ("absl", "keras", "tensorflow", "h5py")
 
     def __enter__(self):
-        import logging
-        import warnings
-
         self._warn = warnings.catch_warnings(record=True)
         self.caught = self._warn.__enter__()
         warnings.simplefilter("always")
@@ -148,8 +147,6 @@ class _QuietKeras:
         return self
 
     def __exit__(self, *exc):
-        import logging
-
         for name, level in self._levels.items():
             logging.getLogger(name).setLevel(level)
         self._warn.__exit__(*exc)
@@ -313,7 +310,6 @@ def build_with_weights(name, weights, input_shape=(224, 176, 1), **options):
             of :data:`LOAD_ERRORS`); the message names the file and the model. Other exceptions
             are bugs and propagate unchanged.
     """
-    from clci_keras.models.registry import build_model
     from clci_keras.models.seeding import deferred_initializers
 
     if weights is None:

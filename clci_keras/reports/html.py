@@ -18,6 +18,8 @@ import os
 
 import numpy as np
 
+from clci_keras.fileio import atomic_text
+
 _STYLE = """
 body{font-family:sans-serif;margin:1.5em auto;max-width:1100px;color:#222}
 h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ccc;margin-top:1.6em}
@@ -211,8 +213,6 @@ def group_report(*, title, summary, rows, columns, overlap_png, load=(), load_to
 
 def write_html(path, text):
     """Write an HTML page atomically (:func:`clci_keras.fileio.atomic_text`)."""
-    from clci_keras.fileio import atomic_text
-
     path = os.fspath(path)
     with atomic_text(path, newline="\n") as f:
         f.write(text)

@@ -30,10 +30,13 @@ from __future__ import annotations
 
 import csv
 import glob
+import io
 import json
 import math
 import os
 
+from clci_keras.evaluation.evaluate import slab_bounds
+from clci_keras.evaluation.metrics import summarize
 from clci_keras.fileio import atomic_text, exclusive
 from clci_keras.models.paper import METRICS, PAPER, TABLE1, TABLE2  # noqa: F401  (re-exported)
 
@@ -149,8 +152,6 @@ def _isnum(v):
 
 def _measured(info):
     """Means of the paper's columns over the pooled patients (or the summaries)."""
-    from clci_keras.evaluation.metrics import summarize
-
     if info["rows"]:
         s = summarize(info["rows"], names=[c[0] for c in COLUMNS])
         return [s[k]["mean"] for k, _, _ in COLUMNS], len(info["rows"])
@@ -174,7 +175,6 @@ def _data_label(info, n):
         if partial:
             of = sum(d["of"] or 0 for d in partial)
             dry += f"; {sum(d['scored'] for d in partial)} of {of} test patients scored"
-    from clci_keras.evaluation.evaluate import slab_bounds
 
     slabs = sorted({x["slices"] for x in info.get("summaries", []) if slab_bounds(x.get("slices"))})
     if slabs:  # evaluate --slices A:B: the rest of each volume counted as no lesion
@@ -296,8 +296,6 @@ def _atomic_write(path, text):
 
 
 def to_csv_text(rows):
-    import io
-
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(rows[0]))
     w.writeheader()
