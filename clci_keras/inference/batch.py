@@ -9,12 +9,26 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
+import tempfile
 import time
 
 import numpy as np
 
 from clci_keras.fileio import WRITE_FAILURES, check_not_an_input, exclusive
+from clci_keras.inference.io import (
+    MASK_SUFFIX,
+    find_inputs,
+    is_nifti_name,
+    load_image,
+    output_paths,
+    save_atomic,
+    strip_nifti_suffix,
+)
+from clci_keras.inference.lesions import LESIONS_SUFFIX, LOAD_SUFFIX, lesion_files, lesion_report
+from clci_keras.inference.qc import QC_SUFFIX, finished_row, qc_png, read_summary_csv, record_summary, summary_row
+from clci_keras.inference.register import TRANSFORM_SUFFIX
 
 
 @dataclasses.dataclass
@@ -38,8 +52,6 @@ class Job:
 
 def _side_path(mask, suffix):
     """``OUT/NAME_lesion_mask.nii.gz`` -> ``OUT/NAME`` + suffix (other mask names: their stem + suffix)."""
-    from clci_keras.inference.io import MASK_SUFFIX, strip_nifti_suffix
-
     stem = strip_nifti_suffix(mask)
     if stem.endswith(MASK_SUFFIX):
         stem = stem[: -len(MASK_SUFFIX)]
@@ -50,10 +62,6 @@ def add_side_outputs(jobs, transform=False, qc=False, lesions=None):
     """Give each job its transform (``NAME_to_mni152.json``), QC picture (``NAME_qc.png``) and, with
     ``lesions`` (a region atlas name), lesion tables' paths (``NAME_lesions.tsv``, ``NAME_lesion_load.tsv``,
     each with a JSON sidecar: :func:`clci_keras.inference.lesions.lesion_files`)."""
-    from clci_keras.inference.lesions import LESIONS_SUFFIX, LOAD_SUFFIX
-    from clci_keras.inference.qc import QC_SUFFIX
-    from clci_keras.inference.register import TRANSFORM_SUFFIX
-
     for job in jobs:
         job.transform = _side_path(job.mask, TRANSFORM_SUFFIX) if transform else None
         job.qc = _side_path(job.mask, QC_SUFFIX) if qc else None
@@ -71,8 +79,6 @@ def check_output_targets(jobs, overwrite=False):
     (a parent that is a regular file, a read-only folder), found by creating
     a probe file in the nearest existing folder (nothing else is created).
     """
-    import tempfile
-
     problems, checked = [], set()
     for job in jobs:
         for target in job.targets:
@@ -122,8 +128,6 @@ def plan_outputs(inputs, output, prob=False, skipped=None):
     ``skipped``: a list to which ``(path, reason)`` of each NIfTI file found in a folder and not
     taken (a label, another kind of image) is appended. An output that is its input is refused.
     """
-    from clci_keras.inference.io import find_inputs, is_nifti_name, output_paths, strip_nifti_suffix
-
     inputs = [os.fspath(p) for p in inputs]
     output = os.fspath(output)
     if len(inputs) == 1 and os.path.isfile(inputs[0]) and is_nifti_name(output):
@@ -201,7 +205,6 @@ def segment_files(model, jobs, *, overwrite=False, resume=False, on_done=None, o
         clci_keras.fileio.OutputInUseError: another run writes the same summary.
     """
     from clci_keras.inference.engine import SegmentationEngine
-    from clci_keras.inference.qc import read_summary_csv, record_summary
 
     if overwrite and resume:
         raise ValueError("overwrite and resume exclude each other (--overwrite redoes every input)")
@@ -239,8 +242,6 @@ def _run_jobs(engine, jobs, overwrite, resume, on_done, on_failure, on_skip, reg
     inputs the existing summary has rows for; a skipped input without one gets a row
     read from its mask).
     """
-    from clci_keras.inference.qc import finished_row, summary_row
-
     done, failures, skipped, rows = [], [], [], []
     start = time.perf_counter()
     scheme, note = intensity  # the summary's intensity column: failed rows, done rows
@@ -282,12 +283,6 @@ def _run_jobs(engine, jobs, overwrite, resume, on_done, on_failure, on_skip, reg
 
 def _segment_job(engine, job, register, transform):
     """Segment one input with ``engine`` and publish its outputs together; returns the Segmentation."""
-    import json
-
-    from clci_keras.inference.io import load_image, save_atomic
-    from clci_keras.inference.lesions import lesion_files, lesion_report
-    from clci_keras.inference.qc import qc_png
-
     image, data = load_image(job.input)
     seg = engine.segment(image, data=data, register=transform if transform is not None else bool(register),
                          return_probabilities=bool(job.prob or job.lesions))

@@ -11,6 +11,7 @@ mask below a size.
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 from clci_keras.data.slicing import crop_slices, slices_to_volume, uncrop_slices, volume_to_slices
 from clci_keras.models.predictor import predict_slices
@@ -83,8 +84,6 @@ def remove_small_components(mask, min_voxels, connectivity=3):
     :mod:`clci_keras.evaluation.metrics` uses the same). Returns
     ``(mask, n_removed)``.
     """
-    from scipy import ndimage
-
     mask = np.asarray(mask, dtype=bool)
     if not min_voxels or min_voxels <= 1 or not mask.any():
         return mask, 0
@@ -100,8 +99,6 @@ def remove_small_components(mask, min_voxels, connectivity=3):
 
 def count_components(mask, connectivity=3):
     """Number of connected components (26-connectivity by default) of a 3D mask."""
-    from scipy import ndimage
-
     mask = np.asarray(mask, dtype=bool)
     if not mask.any():
         return 0

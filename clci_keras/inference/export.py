@@ -28,6 +28,7 @@ Export is for portability (ONNX Runtime, OpenVINO, TensorFlow Serving), not spee
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib.util
 import logging
 import os
@@ -36,6 +37,9 @@ import time
 import numpy as np
 
 from clci_keras import fileio
+from clci_keras.inference.scaling import weights_intensity
+from clci_keras.models.card import card_path, make_card, software_versions, write_card
+from clci_keras.models.manifest import sha256
 
 #: ``--format`` names -> Keras ``model.export`` formats.
 FORMATS = {"onnx": "onnx", "savedmodel": "tf_saved_model"}
@@ -107,8 +111,6 @@ def export_model(weights, path, *, model=None, fmt="onnx", crop=None, optimize=T
             :class:`clci_keras.fileio.OutputInUseError`: another export writes it.
         ExportUnavailable: (an ``ImportError``) the backend cannot export ``fmt`` or a package is missing.
     """
-    from clci_keras.models.card import card_path
-
     path, weights = os.fspath(path).rstrip("/" + os.sep), os.fspath(weights)
     if not path:
         raise ValueError("the export output path is empty")
@@ -170,8 +172,6 @@ def _write_error(exc, path):
     (``ResourceExhaustedError``, ``UnknownError``... raised by its file writers)
     becomes ``PATH: cannot write it: NAME: first line of its message``.
     """
-    import errno
-
     err = fileio.write_error(exc, path)
     if err is not exc:
         return err
@@ -245,10 +245,6 @@ def _check(net, path, fmt):
 def _write_export_card(weights, settings, info):
     """The weights' card (or one made from what is known) with an ``export`` section, beside the artifact."""
     import keras
-
-    from clci_keras.inference.scaling import weights_intensity
-    from clci_keras.models.card import make_card, software_versions, write_card
-    from clci_keras.models.manifest import sha256
 
     card = settings["cards"].get(weights)
     if card is None:

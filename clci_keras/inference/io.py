@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 
+import nibabel as nib
 import numpy as np
 
 from clci_keras.fileio import discard, publish, temporary, walk, write_error
@@ -87,8 +88,6 @@ def load_image(path):
     naming ``path`` when the file is missing, not NIfTI, truncated or corrupt,
     or when :func:`validate_volume` rejects its data.
     """
-    import nibabel as nib
-
     path = os.fspath(path)
     if not os.path.exists(path):
         raise InputError(f"{path}: file not found")
@@ -203,8 +202,6 @@ def save_atomic(images_and_paths):
     a failure leaves no output (and no temporary file) behind; a full disk is one
     ``OSError`` naming the output that could not be written (``PATH: cannot write it: ...``).
     """
-    import nibabel as nib
-
     done = []
     path = None
     try:

@@ -14,7 +14,12 @@ import csv
 import io
 import os
 
+import nibabel as nib
 import numpy as np
+from nibabel import orientations as no
+from scipy import ndimage
+
+from clci_keras.fileio import atomic_text
 
 #: Columns of the batch summary CSV, in order.
 SUMMARY_COLUMNS = (
@@ -27,8 +32,6 @@ QC_SUFFIX = "_qc.png"
 
 def _ras(data, affine):
     """Data reoriented to the closest RAS axes (display only) and its voxel sizes."""
-    from nibabel import orientations as no
-
     ornt = no.io_orientation(affine)
     out = no.apply_orientation(data, no.ornt_transform(ornt, no.axcodes2ornt("RAS")))
     zooms = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
@@ -89,8 +92,6 @@ MAX_NUMBERED = 25
 
 def _numbered_components(mask):
     """26-connected components of ``mask`` numbered 1 = largest, as the per-lesion table numbers them."""
-    from scipy import ndimage
-
     labels, n = ndimage.label(np.asarray(mask) > 0, structure=np.ones((3, 3, 3), bool))
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
     order = sorted(range(1, n + 1), key=lambda c: -sizes[c])  # stable: ties keep label order
@@ -136,8 +137,6 @@ def summary_row(input_path, mask_path=None, seg=None, status="ok", message="", i
 def finished_row(input_path, mask_path, message="finished by an earlier run"):
     """A summary row for an input whose mask an earlier run wrote but whose row it did not
     record (killed in between): the lesion volume and components are read from the mask."""
-    import nibabel as nib
-
     mask = nib.load(os.fspath(mask_path))
     ml, n = lesion_stats(np.asanyarray(mask.dataobj), mask.affine)
     row = summary_row(input_path, message=message)
@@ -176,8 +175,6 @@ def merge_summary_rows(old, new):
 
 def write_summary_csv(rows, path):
     """Write the rows (dicts of :data:`SUMMARY_COLUMNS`) to ``path`` atomically."""
-    from clci_keras.fileio import atomic_text
-
     path = os.fspath(path)
     with atomic_text(path, newline="") as f:
         w = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS)

@@ -35,11 +35,14 @@ import functools
 import json
 import os
 import time
+import warnings
 
 import numpy as np
+from scipy import ndimage
 
 from clci_keras.data.constants import ATLAS_AFFINE, ATLAS_SHAPE
-from clci_keras.inference.io import InputError, describe
+from clci_keras.fileio import atomic_text
+from clci_keras.inference.io import InputError, describe, strip_nifti_suffix, validate_volume
 
 #: Working resolution (mm) of the registration; both images are resampled to it first.
 DEFAULT_RESOLUTION = 3.0
@@ -101,8 +104,6 @@ def resample(data, src_affine, dst_affine, dst_shape, order=1):
     on another grid to the ATLAS grid and of the mask back. ``order``: spline
     order (1 linear, 0 nearest neighbour); float32 result.
     """
-    from scipy import ndimage
-
     m = np.linalg.solve(np.asarray(src_affine, np.float64), np.asarray(dst_affine, np.float64))
     return ndimage.affine_transform(
         np.asarray(data, dtype=np.float32), m[:3, :3], offset=m[:3, 3], output_shape=tuple(int(s) for s in dst_shape),
@@ -112,8 +113,6 @@ def resample(data, src_affine, dst_affine, dst_shape, order=1):
 
 def downsample(data, affine, mm):
     """Smooth and resample a volume to voxels of about ``mm`` (never finer than it is): ``(data, affine)``."""
-    from scipy import ndimage
-
     affine = np.asarray(affine, np.float64)
     zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     step_wanted = np.maximum(mm / zooms, 1.0)
@@ -205,8 +204,6 @@ class Registration:
 
     def save(self, path):
         """Write the transform as JSON (temporary file, then rename)."""
-        from clci_keras.fileio import atomic_text
-
         path = os.fspath(path)
         with atomic_text(path) as f:
             json.dump(self.to_dict(), f, indent=2)
@@ -231,8 +228,6 @@ class Registration:
 
 def transform_path(mask_path):
     """The transform's file name beside a mask: ``X_lesion_mask.nii.gz`` -> ``X_lesion_mask_to_mni152.json``."""
-    from clci_keras.inference.io import strip_nifti_suffix
-
     return strip_nifti_suffix(os.fspath(mask_path)) + TRANSFORM_SUFFIX
 
 
@@ -271,7 +266,6 @@ def register_to_mni(
             similarity below ``min_similarity``); the message names the file.
     """
     imaffine, transforms = require_dipy()
-    from clci_keras.inference.io import validate_volume
 
     name = describe(image)
     start = time.perf_counter()
@@ -331,8 +325,6 @@ def _optimise(imaffine, transforms, reg, similarity, static, static_affine, movi
         similar to the template (similarity ``-inf`` mapped to 0), the name of its stage,
         and the similarity of the scan placed by its header alone.
     """
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # dipy's convergence chatter
         com = imaffine.transform_centers_of_mass(static, static_affine, moving, moving_affine).affine

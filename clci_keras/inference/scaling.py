@@ -22,7 +22,9 @@ from __future__ import annotations
 import json
 import os
 
+from clci_keras.data.intensity import v2_reference
 from clci_keras.inference.io import InputError
+from clci_keras.models.catalog import CATALOG
 
 #: Accepted range of the 99.5th percentile of the non-zero voxels after scaling
 #: (ATLAS R1.1 / 100 and the v2 scheme put it near 1).
@@ -94,7 +96,6 @@ def weights_intensity(weights):
             if same and scheme:
                 return scheme, f"manifest {manifest} entry {e.get('name')!r}"
     # 3. the catalogue of published weights
-    from clci_keras.models.catalog import CATALOG
 
     for name, e in CATALOG.items():
         if e.get("file") == base and _scheme_of_text(e.get("intensity", "")):
@@ -133,8 +134,6 @@ def check_intensity(scaled, scheme, name, bounds=INTENSITY_RANGE):
     ``scaled`` is the volume after the scheme's scaling. The v2 scheme scales
     each scan by that percentile itself, so it always passes.
     """
-    from clci_keras.data.intensity import v2_reference
-
     if scheme not in ("r1.1",):
         return None
     ref = v2_reference(scaled)
