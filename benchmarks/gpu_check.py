@@ -372,7 +372,8 @@ class Runner:
             return out
         mask = os.path.join(a.work, "runs", tag, "predict", f"{data['test_id']}_mask.nii.gz")
         cmd = self.cli + ["predict", data["test_t1"], "-o", mask, "--weights", weights, "--model", a.model,
-                          "--precision", precision, "--no-qc", "--overwrite", "--quiet"]
+                          "--precision", precision, "--no-qc", "--no-lesions", "--overwrite", "--quiet"]
+        # the segmentation's time: no QC picture, no lesion tables (their atlases load on the CPU)
         if a.predict_batch:
             cmd += ["--batch-size", str(a.predict_batch)]
         rc, out["predict_s"] = self.call(f"{tag}_predict", cmd, backend)
