@@ -54,7 +54,7 @@ class ResumePoint(keras.callbacks.Callback):
         self.tracked = list(tracked)
 
     def on_train_begin(self, logs=None):
-        epoch, folder = rf.resume_point(self.run_dir)
+        _, folder = rf.resume_point(self.run_dir)  # its epoch: fit(initial_epoch=...)
         if folder is None:
             return
         model = self.model
@@ -77,7 +77,6 @@ class ResumePoint(keras.callbacks.Callback):
             if key in gens:
                 gens[key].state.assign(np.asarray(value, dtype=gens[key].state.dtype))
         set_debias_steps(model, state.get("bn_debias_steps", {}))
-        model._initial_epoch = epoch  # as BackupAndRestore does: fit() starts at this epoch
 
     def on_epoch_end(self, epoch, logs=None):
         state = {"epoch": epoch + 1}

@@ -91,10 +91,10 @@ def compile_model(model, loss="dice", learning_rate=1e-4, jit=False, precision="
     """
     import keras
 
-    from clci_keras.models.layers import BatchNormalization as Keras2BN
+    from clci_keras.models.layers import BatchNormalization as Keras2BN, all_layers
     from clci_keras.models.losses import dice_coef, get_loss
 
-    for layer in model._flatten_layers(include_self=False):
+    for layer in all_layers(model):
         if bn_momentum is not None and isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = float(bn_momentum)
         if bn_update is not None and isinstance(layer, Keras2BN):
@@ -348,6 +348,7 @@ def _run_fit(cfg, run_dir, model, data, extra_callbacks):
         steps_per_epoch=steps,
         validation_data=data["val_ds"],
         validation_steps=val_steps,
+        initial_epoch=data["first_epoch"],  # the resume point's epochs done (callbacks.ResumePoint restores it)
         callbacks=cbs,
         shuffle=False,  # the batches are already in their per-epoch order
         verbose=fit_verbosity(cfg.verbose),
@@ -434,7 +435,7 @@ def _make_data(cfg, run_dir, split, shard=None):
     val_steps = math.ceil(val_idx.size / cfg.val_batch_size) if val_ds is not None else None
     return dict(reader=reader, train_idx=train_idx, val_idx=val_idx, train_subjects=list(split["train"]),
                 val_subjects=val_subjects, monitor=monitor, steps=steps, val_steps=val_steps,
-                train_ds=train_ds, val_ds=val_ds, input_plan=plan)
+                train_ds=train_ds, val_ds=val_ds, input_plan=plan, first_epoch=first_epoch)
 
 
 def _build_compiled(cfg, input_shape, replicas=None):
