@@ -10,8 +10,11 @@ import os
 
 import numpy as np
 
+from clci_keras.data import crop_shape, dataset_info, load_split, read_subjects, select_slices
 from clci_keras.data.constants import DEFAULT_CROP
+from clci_keras.evaluation import evaluate_model, predict_subject, summarize
 from clci_keras.fileio import atomic_text
+from clci_keras.models import build_with_weights
 
 #: Lesion-size classes in ml: small below 5, medium, large from 30 (our choice;
 #: the paper does not analyse lesion size).
@@ -39,8 +42,6 @@ def data_label(quick=False, synthetic=False):
 
 def is_synthetic(h5):
     """Whether the HDF5 file holds synthetic data (its attributes)."""
-    from clci_keras.data import dataset_info
-
     return bool(dataset_info(h5)["synthetic"])
 
 
@@ -59,8 +60,6 @@ def describe_data(h5, tables_dir=None, size_bins_ml=SIZE_BINS_ML, crop=DEFAULT_C
         ``(subjects DataFrame, summary dict)``.
     """
     import pandas as pd
-
-    from clci_keras.data import dataset_info, read_subjects, select_slices
 
     info = dataset_info(h5)
     subjects = pd.DataFrame(read_subjects(h5))
@@ -114,8 +113,6 @@ def score_summary(scores, label=""):
     """Mean, std and n of every score over the rows of ``scores`` (each patient once), marked ``label``."""
     import pandas as pd
 
-    from clci_keras.evaluation import summarize
-
     table = pd.DataFrame(summarize(scores.to_dict("records"))).T[["mean", "std", "n"]]
     table.insert(0, "data", label or "ATLAS")
     return table
@@ -140,8 +137,6 @@ def find_runs(runs_dir, models, fold=None):
 
 def split_subjects(split_path, part="test", fold=None):
     """Subject indices of ``part`` of ``fold`` of a split file."""
-    from clci_keras.data import load_split
-
     split = load_split(split_path)
     p = split["folds"][fold] if ("folds" in split and fold is not None) else split
     return [int(s) for s in p[part]]
@@ -198,9 +193,6 @@ class Methods:
 
     def network(self, label):
         """The network of ``label`` with its weights loaded."""
-        from clci_keras.data import crop_shape
-        from clci_keras.models import build_with_weights
-
         name, path = self.methods[label]
         if self._net is None or self._net[:2] != (name, path):
             self._net = None  # one network in memory at a time
@@ -223,9 +215,6 @@ class Methods:
         it is empty and :meth:`patient` predicts again.
         """
         import pandas as pd
-
-        from clci_keras.data import crop_shape
-        from clci_keras.evaluation import evaluate_model
 
         if keep_predictions == "auto":
             h, w = crop_shape(self.crop)
@@ -259,8 +248,6 @@ class Methods:
 
     def predict(self, h5, subject, eval_slices="all"):
         """``{label: probability}`` and the ground truth of one patient, every method."""
-        from clci_keras.evaluation import predict_subject
-
         probs, gt = {}, None
         for label in self.methods:
             probs[label], gt = predict_subject(self.network(label), h5, subject, crop=self.crop, slices=eval_slices)

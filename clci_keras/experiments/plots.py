@@ -8,9 +8,12 @@ import os
 
 import numpy as np
 
+from clci_keras.data import SliceReader, get_crop, load_subject_slices
 from clci_keras.data.constants import DEFAULT_CROP
 from clci_keras.experiments.analysis import SIZE_BINS_ML
 from clci_keras.fileio import atomic_path
+from clci_keras.reports import TABLE1, TABLE2, collect_runs
+from clci_keras.reports.figures import overlay_figure, pick_slices
 
 
 def _save(fig, png, dpi=110):
@@ -51,8 +54,6 @@ def example_slices(h5, subjects, png, n=4, crop=DEFAULT_CROP, title=""):
     """
     import matplotlib.pyplot as plt
 
-    from clci_keras.data import get_crop, load_subject_slices
-
     order = subjects.sort_values("lesion_ml")["index"].to_numpy()
     picks = order[np.unique(np.linspace(0, len(order) - 1, min(n, len(order))).round().astype(int))]
     rows, cols = get_crop(crop)
@@ -78,8 +79,6 @@ def example_slices(h5, subjects, png, n=4, crop=DEFAULT_CROP, title=""):
 def table_dice(runs_dir, models, table, png, part="test", title=""):
     """Per-patient Dice of each model's runs (pooled over folds) with the paper's mean beside (red star)."""
     import matplotlib.pyplot as plt
-
-    from clci_keras.reports import TABLE1, TABLE2, collect_runs
 
     entries = {1: TABLE1, 2: TABLE2}[int(table)]
     runs = collect_runs(runs_dir, part=part)
@@ -131,9 +130,6 @@ def patient_overlay(h5, subject, crop, predictions, gt, png, texts=None, slices=
     ``predictions``: ``{row label: (S, H, W) probabilities}`` in the ``crop``
     window; ``slices`` default: picked around the lesion and every prediction.
     """
-    from clci_keras.data import SliceReader
-    from clci_keras.reports.figures import overlay_figure, pick_slices
-
     with SliceReader(h5, crop) as reader:
         x, _ = reader.read_subject(int(subject))
     preds = {label: np.asarray(p, np.float32) for label, p in predictions.items()}
@@ -149,9 +145,7 @@ def network_overlay(network, h5, subject, crop, png, label="prediction", text=No
     Only the drawn slices are predicted (:func:`clci_keras.models.predict_slices`),
     so a figure costs one batch, not a whole patient.
     """
-    from clci_keras.data import load_subject_slices
-    from clci_keras.models import predict_slices
-    from clci_keras.reports.figures import overlay_figure, pick_slices
+    from clci_keras.models import predict_slices  # Keras
 
     x, gt = load_subject_slices(h5, int(subject), crop=crop, channel_axis=False)
     z = pick_slices(gt, n)

@@ -23,6 +23,10 @@ import copy
 import dataclasses
 import inspect
 
+import clci_keras.training.config as train_config  # read at run time: a changed default reaches the settings
+from clci_keras.data.splits import make_kfold_splits
+from clci_keras.evaluation.evaluate import evaluate_run
+
 #: 48 x 32 window of the slices used by QUICK runs (rows, columns of the 233 x 197
 #: slice): the left hemisphere around the middle-cerebral-artery territory, where the
 #: lesions of the QUICK synthetic subjects lie (the whole lesion of fold 0's training
@@ -82,11 +86,7 @@ def protocol_defaults():
     :data:`WORKFLOW_DEFAULTS`. The TrainConfig field ``split`` (a path) is
     replaced by the workflow's ``split`` (``"kfold"``).
     """
-    from clci_keras.data.splits import make_kfold_splits
-    from clci_keras.evaluation.evaluate import evaluate_run
-    from clci_keras.training.config import TrainConfig
-
-    out = dataclasses.asdict(TrainConfig())
+    out = dataclasses.asdict(train_config.TrainConfig())
     out["eval_slices"] = inspect.signature(evaluate_run).parameters["slices"].default
     out["k"] = inspect.signature(make_kfold_splits).parameters["k"].default
     out.update(WORKFLOW_DEFAULTS)
@@ -141,9 +141,7 @@ def train_options(settings, **extra):
     ``h5``, ``split``, ``out_dir`` and ``fold`` are left out (the workflow
     passes them), ``extra`` is added last.
     """
-    from clci_keras.training.config import RUN_FIELDS, TrainConfig
-
-    fields = {f.name for f in dataclasses.fields(TrainConfig)} - set(RUN_FIELDS)
+    fields = {f.name for f in dataclasses.fields(train_config.TrainConfig)} - set(train_config.RUN_FIELDS)
     out = {str(k).lower(): v for k, v in settings.items() if str(k).lower() in fields}
     out.update(extra)
     return out

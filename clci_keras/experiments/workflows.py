@@ -17,13 +17,28 @@ TensorFlow is imported only when a function that trains or predicts runs.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import time
 
-#: The models of the paper's Table 1 and Table 2, in table order (defined in
-#: :mod:`clci_keras.models.paper`, with the tables).
-from clci_keras.models.paper import TABLE1_MODELS, TABLE2_MODELS
+import h5py
+import numpy as np
+
+from clci_keras.data import (
+    crop_shape,
+    generate_dataset,
+    load_split,
+    make_holdout_split,
+    make_kfold_splits,
+    prepare_h5,
+    read_subjects,
+    save_split,
+)
+from clci_keras.evaluation.evaluate import evaluate_run, format_summary
+from clci_keras.models import build_with_weights
+from clci_keras.models.paper import TABLE1_MODELS, TABLE2_MODELS  # the paper's Table 1 and 2 models, in table order
+from clci_keras.training import read_manifest, train
 
 
 def _say(log, text):
@@ -36,8 +51,6 @@ def _say(log, text):
 # ---------------------------------------------------------------------------
 def mark_synthetic(h5_path, description="synthetic ATLAS R1.1-like data (clci_keras.data.synthetic)"):
     """Mark an HDF5 file as synthetic: tables, manifests and figures then say so."""
-    import h5py
-
     with h5py.File(h5_path, "r+") as f:
         f.attrs["synthetic"] = True
         f.attrs["description"] = description
@@ -93,8 +106,6 @@ def prepare_data(data, out_dir, n_subjects=16, seed=0, layout="auto", synthetic_
     Raises:
         FileNotFoundError: ``data`` is neither ``"synthetic"``, a file nor a folder.
     """
-    from clci_keras.data import generate_dataset, prepare_h5
-
     data = os.fspath(data)
     seconds = {}
     t = time.perf_counter()
@@ -140,8 +151,6 @@ def make_split(h5, split="kfold", out_dir=".", k=5, folds="all", val_fraction=0.
         The split file's absolute path and the folds to run (``[None]`` for a
         hold-out or single-fold split).
     """
-    from clci_keras.data import load_split, make_holdout_split, make_kfold_splits, read_subjects, save_split
-
     ids = [s["subject_id"] for s in read_subjects(h5)]
     if split == "kfold":
         path = path or os.path.join(out_dir, f"split_kfold{int(k)}.json")
@@ -183,7 +192,6 @@ def _build_before_first_step():
     docstrings").
     """
     import keras
-    import numpy as np
 
     from clci_keras.models import keras_private
 
@@ -245,16 +253,11 @@ def _use_eager(eager, options):
 def _manifest_has(manifest, name):
     if not manifest or not name or not os.path.exists(manifest):
         return False
-    from clci_keras.training import read_manifest
 
     return any(e.get("name") == name for e in read_manifest(manifest)["weights"])
 
 
 def _evaluation_default_slices():
-    import inspect
-
-    from clci_keras.evaluation.evaluate import evaluate_run
-
     return inspect.signature(evaluate_run).parameters["slices"].default
 
 
@@ -301,8 +304,6 @@ def train_and_evaluate(model_name, h5, split, out_dir, fold=None, part="test", e
         summary, ``network`` the Keras model if ``keep_model`` (or given) else
         ``None``, ``seconds`` the wall time of ``training`` and ``evaluation``.
     """
-    from clci_keras.evaluation.evaluate import evaluate_run, format_summary
-
     t = time.time()
     result = _train(model_name, h5, split, out_dir, fold, manifest, eager, train_options)
     t_eval = time.time()
@@ -336,8 +337,6 @@ def train_and_evaluate(model_name, h5, split, out_dir, fold=None, part="test", e
 def _train(model_name, h5, split, out_dir, fold, manifest, eager, train_options):
     """:func:`clci_keras.training.train` with ``train_options``, the step callback that
     ``eager`` selects (:func:`_use_eager`) added after their ``callbacks``; returns its result."""
-    from clci_keras.training import train
-
     options = dict(train_options)
     callbacks = list(options.pop("callbacks", ()))
     callbacks.append(_train_eagerly() if _use_eager(eager, options) else _build_before_first_step())
@@ -359,9 +358,6 @@ def _earlier_evaluation(run_dir, weights, part, slices, fold):
 
 def _load_network(model_name, crop, weights):
     """A fresh ``model_name`` network for ``crop`` with ``weights`` loaded."""
-    from clci_keras.data import crop_shape
-    from clci_keras.models import build_with_weights
-
     return build_with_weights(model_name, weights, input_shape=(*crop_shape(crop), 1))
 
 
