@@ -19,13 +19,17 @@ from __future__ import annotations
 import os
 import sys
 
+from clci_keras.bids.group import run_group
+from clci_keras.bids.layout import BidsUnavailable
+from clci_keras.bids.participant import run_participant
+from clci_keras.cli import nonnegative_float, positive_float, positive_int, positive_ints, report
+from clci_keras.data.intensity import SCHEMES
+from clci_keras.data.regions import ATLASES, DEFAULT_ATLAS
+from clci_keras.inference.register import RegistrationUnavailable
+from clci_keras.precision import INFERENCE_PRECISIONS
+
 
 def add_arguments(parser):
-    from clci_keras.cli import nonnegative_float, positive_float, positive_int, positive_ints
-    from clci_keras.data.intensity import SCHEMES
-    from clci_keras.data.regions import ATLASES, DEFAULT_ATLAS
-    from clci_keras.precision import INFERENCE_PRECISIONS
-
     parser.add_argument("bids_dir", metavar="BIDS_DIR", help="the input BIDS dataset (raw T1w images)")
     parser.add_argument("output_dir", metavar="OUTPUT_DIR",
                         help="output folder; the derivative dataset is OUTPUT_DIR/clci_keras")
@@ -70,10 +74,6 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from clci_keras.bids.layout import BidsUnavailable
-    from clci_keras.cli import report
-    from clci_keras.inference.register import RegistrationUnavailable
-
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         return _group(args) if args.analysis_level == "group" else _participant(args)
@@ -86,8 +86,6 @@ def _say(args):
 
 
 def _participant(args) -> int:
-    from clci_keras.bids.participant import run_participant
-
     if not args.weights:
         raise ValueError("the participant level needs --weights W (several for an ensemble)")
     if not 0.0 <= args.threshold < 1.0:
@@ -122,8 +120,6 @@ def _participant(args) -> int:
 
 
 def _group(args) -> int:
-    from clci_keras.bids.group import run_group
-
     say = _say(args)
     result = run_group(args.output_dir, on_event=lambda kind, path, text: print(f"warning: {text}", file=sys.stderr))
     say(f"group: {len(result.rows)} scan(s); table {result.table}; overlap map {result.overlap}; page {result.page}")

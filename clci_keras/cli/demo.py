@@ -9,12 +9,11 @@ from __future__ import annotations
 import os
 
 from clci_keras.cli import eval_slices_arg
+from clci_keras.experiments import DEMO_DEFAULTS, run_demo
 
 
 def add_arguments(parser):
-    from clci_keras.experiments import DEMO_DEFAULTS as d
-
-    p = parser
+    p, d = parser, DEMO_DEFAULTS
     p.add_argument("--out", default="clci_demo", metavar="DIR", help="output folder (default: ./clci_demo)")
     p.add_argument("--subjects", type=int, default=d["subjects"], help=f"synthetic subjects (default: {d['subjects']})")
     p.add_argument("--seed", type=int, default=d["seed"], help=f"data, split and training seed (default: {d['seed']})")
@@ -39,8 +38,6 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from clci_keras.experiments import run_demo
-
     try:
         s = run_demo(args.out, subjects=args.subjects, seed=args.seed, epochs=args.epochs,
                      steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,

@@ -2,9 +2,12 @@
 or of published weights with their publishers' protocol (``--preset``)."""
 from __future__ import annotations
 
+import os
 import sys
 
-from clci_keras.cli import eval_slices_arg, positive_int
+from clci_keras.cli import eval_slices_arg, positive_int, report
+from clci_keras.evaluation.published import evaluate_published
+from clci_keras.fileio import check_writable_folder
 
 
 # Options a preset fixes; their defaults without a preset.
@@ -45,10 +48,6 @@ def add_arguments(parser):
 
 
 def _run_preset(args):
-    import os
-
-    from clci_keras.evaluation.published import evaluate_published
-
     given = [f"--{k}" for k in PRESET_FIXED if getattr(args, k) is not None]
     if given:
         raise ValueError(f"--preset {args.preset} fixes {', '.join(given)}; leave them out")
@@ -77,11 +76,6 @@ def _run_preset(args):
 
 
 def run(args) -> int:
-    import os
-
-    from clci_keras.cli import report
-    from clci_keras.fileio import check_writable_folder
-
     try:
         out = args.out or os.path.dirname(os.path.abspath(args.weights))
         check_writable_folder(out, what="output folder" if args.out else "output folder (the weights' folder; "

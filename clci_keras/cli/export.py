@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import os
 
+from clci_keras.cli import report
+from clci_keras.inference.export import ExportUnavailable, export_model
+
 
 def add_arguments(parser):
     parser.add_argument("--weights", required=True, metavar="W", help="trained weights (.h5, .weights.h5, .keras)")
@@ -33,9 +36,6 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from clci_keras.cli import report
-    from clci_keras.inference.export import ExportUnavailable, export_model
-
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         info = export_model(args.weights, args.output, model=args.model, fmt=args.format, crop=args.crop,

@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import sys
 
+from clci_keras.cli import positive_float, positive_ints, report
+from clci_keras.data.regions import DEFAULT_ATLAS
+from clci_keras.inference.lesions import report_masks
+from clci_keras.inference.register import RegistrationUnavailable
+
 
 def add_arguments(parser):
-    from clci_keras.cli import positive_float, positive_ints
-
     parser.add_argument("masks", nargs="+", metavar="MASK", help="binary lesion masks (.nii, .nii.gz; 0 and 1)")
     parser.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--t1", nargs="+", default=None, metavar="T1",
@@ -42,11 +45,6 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from clci_keras.cli import report
-    from clci_keras.data.regions import DEFAULT_ATLAS
-    from clci_keras.inference.lesions import report_masks
-    from clci_keras.inference.register import RegistrationUnavailable
-
     options = {k: v for k, v in (("resolution", args.reg_resolution), ("iterations", args.reg_iterations))
                if v is not None}
     try:

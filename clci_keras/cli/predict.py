@@ -30,10 +30,21 @@ from __future__ import annotations
 import os
 import sys
 
+import numpy as np
+
+from clci_keras.cli import nonnegative_float, positive_float, positive_int, positive_ints
+from clci_keras.data.intensity import SCHEMES
+from clci_keras.data.regions import ATLASES, DEFAULT_ATLAS
+from clci_keras.fileio import exclusive, remove_leftovers_under
+from clci_keras.inference import plan_outputs, segment_files
+from clci_keras.inference.batch import add_side_outputs, check_output_targets
+from clci_keras.inference.io import is_nifti_name
+from clci_keras.inference.qc import SUMMARY_NAME
+from clci_keras.inference.register import Registration, RegistrationUnavailable, require_dipy
+from clci_keras.precision import INFERENCE_PRECISIONS
+
 
 def add_arguments(parser):
-    from clci_keras.cli import nonnegative_float
-
     parser.add_argument(
         "inputs",
         nargs="+",
@@ -63,8 +74,6 @@ def add_arguments(parser):
 
 def _add_registration_arguments(parser):
     """``--register`` and its options (part of :func:`add_arguments`)."""
-    from clci_keras.cli import positive_float, positive_ints
-
     parser.add_argument("--register", action="store_true",
                         help="affine registration of each scan to the MNI152 1 mm template first (native-space "
                         "scans; needs dipy: pip install -e \".[register]\"); the mask comes back on the scan's grid "
@@ -79,11 +88,6 @@ def _add_registration_arguments(parser):
 
 def _add_model_arguments(parser):
     """The options about outputs, the model, its precision and its input (part of :func:`add_arguments`)."""
-    from clci_keras.cli import positive_int
-    from clci_keras.data.intensity import SCHEMES
-    from clci_keras.data.regions import ATLASES, DEFAULT_ATLAS
-    from clci_keras.precision import INFERENCE_PRECISIONS
-
     parser.add_argument("--no-qc", action="store_true", help="do not write the QC montage PNGs")
     parser.add_argument("--no-lesions", action="store_true",
                         help="do not write the per-lesion table and the lesion load (NAME_lesions.tsv, "
@@ -140,8 +144,6 @@ def _add_model_arguments(parser):
 
 
 def run(args) -> int:
-    from clci_keras.inference.register import RegistrationUnavailable
-
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         return _predict(args)
@@ -153,8 +155,6 @@ def run(args) -> int:
 
 def _predict(args) -> int:
     """Plan the outputs, lock the output folder, segment; bad arguments raise ValueError (exit 2)."""
-    from clci_keras.fileio import exclusive, remove_leftovers_under
-
     weights = ([args.weights] if args.weights else []) + list(args.ensemble or [])
     if not weights:
         raise ValueError("give the weights: --weights W, or --ensemble W1 W2 ...")
@@ -173,9 +173,6 @@ def _predict(args) -> int:
 
 def _segment(args, weights, jobs, failures, transform, summary):
     """Set up the engine, segment the planned jobs and print; the exit code."""
-    import numpy as np
-
-    from clci_keras.inference import segment_files
     from clci_keras.inference.engine import SegmentationEngine
 
     engine = SegmentationEngine(
@@ -229,12 +226,6 @@ def _segment(args, weights, jobs, failures, transform, summary):
 
 def _plan(args):
     """``(jobs, failures, transform, summary path)``; ValueError for a run that cannot start."""
-    from clci_keras.inference import plan_outputs
-    from clci_keras.inference.batch import add_side_outputs, check_output_targets
-    from clci_keras.inference.io import is_nifti_name
-    from clci_keras.inference.qc import SUMMARY_NAME
-    from clci_keras.inference.register import Registration, require_dipy
-
     transform = Registration.load(args.transform) if args.transform else None
     if args.register and transform is None:
         require_dipy()  # before any work

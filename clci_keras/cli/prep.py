@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import sys
+import warnings
 
-from clci_keras.cli import int_in, positive_int
+from clci_keras.cli import int_in, positive_int, report
+from clci_keras.data.preprocess import StaleTemporaryWarning, prepare_h5
 
 
 def add_arguments(parser):
@@ -27,11 +29,6 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    import warnings
-
-    from clci_keras.cli import report
-    from clci_keras.data.preprocess import StaleTemporaryWarning, prepare_h5
-
     show = warnings.showwarning
 
     def one_line(message, category, *rest, **kw):  # a removed temporary: one plain line, at once

@@ -2,7 +2,10 @@
 script or Slurm scripts (library: :mod:`clci_keras.experiments.recipe`)."""
 from __future__ import annotations
 
-from clci_keras.cli import int_in, nonnegative_int, positive_int
+import shlex
+
+from clci_keras.cli import int_in, nonnegative_int, positive_int, report
+from clci_keras.experiments.recipe import DRY_STEPS, DRY_SUBJECTS, EMITS, Recipe, SlurmResources
 
 
 def _names(values):
@@ -11,8 +14,6 @@ def _names(values):
 
 
 def add_arguments(parser):
-    from clci_keras.experiments.recipe import DRY_STEPS, DRY_SUBJECTS, EMITS, Recipe, SlurmResources
-
     d, s = Recipe("."), SlurmResources()
     p = parser
     p.add_argument("--work-dir", required=True, metavar="DIR",
@@ -78,10 +79,6 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    import shlex
-
-    from clci_keras.cli import report
-
     try:
         from clci_keras.experiments.recipe import (
             DRY_STEPS,

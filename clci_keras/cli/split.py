@@ -2,7 +2,22 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+from clci_keras.cli import report
+from clci_keras.data.preprocess import read_subjects
+from clci_keras.data.splits import (
+    make_holdout_split,
+    make_kfold_split,
+    make_kfold_splits,
+    missing_summary,
+    preset_split,
+    resolve_split,
+    save_split,
+    split_from_lists,
+)
+from clci_keras.fileio import check_not_an_input, check_writable_folder
 
 
 def add_arguments(parser):
@@ -43,28 +58,12 @@ def _fold_arg(value):
 
 
 def _id_split(args):
-    from clci_keras.data.splits import preset_split, split_from_lists
-
     if args.preset:
         return preset_split(args.preset)
     return split_from_lists(args.from_lists[0], args.from_lists[1], val=args.val_list)
 
 
 def run(args) -> int:
-    import os
-
-    from clci_keras.cli import report
-    from clci_keras.data.preprocess import read_subjects
-    from clci_keras.data.splits import (
-        make_holdout_split,
-        make_kfold_split,
-        make_kfold_splits,
-        missing_summary,
-        resolve_split,
-        save_split,
-    )
-    from clci_keras.fileio import check_not_an_input, check_writable_folder
-
     by_id = bool(args.preset or args.from_lists)
     try:
         check_not_an_input(args.output, [args.h5, *(args.from_lists or ()), args.val_list], what="split file")

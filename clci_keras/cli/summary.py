@@ -1,6 +1,8 @@
 """`clci-keras summary`: build a registered model and print its summary."""
 from __future__ import annotations
 
+from clci_keras.models import build_model
+
 
 def add_arguments(parser):
     parser.add_argument("--model", default="clci_net", help="registered model name (default: clci_net)")
@@ -13,8 +15,6 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from clci_keras.models import build_model
-
     model = build_model(args.model, input_shape=tuple(args.input_shape), num_class=args.num_class)
     if not args.quiet:
         model.summary(line_length=110)

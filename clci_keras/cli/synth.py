@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import os
 
+from clci_keras.cli import set_interrupt_note
+from clci_keras.data.synthetic import generate_dataset
+
 
 def add_arguments(parser):
     parser.add_argument("out", metavar="OUT_DIR",
@@ -26,9 +29,6 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from clci_keras.cli import set_interrupt_note
-    from clci_keras.data.synthetic import generate_dataset
-
     if os.path.lexists(args.out):
         set_interrupt_note(f"the subjects written so far are kept in {args.out}, marked unfinished; "
                            "run the same command again to complete it")

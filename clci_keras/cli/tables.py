@@ -1,7 +1,12 @@
 """`clci-keras tables`: the paper's Tables 1 and 2 from run folders."""
 from __future__ import annotations
 
+import os
 import sys
+
+from clci_keras.cli import report
+from clci_keras.fileio import check_writable_folder
+from clci_keras.reports.tables import write_tables
 
 
 def add_arguments(parser):
@@ -13,15 +18,9 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    import os
-
-    from clci_keras.reports.tables import write_tables
-
     if not os.path.isdir(args.runs):
         print(f"clci-keras tables: error: {args.runs} is not a folder", file=sys.stderr)
         return 2
-    from clci_keras.cli import report
-    from clci_keras.fileio import check_writable_folder
 
     broken = []
     try:

@@ -2,7 +2,12 @@
 and model cards (``--show W``)."""
 from __future__ import annotations
 
+import json
+import os
 import sys
+
+from clci_keras.models.card import card_path, describe_card, read_card
+from clci_keras.models.catalog import CATALOG, catalog_card, describe, list_weights
 
 
 def add_arguments(parser):
@@ -16,10 +21,6 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    import json
-
-    from clci_keras.models.catalog import describe, list_weights
-
     if args.show is not None:
         return _show(args)
     try:
@@ -42,10 +43,6 @@ def run(args) -> int:
 
 def _show(args) -> int:
     """Print one model card; bad names raise ValueError (one line, exit 2, by :func:`clci_keras.cli.main`)."""
-    import json
-
-    from clci_keras.models.card import describe_card
-
     if args.name is not None:
         raise ValueError(f"give either a NAME to list or --show W, not both (got {args.name!r} and --show)")
     card, where = find_card(args.show, args.manifest)
@@ -58,11 +55,6 @@ def _show(args) -> int:
 
 def find_card(what, manifest=None):
     """``(card, where)`` for a weights path, a catalogue name or a manifest entry name; ValueError otherwise."""
-    import os
-
-    from clci_keras.models.card import card_path, read_card
-    from clci_keras.models.catalog import CATALOG, catalog_card, list_weights
-
     if os.path.exists(what) or os.path.exists(card_path(what)):
         card = read_card(what)
         if card is None:
