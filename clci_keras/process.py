@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import sys
+import threading
 import time
 
 #: glibc malloc settings (bytes): freed buffers stay with the process instead of going back
@@ -80,9 +82,6 @@ def die_with_parent(parent_pid, use_prctl=True, poll=PARENT_POLL_SECONDS):
     that thread outlives. The workers of
     :class:`clci_keras.data.stream.StreamingReader` pass ``use_prctl=False``.)
     """
-    import signal
-    import threading
-
     # Ctrl-C reaches the whole process group: the parent handles it (and shuts the
     # pool down); a worker that raised KeyboardInterrupt too would print its own traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -36,6 +36,7 @@ import json
 import os
 
 import keras
+import numpy as np
 
 from clci_keras.training.config import STRATEGIES
 
@@ -166,7 +167,6 @@ class Replicas:
             from clci_keras.training import tf_distribute
 
             return tf_distribute.all_replicas(self.strategy, value)
-        import numpy as np
         from jax.experimental import multihost_utils
 
         return [int(v) for v in np.asarray(multihost_utils.process_allgather(np.asarray([int(value)]))).ravel()]

@@ -16,17 +16,29 @@ A completed run is not retrained (``overwrite=True`` starts afresh).
 from __future__ import annotations
 
 import contextlib
+import datetime
 import math
 import os
 import shutil
+import sys
 import time
 import warnings
 
+import numpy as np
+
+from clci_keras.data import reader as R
+from clci_keras.data.reader import dataset_info
+from clci_keras.data.splits import load_split
 from clci_keras.fileio import exclusive
+from clci_keras.models import build_model, get_model_spec, load_weights, save_weights_legacy
+from clci_keras.models.card import LAYOUT_SPACES, card_path, make_card, software_versions, write_card
+from clci_keras.models.manifest import add_to_manifest, sha256
 from clci_keras.precision import check_precision, is_mixed, precision_policy, read_legacy_precision, resolve_precision
+from clci_keras.process import keep_freed_memory
 from clci_keras.training import run_folder as rf
 from clci_keras.training.config import TrainConfig
 from clci_keras.training.run_folder import ResumeError  # noqa: F401  (public here since the first release)
+from clci_keras.version import __version__
 
 
 def set_seed(seed, deterministic=True):
@@ -127,9 +139,7 @@ def load_training_split(split_path, fold=None, h5=None):
     an index split is checked against it (ids and range): training never runs
     on subjects other than the split's.
     """
-    from clci_keras.data.splits import load_split as _load
-
-    split = _load(split_path, fold=fold, h5=h5, parts=("train", "val"))
+    split = load_split(split_path, fold=fold, h5=h5, parts=("train", "val"))
     if not split.get("train"):
         raise ValueError(f"{split_path}: split has no 'train' subjects")
     return split
@@ -187,7 +197,6 @@ def train(model_name="clci_net", h5_path=None, split_path=None, out_dir=None, fo
     distribution.check_strategy(cfg.strategy)
     if not os.path.isfile(cfg.h5):
         raise FileNotFoundError(f"HDF5 data file not found: {cfg.h5}")
-    from clci_keras.process import keep_freed_memory
 
     keep_freed_memory()  # steps and batches reuse freed memory instead of page-faulting it in
     if cfg.split and not os.path.isfile(cfg.split):
@@ -363,8 +372,6 @@ def fit_verbosity(verbose, stream=None):
     Jupyter kernel's, and become ``2`` anywhere else (a log file, a pipe, CI): one plain line
     per epoch (``6/6 - 52s - 9s/step - loss: ...``). ``0`` and ``2`` are kept.
     """
-    import sys
-
     if verbose not in ("auto", 1):
         return verbose
     stream = sys.stdout if stream is None else stream
@@ -384,10 +391,7 @@ def _make_data(cfg, run_dir, split, shard=None):
     batch (JAX multi-process); the validation slices are then cut to whole
     global batches.
     """
-    import numpy as np
-
     from clci_keras.data import batches
-    from clci_keras.data import reader as R
 
     train_idx = R.select_slices(cfg.h5, split["train"], cfg.train_slices, cfg.crop, cfg.seed)
     val_subjects = list(split.get("val") or [])
@@ -445,7 +449,6 @@ def _build_compiled(cfg, input_shape, replicas=None):
     and the dropout generators start from ``cfg.seed``, the same on every
     backend (:func:`clci_keras.models.seeding.draw_initial_state`).
     """
-    from clci_keras.models import build_model, load_weights
     from clci_keras.models.seeding import deferred_initializers, draw_initial_state
 
     with deferred_initializers() as deferred:  # every weight is drawn or loaded below: skip Keras's draws
@@ -493,10 +496,6 @@ def _callbacks(cfg, run_dir, monitor):
 def _finish(cfg, run_dir, model, split, data, replicas):
     """Export the chosen weights (Keras 2 legacy HDF5) and summarise the run."""
     import keras
-    import numpy as np
-
-    from clci_keras.data.reader import dataset_info
-    from clci_keras.models import save_weights_legacy
 
     monitor = data["monitor"]
     # Export: best-on-monitor checkpoint (default) or the last epoch's weights.
@@ -542,11 +541,6 @@ def _finish(cfg, run_dir, model, split, data, replicas):
 
 def _provenance(cfg, model, result):
     """What the manifest entry and the model card say about the exported weights."""
-    import datetime
-
-    from clci_keras.models import get_model_spec
-    from clci_keras.version import __version__
-
     return dict(
         architecture=cfg.model,
         builder_options=get_model_spec(cfg.model).options,
@@ -574,9 +568,6 @@ def _provenance(cfg, model, result):
 
 def _write_card(cfg, model, weights_path, result):
     """Write the model card beside the exported weights (:mod:`clci_keras.models.card`); returns its path."""
-    from clci_keras.models.card import LAYOUT_SPACES, make_card, software_versions, write_card
-    from clci_keras.models.manifest import sha256
-
     p = _provenance(cfg, model, result)
     data = result["data"]
     card = make_card(
@@ -596,9 +587,6 @@ def _write_card(cfg, model, weights_path, result):
 
 def _add_to_manifest(cfg, model, weights_path, result):
     """Add the exported weights to the manifest ``cfg.manifest``; returns the entry's name."""
-    from clci_keras.models.card import card_path
-    from clci_keras.models.manifest import add_to_manifest
-
     name = f"{cfg.model}-{os.path.basename(os.path.abspath(cfg.out_dir))}"
     entry = add_to_manifest(cfg.manifest, weights_path, name, format="keras2_legacy_h5",
                             card=os.path.basename(card_path(weights_path)), **_provenance(cfg, model, result))
