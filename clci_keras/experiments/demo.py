@@ -35,9 +35,17 @@ import os
 import shutil
 import time
 
+import numpy as np
+
+from clci_keras.data import SliceReader, crop_shape, load_split
 from clci_keras.data.constants import DEFAULT_CROP
+from clci_keras.evaluation.evaluate import evaluate_run, format_summary
 from clci_keras.experiments.workflows import make_split, prepare_data, train_and_evaluate
 from clci_keras.fileio import atomic_text
+from clci_keras.models import build_model, load_weights
+from clci_keras.reports import write_tables
+from clci_keras.reports.figures import overlay_figure, pick_slices, training_curves
+from clci_keras.training import set_seed
 
 #: Number of steps :func:`run_demo` announces.
 STEPS = 5
@@ -108,7 +116,6 @@ def run_demo(out_dir, subjects=6, seed=0, epochs=8, steps_per_epoch=6, batch_siz
 
     step(5, "tables and figures")
     t = time.time()
-    from clci_keras.reports import write_tables
 
     tables = write_tables(os.path.join(out_dir, "runs"), os.path.join(out_dir, "tables"))
     figs = _figures(out_dir, run_dir, h5, split, model, net, init, crop)
@@ -135,8 +142,6 @@ def _clear(out_dir, overwrite):
 
 def _data(out_dir, subjects, seed, log, step, times):
     """Steps 1-2: the synthetic release, its HDF5 file, the hold-out split; ``(h5, split path, split)``."""
-    from clci_keras.data import load_split
-
     h5 = prepare_data("synthetic", out_dir, n_subjects=subjects, seed=seed, synthetic_layout="r1.1",
                       h5_name="demo.h5", source_dir=os.path.join(out_dir, "synthetic"), progress=True,
                       description="synthetic ATLAS R1.1-like data (clci-keras demo)")  # provenance for tables
@@ -151,11 +156,7 @@ def _data(out_dir, subjects, seed, log, step, times):
 
 def _untrained(out_dir, h5, split_path, model, crop, seed, eval_slices, init_weights):
     """Step 3: the network (seeded, or ``init_weights``), its initial weights file, its test scores."""
-    from clci_keras.data import crop_shape
-    from clci_keras.evaluation.evaluate import evaluate_run
-    from clci_keras.models import build_model, load_weights
     from clci_keras.models.seeding import deferred_initializers, draw_initial_state
-    from clci_keras.training import set_seed
 
     untrained_dir = os.path.join(out_dir, "untrained")
     os.makedirs(untrained_dir, exist_ok=True)
@@ -179,8 +180,6 @@ def _untrained(out_dir, h5, split_path, model, crop, seed, eval_slices, init_wei
 
 
 def _format(summary):
-    from clci_keras.evaluation.evaluate import format_summary
-
     return format_summary(summary["scores"])
 
 
@@ -231,11 +230,7 @@ def _figures(out_dir, run_dir, h5, split, model, net, init, crop):
     ``net`` holds the trained weights on entry and the initial ones on return;
     only the overlaid slices are predicted again, with each set of weights.
     """
-    import numpy as np
-
-    from clci_keras.data import SliceReader
-    from clci_keras.models import load_weights, predict_slices
-    from clci_keras.reports.figures import overlay_figure, pick_slices, training_curves
+    from clci_keras.models import predict_slices  # Keras
 
     figs = [training_curves(os.path.join(run_dir, "log.csv"), os.path.join(out_dir, "training_curves.png"),
                             title=f"{model} on synthetic data (demo)")]

@@ -34,7 +34,9 @@ import shlex
 import subprocess
 
 from clci_keras.data.constants import SYNTHETIC_MARKER
+from clci_keras.data.slicing import get_crop
 from clci_keras.experiments.workflows import TABLE1_MODELS, TABLE2_MODELS
+from clci_keras.fileio import atomic_text
 from clci_keras.training.config import RUN_FIELDS
 from clci_keras.version import __version__
 
@@ -172,8 +174,6 @@ class Recipe:
     # -- checks -------------------------------------------------------------
     def validate(self, check_models=True):
         """Raise ``ValueError`` / ``FileNotFoundError`` naming the first bad setting."""
-        from clci_keras.data.slicing import get_crop
-
         if not self.models:
             raise ValueError("no models to run")
         if len(set(self.models)) < len(self.models):
@@ -505,8 +505,6 @@ def to_slurm(recipe, resources=None, generated_by=None):
 # Files
 # ---------------------------------------------------------------------------
 def _write_executable(path, text):
-    from clci_keras.fileio import atomic_text
-
     with atomic_text(path, base_mode=0o777) as f:
         f.write(text)
 

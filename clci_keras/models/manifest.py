@@ -26,6 +26,8 @@ import json
 import os
 import warnings
 
+import numpy as np
+
 from clci_keras.fileio import atomic_text
 
 MANIFEST_FORMAT = 1
@@ -61,8 +63,6 @@ def _write_json(path, data):
 
 
 def _jsonable(o):
-    import numpy as np
-
     if isinstance(o, np.generic):
         return o.item()
     if isinstance(o, np.ndarray):
