@@ -66,3 +66,14 @@ def test_no_private_keras_api_outside_keras_private():
                     "_get_file_path", "_tracker", "_initial_epoch"):
                 bad.append(f"{path.relative_to(ROOT.parent)}:{node.lineno} uses .{node.attr}")
     assert not bad, "Keras private API outside clci_keras/models/keras_private.py:\n" + "\n".join(bad)
+
+
+def test_all_layers_is_flatten_layers_for_clci_net():
+    """CLCI-Net's ConvLSTM2D layers own their kernels through their ``cell`` (not in ``layers``)."""
+    from clci_keras.models import build_model
+
+    model = build_model("clci_net", input_shape=(64, 64, 1))
+    ours = [id(layer) for layer in all_layers(model)]
+    assert ours == [id(layer) for layer in model._flatten_layers(include_self=False)], \
+        "all_layers no longer walks the layers Keras's own _flatten_layers walks (e.g. a recurrent layer's cell)"
+    assert {id(w) for layer in all_layers(model) for w in layer.weights} >= {id(w) for w in model.weights}
