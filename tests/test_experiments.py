@@ -30,9 +30,9 @@ def test_none_becomes_the_quick_value():
 
 
 def test_none_without_a_quick_value_becomes_the_protocol_default():
-    s = ex.resolve_settings({"MIXED_PRECISION": None, "LEARNING_RATE": None}, quick=True,
+    s = ex.resolve_settings({"PRECISION": None, "LEARNING_RATE": None}, quick=True,
                             quick_values={"epochs": 1})
-    assert s == {"MIXED_PRECISION": "off", "LEARNING_RATE": 1e-4}
+    assert s == {"PRECISION": "fp32", "LEARNING_RATE": 1e-4}
 
 
 def test_quick_off_uses_trainconfig_defaults_read_at_run_time(monkeypatch):
