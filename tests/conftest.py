@@ -89,3 +89,21 @@ def synthetic_v2_h5(synthetic_v2_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("h5") / "atlas_v2.h5"
     prepare_h5(synthetic_v2_dir, out, progress=False)
     return out
+
+
+def slow_prep_script(src, out, pids, slow_body, sigint_default=False):
+    """``python -c`` code of a ``clci-keras prep SRC -o OUT --workers 2`` whose every subject first
+    writes a file named after its worker's PID into ``pids``, then runs ``slow_body`` (fault
+    injection for the interrupt tests). ``sigint_default``: start with Ctrl-C's default action, as
+    a terminal's foreground command does (a runner launched as a background job of a
+    non-interactive shell passes SIGINT down ignored, POSIX)."""
+    body = "".join(f"    {line}\n" for line in slow_body)
+    return ("import os, signal, sys, time\n"
+            + ("signal.signal(signal.SIGINT, signal.default_int_handler)\n" if sigint_default else "")
+            + "import clci_keras.data.preprocess as pp\n"
+            "def slow(*a, **k):\n"
+            f"    open(os.path.join({str(pids)!r}, str(os.getpid())), 'w').close()\n"
+            + body
+            + "pp.process_subject = slow\n"
+            "from clci_keras.cli import main\n"
+            f"sys.exit(main(['prep', {str(src)!r}, '-o', {str(out)!r}, '--workers', '2', '--quiet']))\n")

@@ -4,6 +4,7 @@ import json
 import os
 
 import pytest
+from conftest import slow_prep_script
 
 from clci_keras.data.splits import load_split
 from clci_keras.evaluation.evaluate import write_scores
@@ -109,20 +110,8 @@ def test_ctrl_c_in_prep_exits_130_with_one_line_and_no_file(synthetic_r11_dir, t
 
     out, pids = tmp_path / "p.h5", tmp_path / "pids"
     pids.mkdir()
-    code = (  # fault injection: each subject takes a while (and says which worker took it)
-        "import os, signal, sys, time\n"
-        # a terminal's foreground command starts with Ctrl-C's default action; a runner launched
-        # as a background job of a non-interactive shell passes SIGINT down ignored (POSIX)
-        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
-        "import clci_keras.data.preprocess as pp\n"
-        "def slow(*a, **k):\n"
-        f"    open(os.path.join({str(pids)!r}, str(os.getpid())), 'w').close()\n"
-        "    time.sleep(1)\n"
-        "    raise RuntimeError('never reached in this test')\n"
-        "pp.process_subject = slow\n"
-        "from clci_keras.cli import main\n"
-        f"sys.exit(main(['prep', {str(synthetic_r11_dir)!r}, '-o', {str(out)!r}, '--workers', '2', '--quiet']))\n"
-    )
+    code = slow_prep_script(synthetic_r11_dir, out, pids, ["time.sleep(1)", "raise RuntimeError('never reached in this test')"],
+                            sigint_default=True)  # each subject takes a while (and says which worker took it)
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     try:

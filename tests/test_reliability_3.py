@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import slow_prep_script
 
 from clci_keras import fileio
 
@@ -547,16 +548,7 @@ def test_the_leftovers_in_a_locked_output_folder_are_removed(tmp_path):
 def test_sigterm_in_prep_with_workers_exits_143_with_one_line_and_no_file(synthetic_r11_dir, tmp_path):
     out, pids = tmp_path / "p.h5", tmp_path / "pids"
     pids.mkdir()
-    code = (  # fault injection: each subject takes a while (and says which worker took it)
-        "import os, sys, time\n"
-        "import clci_keras.data.preprocess as pp\n"
-        "def slow(*a, **k):\n"
-        f"    open(os.path.join({str(pids)!r}, str(os.getpid())), 'w').close()\n"
-        "    time.sleep(600)\n"
-        "pp.process_subject = slow\n"
-        "from clci_keras.cli import main\n"
-        f"sys.exit(main(['prep', {str(synthetic_r11_dir)!r}, '-o', {str(out)!r}, '--workers', '2', '--quiet']))\n"
-    )
+    code = slow_prep_script(synthetic_r11_dir, out, pids, ["time.sleep(600)"])  # each subject waits (and says where)
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     try:
