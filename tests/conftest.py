@@ -107,3 +107,16 @@ def slow_prep_script(src, out, pids, slow_body, sigint_default=False):
             + "pp.process_subject = slow\n"
             "from clci_keras.cli import main\n"
             f"sys.exit(main(['prep', {str(src)!r}, '-o', {str(out)!r}, '--workers', '2', '--quiet']))\n")
+
+
+def wait_for(predicate, proc, what, timeout=600):
+    """Wait until ``predicate()``; fail if ``proc`` ends first (a hang guard only, not a time limit)."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        assert proc.poll() is None, f"the command ended before {what}: {proc.communicate()}"
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -4,7 +4,7 @@ import json
 import os
 
 import pytest
-from conftest import slow_prep_script
+from conftest import slow_prep_script, wait_for as _wait_for
 
 from clci_keras.data.splits import load_split
 from clci_keras.evaluation.evaluate import write_scores
@@ -91,16 +91,6 @@ def test_tables_cli_exits_1_naming_the_broken_run(tmp_path, capsys):
 
 
 # --- Ctrl-C: exit 130 and one line, the same cleanup as any error, no worker tracebacks ---
-def _wait_for(predicate, proc, what, timeout=600):  # hang guard only
-    import time
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        assert proc.poll() is None, f"the command ended before {what}: {proc.communicate()}"
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_ctrl_c_in_prep_exits_130_with_one_line_and_no_file(synthetic_r11_dir, tmp_path):

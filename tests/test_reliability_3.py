@@ -10,19 +10,11 @@ import time
 
 import numpy as np
 import pytest
-from conftest import slow_prep_script
+from conftest import slow_prep_script, wait_for as _wait_for
 
 from clci_keras import fileio
 
 
-def _wait_for(predicate, proc, what, timeout=300):  # hang guard only
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        assert proc.poll() is None, f"the command ended before {what}: {proc.communicate()}"
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # --- 1. SIGTERM (and SIGHUP) end a command as Ctrl-C does: one line, the same cleanup, 128 + signal ---
