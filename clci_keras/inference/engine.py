@@ -135,14 +135,15 @@ class SegmentationEngine:
         if self.models:
             return self
         configure_threads(intra_op=self.threads, inter_op=1, warn=self.threads is not None)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", CardWarning)
+        with warnings.catch_warnings(record=True) as fallback:  # bf16 on a CPU that only emulates it
             warnings.simplefilter("always", UserWarning)
             self.precision = resolve_precision(self.precision_asked, force=self.force_bf16)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", CardWarning)
             self.models = [build_inference_model(self.model_name, w, precision=self.precision,
                                                  crop=self.card["crop"]) for w in self.weights]
-        for w in caught:
-            if issubclass(w.category, (CardWarning, UserWarning)) and not issubclass(w.category, DeprecationWarning):
+        for w in fallback + caught:  # the engine's notes as lines; anything else (Keras's own) as it came
+            if w in fallback or issubclass(w.category, CardWarning):
                 if str(w.message) not in self.notes:
                     self.notes.append(str(w.message))
             else:
