@@ -125,8 +125,10 @@ def _voxel_ml(affine):
     return abs(float(np.linalg.det(np.asarray(affine, np.float64)[:3, :3]))) / 1000.0
 
 
-def on_template_grid(shape, affine, atol=1e-3):
-    """True if ``shape`` / ``affine`` are the template grid's (ATLAS_SHAPE, ATLAS_AFFINE)."""
+def _stored_on_template_grid(shape, affine, atol=1e-3):
+    """True if ``shape`` / ``affine`` are the template grid's as stored (ATLAS_SHAPE, ATLAS_AFFINE, RAS
+    voxel order), so template voxels index the array directly; another axis order is brought
+    onto the grid through the affines (:func:`clci_keras.bids.layout.on_template_grid` accepts any order)."""
     return tuple(shape) == tuple(ATLAS_SHAPE) and np.allclose(affine, ATLAS_AFFINE, atol=atol)
 
 
@@ -145,7 +147,7 @@ def to_template_mask(mask, affine, to_mni=None):
     """A mask on its own grid brought onto the template grid (nearest neighbour through ``to_mni @ affine``)."""
     mask = np.asarray(mask) > 0
     src = (np.eye(4) if to_mni is None else np.asarray(to_mni, np.float64)) @ np.asarray(affine, np.float64)
-    if on_template_grid(mask.shape, src):
+    if _stored_on_template_grid(mask.shape, src):
         return mask
     return resample(mask.astype(np.float32), src, ATLAS_AFFINE, ATLAS_SHAPE, order=0) > 0.5
 
@@ -459,7 +461,7 @@ def _prepare(mask_path, t1_path, registration_options):
     notes = [note] if note else []
     notes += [] if mask.any() else [f"{mask_path}: empty mask: no lesion (empty table, zero load)"]
     if t1_path is None:
-        if not on_template_grid(mask.shape, image.affine):
+        if not _stored_on_template_grid(mask.shape, image.affine):
             raise InputError(f"{mask_path}: not on the template grid ({'x'.join(map(str, ATLAS_SHAPE))}, 1 mm "
                              f"MNI152; this mask: {'x'.join(map(str, mask.shape))}); give its T1 with --t1")
         return mask, image.affine, None, notes
@@ -467,7 +469,7 @@ def _prepare(mask_path, t1_path, registration_options):
     if tuple(t1.shape[:3]) != mask.shape or not np.allclose(t1.affine, image.affine, atol=1e-3):
         raise InputError(f"{mask_path}: not on the grid of its T1 {t1_path} (mask {mask.shape}, T1 {t1.shape[:3]}"
                          f"{'' if tuple(t1.shape[:3]) != mask.shape else ', different affines'})")
-    if on_template_grid(mask.shape, image.affine):
+    if _stored_on_template_grid(mask.shape, image.affine):
         return mask, image.affine, None, notes
     registration = register_to_mni(t1, data, **(registration_options or {}))
     notes.append(f"{mask_path}: registered through {t1_path} (similarity {registration.similarity:.3f})")
