@@ -23,7 +23,6 @@ from clci_keras.inference import (
     ATLAS_AFFINE,
     GridWarning,
     InputError,
-    WeightsError,
     brain_slice_indices,
     build_inference_model,
     load_image,
@@ -31,6 +30,7 @@ from clci_keras.inference import (
     segment_image,
 )
 from clci_keras.models import register_model, save_weights_legacy
+from clci_keras.models.weights import WeightsMismatchError
 
 LESION_CENTER = np.array([24.0, -10.0, 12.0])  # world mm, inside the brain slices
 LESION_RADIUS = 7.0
@@ -308,13 +308,13 @@ def test_unreadable_files_are_rejected_with_the_file_name(ras_case, tmp_path):
 # --------------------------------------------------------------------------
 def test_weights_of_another_architecture_are_rejected(weights_dir):
     path = str(weights_dir / "tiny_conv.h5")
-    with pytest.raises(WeightsError, match=r"tiny_conv.h5: cannot load these weights into model 'clci_net'"):
+    with pytest.raises(WeightsMismatchError, match=r"tiny_conv.h5: cannot load these weights into model 'clci_net'"):
         build_inference_model("clci_net", path)  # the real CLCI-Net class, no forward pass
-    with pytest.raises(WeightsError, match=r"tiny_conv.h5: .*'test_threshold'"):
+    with pytest.raises(WeightsMismatchError, match=r"tiny_conv.h5: .*'test_threshold'"):
         build_inference_model("test_threshold", path)
-    with pytest.raises(WeightsError, match="garbage.h5: cannot load"):
+    with pytest.raises(WeightsMismatchError, match="garbage.h5: cannot load"):
         build_inference_model("test_threshold", str(weights_dir / "garbage.h5"))
-    with pytest.raises(WeightsError, match="nothere.h5: cannot load"):
+    with pytest.raises(WeightsMismatchError, match="nothere.h5: cannot load"):
         build_inference_model("test_threshold", str(weights_dir / "nothere.h5"))
 
 

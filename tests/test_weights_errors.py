@@ -68,11 +68,10 @@ def test_a_bug_while_loading_is_not_taken_for_bad_weights(clci_small, tmp_path, 
     import nibabel as nib
 
     from clci_keras.cli import main as cli_main
-    from clci_keras.inference import WeightsError, build_inference_model
+    from clci_keras.inference import build_inference_model
     from clci_keras.models import list_models, register_model, save_weights_legacy
     from clci_keras.models import weights as weights_module
 
-    assert WeightsError is WeightsMismatchError  # one class, the old inference name kept
     _SMALL["model"] = clci_small
     if "test_weights_errors_small" not in list_models():
         register_model("test_weights_errors_small", _small_model, description="test stand-in", reference="tests")

@@ -43,7 +43,6 @@ from clci_keras.inference.io import InputError, describe, validate_volume
 from clci_keras.inference.register import resample
 from clci_keras.models.card import card_path, check_card, read_card
 from clci_keras.models.predictor import predict_slices
-from clci_keras.models.weights import WeightsMismatchError
 from clci_keras.precision import INFERENCE_PRECISIONS, check_precision, precision_policy
 
 #: Largest difference (mm) between an input's affine and :data:`ATLAS_AFFINE` still taken as the ATLAS grid.
@@ -58,11 +57,6 @@ class GridWarning(UserWarning):
 
 class CardWarning(UserWarning):
     """The input fits the weights' model card only with a caveat (another crop, another intensity scheme)."""
-
-
-#: Weights that cannot be read, or that belong to another architecture: the one weights error,
-#: :class:`clci_keras.models.weights.WeightsMismatchError`, under the name inference used before.
-WeightsError = WeightsMismatchError
 
 
 @dataclasses.dataclass
@@ -171,7 +165,7 @@ def build_inference_model(name="clci_net", weights=None, precision="fp32", crop=
         ValueError: unknown ``name``, ``precision`` or ``crop``; a corrupt model card.
         CardMismatchError: (a ``ValueError``) ``name`` or ``crop`` does not fit
             the weights' card; the message names the weights.
-        WeightsMismatchError: (``WeightsError``, a ``ValueError``) ``weights``
+        WeightsMismatchError: (a ``ValueError``) ``weights``
             is missing, unreadable or of another architecture (any of
             :data:`clci_keras.models.weights.LOAD_ERRORS`); the message names
             the file. Other exceptions are bugs and propagate unchanged.

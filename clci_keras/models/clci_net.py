@@ -77,17 +77,6 @@ def conv_bias_bn_relu(x, filters, kernel_size=(3, 3), strides=(1, 1), dilation_r
     return layers.Activation("relu", name=f"{name}_relu")(x)
 
 
-def __getattr__(name):
-    """``conv_bn_relu``: the name :func:`conv_bias_bn_relu` had, kept as a deprecated alias."""
-    if name == "conv_bn_relu":
-        import warnings
-
-        warnings.warn("clci_keras.models.clci_net.conv_bn_relu is deprecated; use conv_bias_bn_relu (its conv "
-                      "has a bias, unlike clci_keras.models.common.conv_bn_relu)", DeprecationWarning, stacklevel=2)
-        return conv_bias_bn_relu
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def double_conv(x, filters, *, name):
     """Two 3×3 conv-BN-ReLU units: one encoder or decoder stage."""
     x = conv_bias_bn_relu(x, filters, name=f"{name}_1")

@@ -39,7 +39,7 @@ class WeightsMismatchError(ValueError):
     The package's one weights error (a ``ValueError``): :func:`load_weights` raises it for a
     file that holds something else, and
     :func:`clci_keras.inference.build_inference_model` for any file in
-    :data:`LOAD_ERRORS` (``clci_keras.inference.WeightsError`` is this class, its old name).
+    :data:`LOAD_ERRORS`.
     """
 
 
