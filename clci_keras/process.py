@@ -37,8 +37,7 @@ def keep_freed_memory():
     ``mmap`` calls and freed memory is trimmed back to the kernel, so every batch
     or step page-faults it in again. This keeps up to :data:`MALLOC_TRIM_THRESHOLD`
     of freed memory, grows the heap by :data:`MALLOC_TOP_PAD` and serves blocks
-    below :data:`MALLOC_MMAP_THRESHOLD` from the heap (measurements:
-    benchmarks/RESULTS.md, "Measurements moved from docstrings", ``clci_keras.process``).
+    below :data:`MALLOC_MMAP_THRESHOLD` from the heap.
     Called by :func:`clci_keras.training.train`, the input pipeline, the stream
     readers and :func:`clci_keras.models.predict_slices`.
 

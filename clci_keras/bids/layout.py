@@ -1,9 +1,8 @@
 """The T1w scans of a BIDS dataset, and whether each needs registration to the template.
 
-Scans are found with pybids (``pip install -e ".[bids]"``; import ~0.9 s, ~40 MB with its
-dependencies: docs/bids.md): every ``anat/*_T1w.nii[.gz]`` of the dataset, optionally
-restricted to participant and session labels (given with or without ``sub-`` / ``ses-``, as
-BIDS Apps take them). The entities of a scan are read from its file name, so that they keep
+Scans are found with pybids (``pip install -e ".[bids]"``, docs/bids.md): every
+``anat/*_T1w.nii[.gz]`` of the dataset, optionally restricted to participant and session
+labels (given with or without ``sub-`` / ``ses-``, as BIDS Apps take them). The entities of a scan are read from its file name, so that they keep
 their exact spelling (``run-01`` stays ``01``).
 """
 from __future__ import annotations

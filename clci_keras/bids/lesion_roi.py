@@ -1,4 +1,4 @@
-"""The lesion mask that fMRIPrep and sMRIPrep mask out of spatial normalization (issue 33, item 5).
+"""The lesion mask that fMRIPrep and sMRIPrep mask out of spatial normalization.
 
 Where the pipelines look (verified in their sources, mirrors of 2026-08/2026-03):
 

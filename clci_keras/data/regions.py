@@ -345,7 +345,7 @@ def template_brain_mask():
 
     The rule of ``nilearn.datasets.load_mni152_brain_mask(resolution=1)`` (template / its maximum
     > :data:`BRAIN_THRESHOLD`) applied to the template file nilearn ships, read with nibabel: the
-    same mask without importing nilearn (~1 s and ~250 MB here). No download.
+    same mask without importing nilearn. No download.
     """
     spec = importlib.util.find_spec("nilearn")
     if spec is None or not spec.submodule_search_locations:

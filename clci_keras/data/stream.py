@@ -10,11 +10,10 @@ contiguous read and decoded on that worker's core:
   slices are one contiguous byte range of the file. A worker finds that range
   from the chunk index (read once, :func:`chunk_index`), reads it with one
   ``pread``, inflates each chunk (libdeflate through the ``deflate`` package
-  when installed, zlib otherwise; measurements: benchmarks/RESULTS.md,
-  "Measurements moved from docstrings"), undoes HDF5's byte
-  shuffle and crops on the fly straight into a shared-memory slot. Files of
-  another layout (contiguous, other filters, e.g. the original generator's
-  output) are read by h5py in the worker instead: slower, same values.
+  when installed, zlib otherwise), undoes HDF5's byte shuffle and crops on
+  the fly straight into a shared-memory slot. Files of another layout
+  (contiguous, other filters, e.g. the original generator's output) are read
+  by h5py in the worker instead: slower, same values.
 * The slot pool holds ``cache_subjects`` subjects; batches are gathered
   from it by the parent. :meth:`StreamingReader.prefetch` starts loading
   subjects ahead of their use; least-recently-used subjects outside the
@@ -227,9 +226,8 @@ def _layout(ds):
 
 def chunk_index(ds):
     """``(byte offsets, sizes)`` of every slice's chunk (int64 arrays in slice order), from one
-    pass over HDF5's chunk index (``chunk_iter``, not ``get_chunk_info_by_coord`` per chunk;
-    measurements: benchmarks/RESULTS.md, "Measurements moved from docstrings"); None when the
-    layout is not prep's or a chunk is missing or had a filter skipped (then h5py decodes)."""
+    pass over HDF5's chunk index (``chunk_iter``, not ``get_chunk_info_by_coord`` per chunk);
+    None when the layout is not prep's or a chunk is missing or had a filter skipped (then h5py decodes)."""
     if _layout(ds) is None or not hasattr(ds.id, "chunk_iter"):
         return None
     n = ds.shape[0]

@@ -348,8 +348,7 @@ def generate_dataset(out_dir, layout="r1.1", n_subjects=4, seed=0, t1_dtype="int
         t1_dtype: on-disk type of the T1 images: "int16" (default; nibabel
             stores a scale factor, so the file reads back as float close to
             the generated values with 0 kept exactly) or "float32" (exact,
-            slower to write; measurements: benchmarks/RESULTS.md,
-            "Measurements moved from docstrings").
+            slower to write).
         overwrite: allow writing into a non-empty folder.
         progress: show progress (:func:`clci_keras.fileio.progress_bar`).
         subject_ids: R1.2 only: the scan ids to write (``cSSSSsNNNNtNN``);

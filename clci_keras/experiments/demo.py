@@ -22,10 +22,9 @@ instead of 0.99 so that the moving statistics used at inference follow the
 fast-changing network within a few steps (``bn_momentum``), the last
 epoch's weights rather than the best on one validation subject
 (``export``), sampled training slices, 8 epochs of 6 steps (48 steps: long
-enough to leave the over-segmenting phase, so that the random draw and the
-backend's rounding move the test Dice by about 0.02 only; benchmarks/RESULTS.md), and
-only the slices inside the MNI brain mask's z-range predicted at evaluation
-(``eval_slices="brain"``).
+enough to leave the over-segmenting phase, where the test Dice depends on the
+random draw and on the backend's rounding), and only the slices inside the
+MNI brain mask's z-range predicted at evaluation (``eval_slices="brain"``).
 """
 from __future__ import annotations
 

@@ -31,8 +31,7 @@ from clci_keras.evaluation.evaluate import evaluate_run
 #: slice): the left hemisphere around the middle-cerebral-artery territory, where the
 #: lesions of the QUICK synthetic subjects lie (the whole lesion of fold 0's training
 #: subject, most of the validation subject's, 14 ml of the test subject's); 26x fewer
-#: pixels than CLCI-Net's 224 x 176 window and a third fewer than 48 x 48 (measurements:
-#: benchmarks/RESULTS.md, "Measurements moved from docstrings").
+#: pixels than CLCI-Net's 224 x 176 window and a third fewer than 48 x 48.
 QUICK_CROP = "70:118,35:67"
 
 #: Slab of each subject's slices that QUICK runs predict and score (file order, as the

@@ -10,10 +10,9 @@ mask is mapped back onto the scan's own grid.
 Speed: both images are first smoothed and resampled to ``resolution`` mm
 (default 3 mm), and the optimiser runs a two-level pyramid on those (factors
 2 and 1) in three stages (translation, rigid, affine) after a centre-of-mass
-start (measurements: benchmarks/RESULTS.md, "Inference: ``clci-keras predict
---register``" and "Measurements moved from docstrings"). The optional extra is ``dipy``
-(``pip install -e ".[register]"``), not ANTsPy: antspyx 0.6.3 pins ``numpy<2.4``
-and ``scipy<1.16``, which this package's environment does not allow.
+start. The optional extra is ``dipy`` (``pip install -e ".[register]"``), not
+ANTsPy: antspyx 0.6.3 pins ``numpy<2.4`` and ``scipy<1.16``, which this
+package's environment does not allow.
 
 The result is a :class:`Registration`: the matrix that maps template world
 coordinates (mm, RAS) to the scan's world coordinates, the similarity of the
@@ -249,8 +248,7 @@ def register_to_mni(
         image: ``nibabel.Nifti1Image`` (any grid, axis order, voxel size).
         data: its voxel array if already loaded.
         resolution: working voxel size in mm (both images are smoothed and
-            resampled to it; smaller is slower; measurements: benchmarks/RESULTS.md,
-            "Measurements moved from docstrings").
+            resampled to it; smaller is slower).
         iterations: optimiser iterations per pyramid level, coarsest first
             (levels at ``2**(n-1-k)`` times the working resolution).
         min_similarity: correlation with the template below which the

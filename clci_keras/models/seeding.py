@@ -22,7 +22,7 @@ with a ``ValueError`` naming the layer, rather than left backend-dependent.
 
 A network whose weights are redrawn or loaded right after it is built need not
 pay for Keras's own draws (on JAX each initialiser compiles an XLA program of
-its own: ~16 s of CLCI-Net's ~17 s build). Build it under
+its own). Build it under
 :func:`deferred_initializers`; see there.
 """
 from __future__ import annotations
