@@ -9,6 +9,8 @@
   of a temporary named for it (``per_process=True``), :func:`remove_leftovers` both for
   the outputs a run holds :func:`exclusive` (:func:`remove_leftovers_under`: in a whole
   output folder it holds).
+* :func:`write_json` / :func:`read_json`: the one JSON format (``indent=2`` unless told, a final
+  newline, NumPy values as numbers: :func:`jsonable`), written through :func:`atomic_text`.
 * :func:`check_writable_folder`: fail early, naming the folder, where outputs cannot be written;
   :func:`check_not_an_input`: an output that is (or lies inside) an input, compared as resolved paths.
 * :func:`walk`: a folder walk that follows links to folders, each folder once.
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import re
 import shutil
@@ -482,6 +485,50 @@ def atomic_folder(path, durable=False, tag="tmp"):
         if os.path.lexists(path):
             discard(path)
         publish(tmp, path, durable=durable)
+
+
+def jsonable(obj):
+    """``json``'s ``default=``: NumPy (and other array) values as Python numbers and lists, bytes as
+    UTF-8 text, anything else as ``str(obj)``."""
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, (bytes, bytearray)):
+        return bytes(obj).decode("utf-8", "replace")
+    return str(obj)
+
+
+def write_json(path, obj, indent=2, durable=False):
+    """Write ``obj`` to ``path`` as JSON (:func:`jsonable` for what JSON lacks) and a final newline,
+    through :func:`atomic_text`.
+
+    Args:
+        indent: as ``json.dump``'s (``None``: one line, for small machine-read records).
+        durable: ``fsync`` the data and the rename (results, resume points).
+    """
+    text = json.dumps(obj, indent=indent, default=jsonable) + "\n"
+    with atomic_text(path, durable=durable) as f:
+        f.write(text)
+
+
+_REQUIRED = object()
+
+
+def read_json(path, missing=_REQUIRED):
+    """``path`` parsed as JSON; ``missing`` (when given) if the file does not exist.
+
+    Raises:
+        ValueError: the file is not valid JSON (one line naming it).
+        FileNotFoundError: the file does not exist and no ``missing`` is given.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        if missing is _REQUIRED:
+            raise
+        return missing
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"{os.fspath(path)}: not valid JSON ({e})") from None
 
 
 def check_writable_folder(folder, what="output folder"):

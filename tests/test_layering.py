@@ -9,9 +9,11 @@ Packages are checked first; then modules: no import circle between any two
 modules (a lazy import only postpones a circle; :func:`_module_imports` says how
 an import becomes an edge), and no module takes a private ``_name`` of another.
 What several layers use lives in leaf modules that import nothing of the package
-(:data:`LEAVES`; ``data/constants.py`` is the data layer's own leaf), or in top-level
+(:data:`LEAVES`: ``run_layout`` holds the run folder's file names, ``fileio`` the one writer
+and the JSON reader/writer; ``data/constants.py`` is the data layer's own leaf), or in top-level
 modules that import only leaves (:data:`ON_LEAVES`: ``hardware`` describes the machine with
-the CPU flags and GPUs that ``precision`` reads for its bf16 fallback).
+the CPU flags and GPUs that ``precision`` reads for its bf16 fallback). The run folder's file
+names are spelled only in ``run_layout``: no other module restates them as string literals.
 """
 import ast
 import pathlib
@@ -19,7 +21,7 @@ import pathlib
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent / "clci_keras"
-LEAVES = {"version", "precision", "fileio", "process"}
+LEAVES = {"version", "precision", "fileio", "process", "run_layout"}
 #: Top-level modules every layer may import that import only leaves: ``{module: leaves it imports}``.
 ON_LEAVES = {"hardware": {"precision"}}
 ALLOWED = {
@@ -201,3 +203,4 @@ def test_no_private_name_crosses_modules():
                         bad.append(f"{path.relative_to(ROOT.parent)}:{node.lineno} imports "
                                    f"{a.name} from {node.module}")
     assert not bad, "\n".join(bad)
+

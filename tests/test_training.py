@@ -306,12 +306,13 @@ def test_a_kill_anywhere_in_the_epoch_end_sequence_loses_nothing(tiny, tmp_path,
     hits a write), the same command resumes or restarts and completes; nothing is deleted."""
     import keras
 
-    from clci_keras.training import run_folder, train
+    from clci_keras import fileio
+    from clci_keras.training import train
 
     h5, split = tiny
     opts = fast(epochs=2, early_stopping_patience=50)
     run = str(tmp_path / "run")
-    real_save, real_commit = keras.Model.save_weights, run_folder.write_json
+    real_save, real_write = keras.Model.save_weights, fileio.write_json
 
     def save_weights(self, path, *a, **k):
         target = {"best_checkpoint": "best.partial.weights.h5", "resume_weights": "epoch_0002.tmp"}
@@ -322,16 +323,17 @@ def test_a_kill_anywhere_in_the_epoch_end_sequence_loses_nothing(tiny, tmp_path,
             raise Interrupt()
         return real_save(self, path, *a, **k)
 
-    def commit(path, obj, **kw):
-        if obj.get("epoch") == 2 and point == "before_commit":
+    def commit(path, obj, **kw):  # the resume point's commit: backup/latest.json
+        epoch2 = os.path.basename(path) == "latest.json" and obj.get("epoch") == 2
+        if epoch2 and point == "before_commit":
             raise Interrupt()
-        real_commit(path, obj, **kw)
-        if obj.get("epoch") == 2 and point == "after_commit":
+        real_write(path, obj, **kw)
+        if epoch2 and point == "after_commit":
             raise Interrupt()
 
     with monkeypatch.context() as m:
         m.setattr(keras.Model, "save_weights", save_weights)
-        m.setattr(run_folder, "write_json", commit)
+        m.setattr(fileio, "write_json", commit)
         if point == "best_checkpoint":  # make epoch 2 an improvement, so that it is written
             m.setattr(keras.callbacks.ModelCheckpoint, "_should_save_model", lambda *a: True)
         with pytest.raises(Interrupt):

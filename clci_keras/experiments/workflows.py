@@ -18,7 +18,6 @@ TensorFlow is imported only when a function that trains or predicts runs.
 from __future__ import annotations
 
 import inspect
-import json
 import os
 import time
 
@@ -36,8 +35,10 @@ from clci_keras.data import (
     save_split,
 )
 from clci_keras.evaluation.evaluate import evaluate_run, format_summary
+from clci_keras.fileio import read_json
 from clci_keras.models import build_with_weights
 from clci_keras.models.paper import TABLE1_MODELS, TABLE2_MODELS  # the paper's Table 1 and 2 models, in table order
+from clci_keras.run_layout import CONFIG_FILE, summary_file
 from clci_keras.training import read_manifest, train
 
 
@@ -309,8 +310,7 @@ def train_and_evaluate(model_name, h5, split, out_dir, fold=None, part="test", e
     t_eval = time.time()
     run_dir = result["run_dir"]
     weights = os.path.join(run_dir, result["weights"])
-    with open(os.path.join(run_dir, "config.json")) as f:
-        crop = json.load(f)["crop"]
+    crop = read_json(os.path.join(run_dir, CONFIG_FILE))["crop"]
     slices = eval_slices or _evaluation_default_slices()
     summary = _earlier_evaluation(run_dir, weights, part, slices, fold)
     if network is not None:
@@ -346,11 +346,10 @@ def _train(model_name, h5, split, out_dir, fold, manifest, eager, train_options)
 def _earlier_evaluation(run_dir, weights, part, slices, fold):
     """The run's ``summary_<part>.json`` if it is newer than ``weights`` and scored the same
     ``slices`` of the same ``part`` and ``fold``; else ``None`` (to evaluate)."""
-    done = os.path.join(run_dir, f"summary_{part}.json")
+    done = os.path.join(run_dir, summary_file(part))
     if not (os.path.exists(done) and os.path.getmtime(done) >= os.path.getmtime(weights)):
         return None
-    with open(done) as f:
-        summary = json.load(f)
+    summary = read_json(done)
     if summary.get("slices") != slices or summary.get("fold") != fold or summary.get("part") != part:
         return None
     return summary

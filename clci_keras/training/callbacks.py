@@ -4,7 +4,6 @@ All three run on every Keras backend; none needs TensorFlow.
 """
 from __future__ import annotations
 
-import json
 import os
 
 import keras
@@ -13,6 +12,7 @@ import numpy as np
 from clci_keras import fileio
 from clci_keras.models.layers import debias_steps, set_debias_steps
 from clci_keras.models.seeding import seed_generators  # noqa: F401  (public here before models.seeding)
+from clci_keras.run_layout import STATE_FILE, WEIGHTS_FILE
 from clci_keras.training import run_folder as rf
 
 #: Callback attributes saved with the resume point (``BackupAndRestore`` keeps none).
@@ -61,9 +61,8 @@ class ResumePoint(keras.callbacks.Callback):
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
         try:
-            model.load_weights(os.path.join(folder, rf.WEIGHTS_FILE))
-            with open(os.path.join(folder, rf.STATE_FILE)) as f:
-                state = json.load(f)
+            model.load_weights(os.path.join(folder, WEIGHTS_FILE))
+            state = fileio.read_json(os.path.join(folder, STATE_FILE))
         except Exception as e:  # h5py/OSError/JSON errors: name the file
             raise rf.ResumeError(f"{folder}: cannot restore the resume point ({type(e).__name__}: {e})") from e
         for cb in self.tracked:
@@ -90,9 +89,8 @@ class ResumePoint(keras.callbacks.Callback):
         state["bn_debias_steps"] = debias_steps(self.model)
 
         def write(folder):
-            self.model.save_weights(os.path.join(folder, rf.WEIGHTS_FILE))
-            with open(os.path.join(folder, rf.STATE_FILE), "w") as f:
-                json.dump(state, f)
+            self.model.save_weights(os.path.join(folder, WEIGHTS_FILE))
+            fileio.write_json(os.path.join(folder, STATE_FILE), state, indent=None)
 
         rf.commit_resume_point(self.run_dir, epoch + 1, write)
 

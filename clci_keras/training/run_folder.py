@@ -1,64 +1,23 @@
-"""The run folder of :func:`clci_keras.training.train`: its file names, resume points and logs.
+"""The run folder of :func:`clci_keras.training.train`: resume points, logs, worker folders.
 
-No Keras and no backend here: only files. Layout of ``RUN_DIR``:
-
-``config.json``            the values used (:class:`~clci_keras.training.config.TrainConfig`)
-``input_plan.json``        the input plan fixed at the first start (memory or stream)
-``log.csv``                one row per epoch (Keras' ``CSVLogger``)
-``tensorboard/``           scalar logs (:class:`~clci_keras.training.callbacks.ScalarLogs`)
-``best.weights.h5``        best-on-``monitor`` checkpoint
-``backup/``                the resume point: ``epoch_NNNN/`` (weights with the optimiser
-                           state, callback states) and ``latest.json`` naming it (the commit)
-``previous_attempt/``      what a start without a resume point found and kept
-``.workers/``              private folders of the multi-process workers other than the chief
-``<model>_weights.h5``     the exported weights, Keras 2 legacy HDF5 layout
-``<model>_weights.h5.card.json``  their model card (:mod:`clci_keras.models.card`): architecture,
-                           input, space, intensity, training data, metrics, software
-``result.json``            the summary of a finished run
+No Keras and no backend here: only files. The folder's layout (its file names) is
+:mod:`clci_keras.run_layout`'s, where every layer reads it.
 """
 from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import os
 import shutil
 import time
 
 from clci_keras import fileio
-
-BACKUP_DIR = "backup"
-BEST_CKPT = "best.weights.h5"
-STATE_FILE = "callback_state.json"
-WEIGHTS_FILE = "model.weights.h5"
-POINTER = "latest.json"
-CONFIG_FILE = "config.json"
-RESULT_FILE = "result.json"
-LOG_FILE = "log.csv"
-INPUT_PLAN_FILE = "input_plan.json"
-TENSORBOARD_DIR = "tensorboard"
-PREVIOUS_ATTEMPT_DIR = "previous_attempt"
-#: The private run folders of the workers other than the chief.
-WORKERS_DIR = ".workers"
+from clci_keras.run_layout import (BACKUP_DIR, BEST_CKPT, LOG_FILE, POINTER, PREVIOUS_ATTEMPT_DIR, STATE_FILE,
+                                   WEIGHTS_FILE, WORKERS_DIR)
 
 
 class ResumeError(ValueError):
     """The run folder's resume point cannot be read; the message names the file."""
-
-
-def write_json(path, obj, indent=None):
-    """Write ``obj`` as JSON to ``path`` atomically and durably (:func:`clci_keras.fileio.atomic_text`)."""
-    with fileio.atomic_text(path, durable=True) as f:
-        json.dump(obj, f, indent=indent, default=str)
-
-
-def read_json(path):
-    """``path`` parsed as JSON; None when the file does not exist."""
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        return None
 
 
 def resume_point(run_dir):
@@ -67,8 +26,7 @@ def resume_point(run_dir):
     if not os.path.exists(pointer):
         return 0, None
     try:
-        with open(pointer) as f:
-            meta = json.load(f)
+        meta = fileio.read_json(pointer)
         epoch, folder = int(meta["epoch"]), os.path.join(run_dir, BACKUP_DIR, meta["dir"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ResumeError(f"{pointer}: unreadable resume point ({e}); delete {os.path.dirname(pointer)} "
@@ -91,7 +49,7 @@ def commit_resume_point(run_dir, epoch, write):
     name = f"epoch_{epoch:04d}"
     with fileio.atomic_folder(os.path.join(backup, name), durable=True) as folder:
         write(folder)
-    write_json(os.path.join(backup, POINTER), {"epoch": epoch, "dir": name})
+    fileio.write_json(os.path.join(backup, POINTER), {"epoch": epoch, "dir": name}, indent=None, durable=True)
     for old in os.listdir(backup):  # earlier points
         if old.startswith("epoch_") and old != name:
             shutil.rmtree(os.path.join(backup, old), ignore_errors=True)
@@ -184,7 +142,8 @@ def worker_folder(run_dir, name):
         for f in (LOG_FILE, BEST_CKPT):
             if os.path.exists(os.path.join(run_dir, f)):
                 shutil.copy2(os.path.join(run_dir, f), os.path.join(folder, f))
-        write_json(os.path.join(folder, BACKUP_DIR, POINTER), {"epoch": epoch, "dir": point_name})
+        fileio.write_json(os.path.join(folder, BACKUP_DIR, POINTER), {"epoch": epoch, "dir": point_name},
+                          indent=None, durable=True)
     return folder
 
 

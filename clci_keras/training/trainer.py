@@ -26,10 +26,11 @@ import warnings
 
 import numpy as np
 
+from clci_keras import run_layout
 from clci_keras.data import reader as R
 from clci_keras.data.reader import dataset_info
 from clci_keras.data.splits import load_split
-from clci_keras.fileio import exclusive
+from clci_keras.fileio import exclusive, read_json, write_json
 from clci_keras.models import build_model, get_model_spec, load_weights, save_weights_legacy
 from clci_keras.models.card import LAYOUT_SPACES, card_path, make_card, software_versions, write_card
 from clci_keras.models.manifest import add_to_manifest, sha256
@@ -217,7 +218,7 @@ def train(model_name="clci_net", h5_path=None, split_path=None, out_dir=None, fo
 
 def _train_in(cfg, run_dir, chief, role, overwrite, callbacks):
     """:func:`train` once its arguments are checked (and the chief holds the run folder)."""
-    cfg_path = os.path.join(run_dir, rf.CONFIG_FILE)
+    cfg_path = os.path.join(run_dir, run_layout.CONFIG_FILE)
     if chief and overwrite and os.path.isdir(run_dir):
         rf.remove_folder(run_dir, retries=2 if role else 0)
     if chief:
@@ -238,9 +239,10 @@ def _existing_run(cfg, run_dir, chief):
     A folder in which no epoch finished (no resume point, no result) holds nothing
     to keep: it is restarted with the new settings, without ``overwrite``.
     """
-    old = TrainConfig.from_dict(rf.read_json(os.path.join(run_dir, rf.CONFIG_FILE)))
+    old = TrainConfig.from_dict(read_json(os.path.join(run_dir, run_layout.CONFIG_FILE)))
     diff = cfg.differences(old)
-    if diff and rf.resume_point(run_dir)[0] == 0 and rf.read_json(os.path.join(run_dir, rf.RESULT_FILE)) is None:
+    finished = read_json(os.path.join(run_dir, run_layout.RESULT_FILE), missing=None)
+    if diff and rf.resume_point(run_dir)[0] == 0 and finished is None:
         print(f"{run_dir}: no epoch finished in the earlier attempt; starting again with the new settings")
         return None
     if diff:
@@ -249,8 +251,8 @@ def _existing_run(cfg, run_dir, chief):
             + ", ".join(f"{k}: {getattr(old, k)!r} -> {getattr(cfg, k)!r}" for k in diff)
             + "; use another output folder or overwrite=True (--overwrite)"
         )
-    result_path = os.path.join(run_dir, rf.RESULT_FILE)
-    result = rf.read_json(result_path)
+    result_path = os.path.join(run_dir, run_layout.RESULT_FILE)
+    result = read_json(result_path, missing=None)
     if result is not None:
         if result.get("epochs_run", 0) >= cfg.epochs or result.get("stopped_early"):
             print(f"{run_dir}: run already complete; nothing to do (--overwrite to retrain)")
@@ -329,9 +331,9 @@ def _fit(cfg, run_dir, extra_callbacks, role=None):
     result["card"] = os.path.basename(_write_card(cfg, model, weights_path, result))
     if cfg.manifest:
         result["manifest_entry"] = _add_to_manifest(cfg, model, weights_path, result)
-    rf.write_json(os.path.join(run_dir, rf.RESULT_FILE), result, indent=2)
+    write_json(os.path.join(run_dir, run_layout.RESULT_FILE), result, durable=True)
     # The run is complete: the resume point is no longer needed.
-    shutil.rmtree(os.path.join(run_dir, rf.BACKUP_DIR), ignore_errors=True)
+    shutil.rmtree(os.path.join(run_dir, run_layout.BACKUP_DIR), ignore_errors=True)
     return result
 
 
@@ -412,7 +414,7 @@ def _make_data(cfg, run_dir, split, shard=None):
         kept = rf.keep_previous_attempt(run_dir)
         if kept:
             print(f"no resume point in {run_dir}: starting afresh; an earlier attempt's "
-                  f"{', '.join(kept)} moved to {os.path.join(run_dir, rf.PREVIOUS_ATTEMPT_DIR)}")
+                  f"{', '.join(kept)} moved to {os.path.join(run_dir, run_layout.PREVIOUS_ATTEMPT_DIR)}")
     else:
         print(f"resuming {run_dir} after epoch {first_epoch}")
     rf.truncate_log(run_dir, first_epoch)
@@ -420,12 +422,12 @@ def _make_data(cfg, run_dir, split, shard=None):
     # In memory when the subjects fit the budget, else streamed; the plan of the first start is
     # kept, so that a resumed run (even on another machine) replays the same batches.
     subjects = list(split["train"]) + val_subjects
-    plan_path = os.path.join(run_dir, rf.INPUT_PLAN_FILE)
-    plan = rf.read_json(plan_path) if first_epoch else None
+    plan_path = os.path.join(run_dir, run_layout.INPUT_PLAN_FILE)
+    plan = read_json(plan_path, missing=None) if first_epoch else None
     if plan is None:
         plan = R.plan_input(cfg.h5, subjects, cfg.crop, cfg.input_mode, cfg.max_memory_gb,
                             cfg.stream_buffer_subjects)
-        rf.write_json(plan_path, plan)
+        write_json(plan_path, plan, indent=None, durable=True)
     print(f"input: {plan['mode']} ({plan['bytes'] / 1024**3:.1f} GiB of slices, budget "
           f"{plan['budget_bytes'] / 1024**3:.1f} GiB" + (f", windows of {plan['buffer_subjects']} subjects"
                                                          if plan["mode"] == "stream" else "") + ")")
@@ -473,7 +475,7 @@ def _callbacks(cfg, run_dir, monitor):
     from clci_keras.training import callbacks as C
 
     cbs = [
-        C.AtomicModelCheckpoint(os.path.join(run_dir, rf.BEST_CKPT), monitor=monitor, save_best_only=True,
+        C.AtomicModelCheckpoint(os.path.join(run_dir, run_layout.BEST_CKPT), monitor=monitor, save_best_only=True,
                                 save_weights_only=True, verbose=1),
         keras.callbacks.ReduceLROnPlateau(
             monitor=monitor, factor=cfg.reduce_lr_factor, patience=cfg.reduce_lr_patience,
@@ -483,10 +485,10 @@ def _callbacks(cfg, run_dir, monitor):
             monitor=monitor, patience=cfg.early_stopping_patience,
             min_delta=cfg.early_stopping_min_delta, verbose=1,
         ),
-        keras.callbacks.CSVLogger(os.path.join(run_dir, rf.LOG_FILE), append=True),
+        keras.callbacks.CSVLogger(os.path.join(run_dir, run_layout.LOG_FILE), append=True),
     ]
     if cfg.tensorboard:
-        cbs.append(C.ScalarLogs(os.path.join(run_dir, rf.TENSORBOARD_DIR)))
+        cbs.append(C.ScalarLogs(os.path.join(run_dir, run_layout.TENSORBOARD_DIR)))
     tracked = [cb for cb in cbs if type(cb).__name__ in C.RESUME_FIELDS]
     # Last, so that it saves the states after the other callbacks updated them.
     cbs.append(C.ResumePoint(run_dir, tracked))
@@ -499,12 +501,12 @@ def _finish(cfg, run_dir, model, split, data, replicas):
 
     monitor = data["monitor"]
     # Export: best-on-monitor checkpoint (default) or the last epoch's weights.
-    best_path = os.path.join(run_dir, rf.BEST_CKPT)
+    best_path = os.path.join(run_dir, run_layout.BEST_CKPT)
     exported_from = "last"
     if cfg.export == "best" and os.path.exists(best_path):
         model.load_weights(best_path)
         exported_from = "best"
-    weights_name = cfg.weights_name or f"{cfg.model}_weights.h5"
+    weights_name = cfg.weights_name or run_layout.default_weights_name(cfg.model)
     save_weights_legacy(model, os.path.join(run_dir, weights_name))
 
     log = rf.read_log(run_dir)
