@@ -189,8 +189,7 @@ def _build_before_first_step():
     Without a ``tf.distribute`` strategy Keras creates them while tracing the
     training step, and TensorFlow then traces that step a second time; built
     beforehand, it is traced once. Same variables, same initial values: the run
-    is unchanged (measurements: benchmarks/RESULTS.md, "Measurements moved from
-    docstrings").
+    is unchanged.
     """
     import keras
 
@@ -213,8 +212,7 @@ def _train_eagerly():
     """A callback that runs the training and validation steps eagerly (no ``tf.function``).
 
     Same operations, same results (up to float rounding). Worth it only for a
-    handful of steps, where tracing the step costs more than running it eagerly
-    (measurements: benchmarks/RESULTS.md, "Measurements moved from docstrings").
+    handful of steps, where tracing the step costs more than running it eagerly.
     """
     import keras
 
@@ -235,8 +233,7 @@ def _use_eager(eager, options):
     """Whether a run's steps run eagerly: ``eager``, or for ``"auto"`` a short run off JAX.
 
     JAX runs an eager step operation by operation, compiling each one apart,
-    so ``"auto"`` compiles the step there
-    (measurements: benchmarks/RESULTS.md, "Measurements moved from docstrings").
+    so ``"auto"`` compiles the step there.
     """
     import keras
 
