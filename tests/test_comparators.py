@@ -20,7 +20,7 @@ TRAIN = (32, 32, 1)
 UPDATES = 2
 COMPARATORS = ("fcn8s", "pspnet", "deeplabv3plus", "denseunet")
 EXPECTED = {"clci_net", "baseline", "clci_aspp", "clci_aspp_clf", *COMPARATORS}
-#: Parameters at 224x176x1 (pinned: a change here changes the README table).
+#: Parameters at 224x176x1 (pinned: a change here changes the tables of docs/models.md).
 PARAMS = {
     "clci_net": 36_838_305,
     "fcn8s": 41_475_171,
