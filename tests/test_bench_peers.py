@@ -1,7 +1,7 @@
 """benchmarks/bench_peers.py without nnunetv2: its arguments, its parsing of the children's output, its table."""
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import os
 import sys
@@ -16,12 +16,9 @@ BENCHMARKS = os.path.join(ROOT, "benchmarks")
 def peers():
     sys.path.insert(0, BENCHMARKS)  # the script imports benchmarks/_harness.py as its siblings do
     try:
-        spec = importlib.util.spec_from_file_location("bench_peers", os.path.join(BENCHMARKS, "bench_peers.py"))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        return importlib.import_module("bench_peers")
     finally:
         sys.path.remove(BENCHMARKS)
-    return module
 
 
 def test_arguments(peers):
