@@ -204,3 +204,45 @@ def test_no_private_name_crosses_modules():
                                    f"{a.name} from {node.module}")
     assert not bad, "\n".join(bad)
 
+
+# --- the run folder's file names: spelled once, in run_layout ------------------------------------
+
+#: String literals equal to a run folder name that mean something else: ``{file: {literal}}``.
+NOT_RUN_FILES = {
+    "clci_keras/models/weights.py": {"config.json"},  # a member of a Keras ``.keras`` archive
+    "clci_keras/training/config.py": {"tensorboard"},  # the TrainConfig field
+    "clci_keras/cli/train.py": {"tensorboard"},  # the flag's destination (that field)
+}
+
+
+def _run_folder_names():
+    """The string constants of ``run_layout`` and the patterns its name helpers build."""
+    from clci_keras import run_layout
+
+    names = {v for k, v in vars(run_layout).items() if k.isupper() and isinstance(v, str)}
+    assert {"config.json", "result.json", "log.csv", "latest.json"} <= names
+    return names
+
+
+def _f_string_pattern(node):
+    """An f-string with ``{}`` for each replacement field: ``f"scores_{part}.csv"`` -> ``scores_{}.csv``."""
+    return "".join(v.value if isinstance(v, ast.Constant) else "{}" for v in node.values)
+
+
+def test_run_folder_names_are_not_restated():
+    import re
+
+    names = _run_folder_names()
+    patterns = re.compile(r"(scores_\{\}.*\.csv|summary_\{\}.*\.json|\{\}_weights\.h5)\Z")
+    bad = []
+    for path in ROOT.rglob("*.py"):
+        rel = str(path.relative_to(ROOT.parent))
+        if rel == "clci_keras/run_layout.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.JoinedStr) and patterns.match(_f_string_pattern(node)):
+                bad.append(f"{rel}:{node.lineno}: f-string {_f_string_pattern(node)!r}")
+            elif (isinstance(node, ast.Constant) and node.value in names
+                  and node.value not in NOT_RUN_FILES.get(rel, ())):
+                bad.append(f"{rel}:{node.lineno}: {node.value!r}")
+    assert not bad, "run folder names restated (take them from clci_keras.run_layout):\n" + "\n".join(sorted(bad))

@@ -8,6 +8,7 @@ import sys
 from clci_keras.cli import eval_slices_arg, positive_int, report
 from clci_keras.evaluation.published import evaluate_published
 from clci_keras.fileio import check_writable_folder
+from clci_keras.run_layout import scores_file
 
 
 # Options a preset fixes; their defaults without a preset.
@@ -70,7 +71,7 @@ def _run_preset(args):
     if s["missing_ids"]:
         print(f"warning: {len(s['missing_ids'])} of the {s['expected_ids']} {s['part']} ids are not in {args.h5}; "
               f"scored the {len(s['subjects'])} present (--allow-missing)", file=sys.stderr)
-    print(f"wrote {os.path.join(out, 'scores_' + s['part'] + '.csv')} and comparison_{s['part']}.md "
+    print(f"wrote {os.path.join(out, scores_file(s['part']))} and comparison_{s['part']}.md "
           f"({s['seconds']['wall_per_scan']:.1f} s per scan)")
     return 0
 

@@ -28,7 +28,6 @@ evaluation works, not a result): the summary then says ``"partial": true`` and r
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 
@@ -47,9 +46,10 @@ from clci_keras.evaluation.metrics import (
     segmentation_scores,
     summarize,
 )
-from clci_keras.fileio import atomic_text, exclusive
+from clci_keras.fileio import atomic_text, exclusive, write_json
 from clci_keras.models import build_with_weights
 from clci_keras.models.manifest import update_entry
+from clci_keras.run_layout import scores_file, summary_file
 
 EVAL_SLICES = ("all", "brain")  # and slabs "A:B"
 
@@ -167,12 +167,6 @@ def write_scores(rows, csv_path, columns=SCORE_COLUMNS):
                         for k in cols})
 
 
-def _write_json(obj, path):
-    with atomic_text(path, durable=True) as f:
-        json.dump(obj, f, indent=2, default=str)
-        f.write("\n")
-
-
 def format_summary(summary, names=("dsc", "precision", "recall", "voe", "rvd", "lesion_f1")):
     """One line ``DSC 0.581 ± 0.21 | ...`` of a :func:`summarize` dict."""
     parts = []
@@ -222,20 +216,19 @@ def evaluate_run(weights, model_name, h5_path, split_path, part="test", out_dir=
     if out_dir is None:
         out_dir = os.path.dirname(os.path.abspath(weights)) if weights else "."
     os.makedirs(out_dir, exist_ok=True)
-    suffix = f"{part}_{tag}" if tag else part
-    with exclusive(os.path.join(out_dir, f"scores_{suffix}.csv"), what="evaluation output"):  # one run at a time
-        summary = _score_and_write(model, model_name, weights, h5_path, subjects, part_subjects, out_dir, suffix,
+    with exclusive(os.path.join(out_dir, scores_file(part, tag)), what="evaluation output"):  # one run at a time
+        summary = _score_and_write(model, model_name, weights, h5_path, subjects, part_subjects, out_dir, tag,
                                    part, fold, crop, batch_size, threshold, slices, progress, max_subjects)
     if manifest and manifest_name:
         _record_in_manifest(manifest, manifest_name, summary)
     return summary
 
 
-def _score_and_write(model, model_name, weights, h5_path, subjects, part_subjects, out_dir, suffix, part, fold,
+def _score_and_write(model, model_name, weights, h5_path, subjects, part_subjects, out_dir, tag, part, fold,
                      crop, batch_size, threshold, slices, progress, max_subjects):
-    """Score ``subjects``; write ``scores_<suffix>.csv`` and ``summary_<suffix>.json``; return the summary."""
+    """Score ``subjects``; write ``scores_<part>[_<tag>].csv`` and ``summary_<part>[_<tag>].json``; the summary."""
     rows = evaluate_model(model, h5_path, subjects, crop, batch_size, threshold, slices, progress)
-    write_scores(rows, os.path.join(out_dir, f"scores_{suffix}.csv"))
+    write_scores(rows, os.path.join(out_dir, scores_file(part, tag)))
     summary = {
         "model": model_name,
         "weights": os.path.abspath(weights) if weights else None,
@@ -255,7 +248,7 @@ def _score_and_write(model, model_name, weights, h5_path, subjects, part_subject
         from clci_keras.models.manifest import sha256
 
         summary["weights_sha256"] = sha256(weights)
-    _write_json(summary, os.path.join(out_dir, f"summary_{suffix}.json"))
+    write_json(os.path.join(out_dir, summary_file(part, tag)), summary, durable=True)
     return summary
 
 

@@ -56,7 +56,6 @@ used.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -70,9 +69,10 @@ from clci_keras.data.reader import SliceReader, dataset_info
 from clci_keras.data.slicing import crop_shape
 from clci_keras.data.splits import load_split
 from clci_keras.evaluation.evaluate import predict_subject, write_scores
-from clci_keras.fileio import atomic_text
+from clci_keras.fileio import atomic_text, write_json
 from clci_keras.models import build_with_weights
 from clci_keras.models.catalog import get_weights_entry
+from clci_keras.run_layout import scores_file, summary_file
 
 #: Per-patient scores of the SPiN convention, in CSV order.
 SPIN_SCORE_NAMES = ("dsc", "iou", "precision", "recall", "voe", "rvd")
@@ -251,7 +251,7 @@ def evaluate_published(preset, weights, h5_path, out_dir, *, allow_missing=False
     meta = {int(s["index"]): s for s in read_subjects(h5_path)}
     rows, wall, cpu = _score_patients(model, h5_path, subjects, meta, used_crop, batch_size, ev,
                                       desc=str(preset) if progress else None)
-    write_published_scores(rows, os.path.join(out_dir, f"scores_{part}.csv"))
+    write_published_scores(rows, os.path.join(out_dir, scores_file(part)))
     means = summarize_published(rows)
     info = dataset_info(h5_path)
     summary = {
@@ -347,9 +347,7 @@ def _small_lesion_scores(full_labels, gt, prob, threshold):
 def _write_summary_and_comparison(out_dir, summary, entry, notes):
     """``summary_<part>.json`` (durable) and ``comparison_<part>.md`` of :func:`evaluate_published`."""
     part = summary["part"]
-    with atomic_text(os.path.join(out_dir, f"summary_{part}.json"), durable=True) as fh:
-        json.dump(summary, fh, indent=2, default=str)
-        fh.write("\n")
+    write_json(os.path.join(out_dir, summary_file(part)), summary, durable=True)
     md = comparison_markdown(entry, summary["means"], n_expected=summary["expected_ids"],
                              missing=summary["missing_ids"], synthetic=bool(summary["data"].get("synthetic")),
                              notes=notes)

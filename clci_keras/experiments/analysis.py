@@ -5,7 +5,6 @@ Tables are pandas DataFrames; each function writes nothing unless given a path.
 from __future__ import annotations
 
 import glob
-import json
 import os
 
 import numpy as np
@@ -13,8 +12,9 @@ import numpy as np
 from clci_keras.data import crop_shape, dataset_info, load_split, read_subjects, select_slices
 from clci_keras.data.constants import DEFAULT_CROP
 from clci_keras.evaluation import evaluate_model, predict_subject, summarize
-from clci_keras.fileio import atomic_text
+from clci_keras.fileio import atomic_text, read_json, write_json
 from clci_keras.models import build_with_weights
+from clci_keras.run_layout import CONFIG_FILE, RESULT_FILE, scores_file
 
 #: Lesion-size classes in ml: small below 5, medium, large from 30 (our choice;
 #: the paper does not analyse lesion size).
@@ -86,15 +86,8 @@ def describe_data(h5, tables_dir=None, size_bins_ml=SIZE_BINS_ML, crop=DEFAULT_C
         os.makedirs(tables_dir, exist_ok=True)
         with atomic_text(os.path.join(tables_dir, "subjects.csv"), newline="") as f:
             subjects[[c for c in cols if c in subjects]].to_csv(f, index=False)
-        with atomic_text(os.path.join(tables_dir, "summary.json")) as f:
-            json.dump(summary, f, indent=2, default=_jsonable)
+        write_json(os.path.join(tables_dir, "summary.json"), summary)
     return subjects, summary
-
-
-def _jsonable(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 # ---------------------------------------------------------------------------
@@ -104,7 +97,7 @@ def pooled_scores(runs, part="test"):
     """Per-patient rows of several runs (:func:`train_and_evaluate` results), with a ``fold`` column."""
     import pandas as pd
 
-    frames = [pd.read_csv(os.path.join(r["run_dir"], f"scores_{part}.csv"), dtype={"subject_id": str, "site": str})
+    frames = [pd.read_csv(os.path.join(r["run_dir"], scores_file(part)), dtype={"subject_id": str, "site": str})
               .assign(model=r["model"], fold=r["fold"]) for r in runs]
     return pd.concat(frames, ignore_index=True)
 
@@ -124,14 +117,12 @@ def score_summary(scores, label=""):
 def find_runs(runs_dir, models, fold=None):
     """Finished runs of ``models`` on ``fold`` below ``runs_dir``: ``{model: (config, weights path)}``."""
     found = {}
-    for cfg_path in sorted(glob.glob(os.path.join(runs_dir or "", "**", "config.json"), recursive=True)):
+    for cfg_path in sorted(glob.glob(os.path.join(runs_dir or "", "**", CONFIG_FILE), recursive=True)):
         run = os.path.dirname(cfg_path)
-        res_path = os.path.join(run, "result.json")
-        with open(cfg_path) as f:
-            cfg = json.load(f)
+        res_path = os.path.join(run, RESULT_FILE)
+        cfg = read_json(cfg_path)
         if cfg.get("model") in models and cfg.get("fold") == fold and os.path.exists(res_path):
-            with open(res_path) as f:
-                found.setdefault(cfg["model"], (cfg, os.path.join(run, json.load(f)["weights"])))
+            found.setdefault(cfg["model"], (cfg, os.path.join(run, read_json(res_path)["weights"])))
     return found
 
 

@@ -29,7 +29,6 @@ MNI brain mask's z-range predicted at evaluation (``eval_slices="brain"``).
 from __future__ import annotations
 
 import inspect
-import json
 import os
 import shutil
 import time
@@ -40,10 +39,11 @@ from clci_keras.data import SliceReader, crop_shape, load_split
 from clci_keras.data.constants import DEFAULT_CROP
 from clci_keras.evaluation.evaluate import evaluate_run, format_summary
 from clci_keras.experiments.workflows import make_split, prepare_data, train_and_evaluate
-from clci_keras.fileio import atomic_text
+from clci_keras.fileio import write_json
 from clci_keras.models import build_model, load_weights
 from clci_keras.reports import write_tables
 from clci_keras.reports.figures import overlay_figure, pick_slices, training_curves
+from clci_keras.run_layout import LOG_FILE
 from clci_keras.training import set_seed
 
 #: Number of steps :func:`run_demo` announces.
@@ -124,8 +124,7 @@ def run_demo(out_dir, subjects=6, seed=0, epochs=8, steps_per_epoch=6, batch_siz
                        cpu=time.process_time() - c0,  # CPU seconds of this process (all threads)
                        outputs={"tables": sorted(tables.values()), "figures": figs,
                                 "weights": run["weights"], "manifest": manifest})
-    with atomic_text(os.path.join(out_dir, "demo_summary.json"), durable=True) as f:
-        json.dump(summary, f, indent=2)
+    write_json(os.path.join(out_dir, "demo_summary.json"), summary, durable=True)
     return summary
 
 
@@ -231,7 +230,7 @@ def _figures(out_dir, run_dir, h5, split, model, net, init, crop):
     """
     from clci_keras.models import predict_slices  # Keras
 
-    figs = [training_curves(os.path.join(run_dir, "log.csv"), os.path.join(out_dir, "training_curves.png"),
+    figs = [training_curves(os.path.join(run_dir, LOG_FILE), os.path.join(out_dir, "training_curves.png"),
                             title=f"{model} on synthetic data (demo)")]
     s = int(split["test"][0])
     with SliceReader(h5, crop) as reader:

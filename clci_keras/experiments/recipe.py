@@ -37,6 +37,7 @@ from clci_keras.data.constants import SYNTHETIC_MARKER
 from clci_keras.data.slicing import get_crop
 from clci_keras.experiments.workflows import TABLE1_MODELS, TABLE2_MODELS
 from clci_keras.fileio import atomic_text
+from clci_keras.run_layout import default_weights_name, summary_file
 from clci_keras.training.config import RUN_FIELDS
 from clci_keras.version import __version__
 
@@ -361,11 +362,11 @@ def _job_function(recipe):
 train_and_evaluate() {{
   local model=$1 fold=$2
   local run="$RUNS/$model/fold$fold"
-  local weights="$run/${{model}}_weights.h5"
+  local weights="$run/{default_weights_name("${model}")}"
   timed "train $model fold$fold" \\
     {cli} train --model "$model" --h5 "$H5" --split "$SPLIT" --fold "$fold" --out "$run" \\
       --manifest "$run/manifest.json"{train_tail}
-  done_already "$run/summary_test.json" "$weights" ||
+  done_already "$run/{summary_file("test")}" "$weights" ||
     timed "evaluate $model fold$fold" \\
       {cli} evaluate --model "$model" --weights "$weights" --h5 "$H5" --split "$SPLIT" --fold "$fold" \\
         --out "$run" --manifest "$run/manifest.json" --name "$model-fold$fold"{eval_tail}

@@ -19,12 +19,13 @@ image with values up to 1e6 would otherwise give a mask over most of the head.
 """
 from __future__ import annotations
 
-import json
 import os
 
 from clci_keras.data.intensity import v2_reference
+from clci_keras.fileio import read_json
 from clci_keras.inference.io import InputError
 from clci_keras.models.catalog import CATALOG
+from clci_keras.run_layout import RESULT_FILE
 
 #: Accepted range of the 99.5th percentile of the non-zero voxels after scaling
 #: (ATLAS R1.1 / 100 and the v2 scheme put it near 1).
@@ -67,11 +68,10 @@ def weights_intensity(weights):
     path = os.path.abspath(os.fspath(weights))
     base = os.path.basename(path)
     # 1. the training run folder
-    result = os.path.join(os.path.dirname(path), "result.json")
+    result = os.path.join(os.path.dirname(path), RESULT_FILE)
     if os.path.isfile(result):
         try:
-            with open(result) as f:
-                r = json.load(f)
+            r = read_json(result)
             if r.get("weights") in (base, path) and (r.get("data") or {}).get("intensity_scheme"):
                 return r["data"]["intensity_scheme"], f"training record {result}"
         except (OSError, ValueError, AttributeError):

@@ -30,7 +30,7 @@ import platform
 from clci_keras.data.constants import ATLAS_AFFINE, ATLAS_SHAPE, CROPS, V2_SPACE
 from clci_keras.data.intensity import SCHEMES
 from clci_keras.data.slicing import get_crop
-from clci_keras.fileio import atomic_text
+from clci_keras.fileio import write_json
 from clci_keras.version import __version__
 
 #: Version of the card layout; a card of a newer schema is refused (upgrade clci_keras).
@@ -192,16 +192,8 @@ def write_card(weights, card):
     """Write ``card`` (validated) beside ``weights`` as :func:`card_path`, atomically; returns its path."""
     path = card_path(weights)
     validate_card(card, path)
-    with atomic_text(path, durable=True) as f:
-        json.dump(card, f, indent=2, default=_jsonable)
-        f.write("\n")
+    write_json(path, card, durable=True)
     return path
-
-
-def _jsonable(o):
-    if hasattr(o, "tolist"):  # NumPy scalars and arrays
-        return o.tolist()
-    return str(o)
 
 
 def read_card(weights_path):

@@ -22,13 +22,10 @@ deprecated name: "register" is the model registry's and MNI152 registration's wo
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import warnings
 
-import numpy as np
-
-from clci_keras.fileio import atomic_text
+from clci_keras.fileio import read_json, write_json
 
 MANIFEST_FORMAT = 1
 
@@ -46,30 +43,10 @@ def read_manifest(path):
     """The manifest at ``path`` (an empty one if the file does not exist)."""
     if not os.path.exists(path):
         return {"format": MANIFEST_FORMAT, "weights": []}
-    with open(path) as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not a valid weights manifest ({e})") from e
+    data = read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("weights"), list):
         raise ValueError(f"{path}: not a weights manifest (no 'weights' list)")
     return data
-
-
-def _write_json(path, data):
-    with atomic_text(path, durable=True) as f:
-        json.dump(data, f, indent=2, sort_keys=False, default=_jsonable)
-        f.write("\n")
-
-
-def _jsonable(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, bytes):
-        return o.decode("utf8", "replace")
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def add_to_manifest(manifest_path, weights_path, name, **fields):
@@ -87,7 +64,7 @@ def add_to_manifest(manifest_path, weights_path, name, **fields):
     }
     data = read_manifest(manifest_path)
     data["weights"] = [e for e in data["weights"] if e.get("name") != name] + [entry]
-    _write_json(manifest_path, data)
+    write_json(manifest_path, data, durable=True)
     return entry
 
 
@@ -108,6 +85,6 @@ def update_entry(manifest_path, name, **fields):
                     e[k] = {**e[k], **v}
                 else:
                     e[k] = v
-            _write_json(manifest_path, data)
+            write_json(manifest_path, data, durable=True)
             return e
     raise ValueError(f"{manifest_path}: no weights entry named {name!r}")

@@ -31,26 +31,22 @@ from __future__ import annotations
 import csv
 import glob
 import io
-import json
 import math
 import os
 
 from clci_keras.evaluation.evaluate import slab_bounds
 from clci_keras.evaluation.metrics import summarize
-from clci_keras.fileio import atomic_text, exclusive
+from clci_keras.fileio import atomic_text, exclusive, read_json
 from clci_keras.models.paper import METRICS, PAPER, TABLE1, TABLE2  # noqa: F401  (re-exported)
+from clci_keras.run_layout import CONFIG_FILE, scores_file, summary_file
 
 #: Paper metrics in table order: (key in our summaries, column title, decimals).
 COLUMNS = METRICS
 
 
-def _read_json(path):
+def _read_object(path):
     """A JSON object from ``path``; ValueError naming the file if it is not one."""
-    try:
-        with open(path) as f:
-            obj = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    obj = read_json(path)
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(obj).__name__}")
     return obj
@@ -58,11 +54,11 @@ def _read_json(path):
 
 def _read_run(run, summary_path, part):
     """``(model, summary, config, rows)`` of one run folder (model ``None``: not a run)."""
-    summary = _read_json(summary_path)
-    cfg_path = os.path.join(run, "config.json")
-    cfg = _read_json(cfg_path) if os.path.exists(cfg_path) else {}
+    summary = _read_object(summary_path)
+    cfg_path = os.path.join(run, CONFIG_FILE)
+    cfg = _read_object(cfg_path) if os.path.exists(cfg_path) else {}
     model = summary.get("model") or cfg.get("model")
-    csv_path = os.path.join(run, f"scores_{part}.csv")
+    csv_path = os.path.join(run, scores_file(part))
     rows = _read_rows(csv_path) if model and os.path.exists(csv_path) else []
     return model, summary, cfg, rows
 
@@ -70,7 +66,7 @@ def _read_run(run, summary_path, part):
 def _model_of(run):
     """The model a run folder's ``config.json`` names, or the folder's name."""
     try:
-        return _read_json(os.path.join(run, "config.json")).get("model") or os.path.basename(run)
+        return _read_object(os.path.join(run, CONFIG_FILE)).get("model") or os.path.basename(run)
     except (OSError, ValueError):
         return os.path.basename(run)
 
@@ -86,7 +82,7 @@ def collect_runs(root, part="test", broken=None):
     there as ``(run folder, model, message)`` and left out instead.
     """
     found = {}
-    pattern = os.path.join(os.fspath(root), "**", f"summary_{part}.json")
+    pattern = os.path.join(os.fspath(root), "**", summary_file(part))
     for summary_path in sorted(glob.glob(pattern, recursive=True)):
         run = os.path.dirname(summary_path)
         try:
