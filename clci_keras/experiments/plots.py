@@ -4,28 +4,14 @@ Slice overlays and training curves are :mod:`clci_keras.reports.figures`'.
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from clci_keras.data import SliceReader, get_crop, load_subject_slices
 from clci_keras.data.constants import DEFAULT_CROP
 from clci_keras.experiments.analysis import SIZE_BINS_ML
-from clci_keras.fileio import atomic_path
+from clci_keras.plotting import save
 from clci_keras.reports import TABLE1, TABLE2, collect_runs
 from clci_keras.reports.figures import overlay_figure, pick_slices
-
-
-def _save(fig, png, dpi=110):
-    import matplotlib.pyplot as plt
-
-    png = os.fspath(png)
-    try:
-        with atomic_path(png) as tmp:
-            fig.savefig(tmp, dpi=dpi, format=os.path.splitext(png)[1][1:] or "png")
-    finally:
-        plt.close(fig)
-    return png
 
 
 def lesion_volume_histogram(subjects, png, size_bins_ml=SIZE_BINS_ML, title=""):
@@ -44,7 +30,7 @@ def lesion_volume_histogram(subjects, png, size_bins_ml=SIZE_BINS_ML, title=""):
     ax.set_title(f"{title} lesion volumes, {len(subjects)} subjects "
                  f"(dashed: small / medium / large at {list(size_bins_ml)} ml)".strip(), fontsize=9)
     fig.tight_layout()
-    return _save(fig, png)
+    return save(fig, png, dpi=110, close=True)
 
 
 def example_slices(h5, subjects, png, n=4, crop=DEFAULT_CROP, title=""):
@@ -73,7 +59,7 @@ def example_slices(h5, subjects, png, n=4, crop=DEFAULT_CROP, title=""):
         ax.set_yticks([])
     fig.suptitle(f"{title} examples: lesion (red), crop window (yellow)".strip(), fontsize=9)
     fig.tight_layout()
-    return _save(fig, png)
+    return save(fig, png, dpi=110, close=True)
 
 
 def table_dice(runs_dir, models, table, png, part="test", title=""):
@@ -102,7 +88,7 @@ def table_dice(runs_dir, models, table, png, part="test", title=""):
     ax.set_title(f"{title} Table {table} methods: per-patient Dice (ours), paper means (red stars)".strip(),
                  fontsize=9)
     fig.tight_layout()
-    return _save(fig, png)
+    return save(fig, png, dpi=110, close=True)
 
 
 def dice_vs_volume(scores, png, size_bins_ml=SIZE_BINS_ML, title=""):
@@ -121,7 +107,7 @@ def dice_vs_volume(scores, png, size_bins_ml=SIZE_BINS_ML, title=""):
     ax.legend(fontsize=7)
     ax.set_title(f"{title} Dice vs lesion volume (dashed: small / medium / large)".strip(), fontsize=9)
     fig.tight_layout()
-    return _save(fig, png)
+    return save(fig, png, dpi=110, close=True)
 
 
 def patient_overlay(h5, subject, crop, predictions, gt, png, texts=None, slices=None, title=None):

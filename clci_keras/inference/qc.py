@@ -11,7 +11,6 @@ called after each input, so the summary always holds every finished input.
 from __future__ import annotations
 
 import csv
-import io
 import os
 
 import nibabel as nib
@@ -20,6 +19,7 @@ from nibabel import orientations as no
 from scipy import ndimage
 
 from clci_keras.fileio import atomic_text
+from clci_keras.plotting import agg_figure, png_bytes, spread_slices
 
 #: Columns of the batch summary CSV, in order.
 SUMMARY_COLUMNS = (
@@ -49,26 +49,17 @@ def qc_png(image, data, mask, title="", n_slices=12, columns=6, dpi=80, lesions=
     component is numbered as in its table, where it crosses a drawn slice (flagged ones in orange
     with a ``*``).
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
     vol, zooms = _ras(np.asarray(data, dtype=np.float32), image.affine)
     m, _ = _ras(np.asarray(mask) > 0, image.affine)
     numbered = _ras(_numbered_components(mask), image.affine)[0] if lesions is not None else None
     flagged = {r["lesion_id"] for r in lesions.lesions if r.get("flags")} if lesions is not None else set()
-    zs = np.flatnonzero(m.any(axis=(0, 1)))
-    if zs.size == 0:
-        zs = np.flatnonzero((vol > np.percentile(vol, 50)).any(axis=(0, 1)))
-    if zs.size == 0:
-        zs = np.arange(vol.shape[2])
-    picks = np.unique(np.linspace(zs.min(), zs.max(), min(n_slices, zs.size)).round().astype(int))
+    extent = m.any(axis=(0, 1))
+    if not extent.any():  # no mask: the head
+        extent = (vol > np.percentile(vol, 50)).any(axis=(0, 1))
+    picks = spread_slices(extent, n_slices)
     lo, hi = np.percentile(vol, [1, 99.5])
     rows = int(np.ceil(len(picks) / columns))
-    fig = Figure(figsize=(2.0 * columns, 2.2 * rows + 0.4), dpi=dpi)
-    FigureCanvasAgg(fig)
+    fig = agg_figure((2.0 * columns, 2.2 * rows + 0.4), dpi)
     aspect = zooms[1] / zooms[0]
     for k, z in enumerate(picks):
         ax = fig.add_subplot(rows, columns, k + 1)
@@ -81,9 +72,7 @@ def qc_png(image, data, mask, title="", n_slices=12, columns=6, dpi=80, lesions=
         ax.set_title(f"z={z}", fontsize=7)
         ax.axis("off")
     fig.suptitle(title, fontsize=8)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
+    return png_bytes(fig)
 
 
 #: Components numbered in the QC picture (the largest; the tables list every one).

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from clci_keras.fileio import atomic_path
+from clci_keras.plotting import save
 
 
 def _pyplot():
@@ -76,15 +76,8 @@ def overlay_figure(image, gt, predictions, out_png, slices=None, n=4, threshold=
                 ax.set_ylabel(text, fontsize=8)
     fig.suptitle(title or "ground truth (green outline) vs prediction (red)", fontsize=9)
     fig.tight_layout()
-    _save(fig, out_png, dpi)
-    plt.close(fig)
+    save(fig, out_png, dpi, close=True)
     return out_png
-
-
-def _save(fig, out_png, dpi):
-    out_png = os.fspath(out_png)
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=dpi, format=os.path.splitext(out_png)[1][1:] or "png")
 
 
 def training_curves(log_csv, out_png, title=None, dpi=110):
@@ -120,6 +113,5 @@ def training_curves(log_csv, out_png, title=None, dpi=110):
             ax.legend(fontsize=7)
     fig.suptitle(title or os.path.basename(os.path.dirname(os.path.abspath(log_csv))), fontsize=9)
     fig.tight_layout()
-    _save(fig, out_png, dpi)
-    plt.close(fig)
+    save(fig, out_png, dpi, close=True)
     return out_png

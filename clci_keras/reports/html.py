@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import os
 
 import numpy as np
 
 from clci_keras.fileio import atomic_text
+from clci_keras.plotting import agg_figure, png_bytes, spread_slices
 
 _STYLE = """
 body{font-family:sans-serif;margin:1.5em auto;max-width:1100px;color:#222}
@@ -34,31 +34,6 @@ def png_data_uri(png):
     if not isinstance(png, (bytes, bytearray)) or not bytes(png[:8]) == b"\x89PNG\r\n\x1a\n":
         raise ValueError("expected PNG bytes (starting with the PNG signature)")
     return "data:image/png;base64," + base64.b64encode(bytes(png)).decode("ascii")
-
-
-def _figure(columns, rows, dpi):
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(2.0 * columns, 2.3 * rows + 0.4), dpi=dpi)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _png(fig):
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
-
-
-def _pick_slices(weight, n):
-    zs = np.flatnonzero(weight)
-    if zs.size == 0:
-        zs = np.arange(len(weight))
-    return np.unique(np.linspace(zs.min(), zs.max(), min(n, zs.size)).round().astype(int))
 
 
 def outline_montage_png(background, outlines=(), overlay=None, title="", n_slices=8, columns=4, dpi=72,
@@ -78,10 +53,10 @@ def outline_montage_png(background, outlines=(), overlay=None, title="", n_slice
         raise ValueError(f"background must be a 3D array, got shape {bg.shape}")
     if focus is None:
         focus = bg > np.percentile(bg, 50)
-    picks = _pick_slices(np.asarray(focus).any(axis=(0, 1)), n_slices)
+    picks = spread_slices(np.asarray(focus).any(axis=(0, 1)), n_slices)
     lo, hi = np.percentile(bg, [1, 99.5])
     rows = int(np.ceil(len(picks) / columns))
-    fig = _figure(columns, rows, dpi)
+    fig = agg_figure((2.0 * columns, 2.3 * rows + 0.4), dpi)
     for k, z in enumerate(picks):
         ax = fig.add_subplot(rows, columns, k + 1)
         ax.imshow(bg[:, :, z].T, cmap="gray", origin="lower", vmin=lo, vmax=hi if hi > lo else lo + 1,
@@ -97,7 +72,7 @@ def outline_montage_png(background, outlines=(), overlay=None, title="", n_slice
         ax.set_title(f"z={z}", fontsize=7)
         ax.axis("off")
     fig.suptitle(title, fontsize=8)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def overlap_figure_png(template, fraction, n_subjects, n_slices=12, columns=6, dpi=72):
