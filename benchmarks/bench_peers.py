@@ -285,13 +285,14 @@ def parse_child(name, stdout):
 
 def run_config(name, inputs, work, threads, nnunet_python):
     cmd = command(name, inputs, work, threads, nnunet_python)
+    load = os.getloadavg()[0]
     res = subprocess.run([sys.executable, "-c", _WRAPPER, *cmd], capture_output=True, text=True,
                          env=child_env(work))
     try:
         row = parse_child(name, res.stdout)
     except RuntimeError as e:
         raise RuntimeError(f"{e}\n{res.stderr[-3000:]}") from None
-    row.update(config=name, **CONFIGS[name], threads=threads)
+    row.update(config=name, **CONFIGS[name], threads=threads, load_avg=[load, os.getloadavg()[0]])
     return row
 
 
@@ -307,19 +308,22 @@ def table(rows):
     ref_m = {k: best.get(f"nnunet-{k}-mirror") for k in NNUNET_CONFIGS}
 
     def ratio(r, base):
-        return f"{r['predict_s'] / base['predict_s']:.2f}" if base else "–"
+        if not base:
+            return "–"
+        return f"{r['predict_s'] / base['predict_s']:.2f} ({r['cpu_s'] / base['cpu_s']:.2f})"
 
-    lines = ["| config | predict s/scan | process start to end, s | CPU s | peak RSS | / nnU-Net 2d | / nnU-Net 3d "
-             "| / same TTA: 2d, 3d |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| config | predict s/scan | process start to end, s | CPU s | peak RSS | load | / nnU-Net 2d "
+             "| / nnU-Net 3d | / nnU-Net same TTA: 2d; 3d |", "|---|---|---|---|---|---|---|---|---|"]
     for name in ORDER:
         r = best.get(name)
         if r is None:
             continue
         tta = r.get("tta") == "flip" or r.get("mirror")
         same = ref_m if tta else ref
+        load = "–" if "load_avg" not in r else "-".join(f"{x:.0f}" for x in r["load_avg"])
         lines.append(f"| {name} | {r['predict_s']:.1f} | {r['process_s']:.1f} | {r['cpu_s']:.0f} | "
-                     f"{r['peak_rss_mib'] / 1024:.2f} GiB | {ratio(r, ref['2d'])} | {ratio(r, ref['3d'])} | "
-                     f"{ratio(r, same['2d'])}, {ratio(r, same['3d'])} |")
+                     f"{r['peak_rss_mib'] / 1024:.2f} GiB | {load} | {ratio(r, ref['2d'])} | {ratio(r, ref['3d'])} | "
+                     f"{ratio(r, same['2d'])}; {ratio(r, same['3d'])} |")
     missing = [n for n in ORDER if n not in best]
     if missing:
         lines += ["", f"Not measured: {', '.join(missing)}."]
@@ -337,8 +341,8 @@ def write_record(path, record):
 
 def section(record):
     return (f"\n## {SECTION}, {record['date']}\n\n{record['machine']}; `python benchmarks/bench_peers.py` "
-            f"--threads {record['threads']}, one synthetic 1-mm scan, one fresh process per figure, ratios of "
-            f"the predict seconds.\n\n{table(record['rows'])}\n")
+            f"--threads {record['threads']}, one synthetic 1-mm scan, one fresh process per figure. Ratios: "
+            f"predict seconds (CPU seconds of the whole process); load: 1-min load average at start-end.\n\n{table(record['rows'])}\n")
 
 
 def versions():

@@ -57,7 +57,7 @@ def test_child_output_and_table(peers, tmp_path):
             dict(nnunet, config="nnunet-2d", **peers.CONFIGS["nnunet-2d"]),
             {"config": "nnunet-3d", **peers.CONFIGS["nnunet-3d"], "failed": "nnunet-3d: no figures"}]
     text = peers.table(rows)
-    assert "| clci-fp32 | 60.5 | 90.0 | 170 | 2.00 GiB | 2.00 | – | 2.00, – |" in text
+    assert "| clci-fp32 | 60.5 | 90.0 | 170 | 2.00 GiB | – | 2.00 (1.00) | – | 2.00 (1.00); – |" in text
     assert "Not measured:" in text and "nnunet-3d," in text
     record = {"date": "2026-12-07", "machine": "m", "threads": 2, "rows": rows}
     path = tmp_path / "results" / "peers_2026-12-07.json"
