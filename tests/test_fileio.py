@@ -195,3 +195,28 @@ def test_move_renames(tmp_path):
     (tmp_path / "attic").mkdir()
     fileio.move(tmp_path / "a", tmp_path / "attic" / "a", durable=True)
     assert (tmp_path / "attic" / "a").read_text() == "a" and not (tmp_path / "a").exists()
+
+
+# --- JSON: one format, one reader -----------------------------------------------------------------
+
+def test_write_json_has_one_format_and_reads_back(tmp_path):
+    import numpy as np
+
+    path = tmp_path / "summary.json"
+    fileio.write_json(path, {"a": np.float32(0.5), "n": np.int64(3), "v": np.arange(2), "b": b"x", "p": tmp_path})
+    assert path.read_text() == ('{\n  "a": 0.5,\n  "n": 3,\n  "v": [\n    0,\n    1\n  ],\n  "b": "x",\n'
+                                f'  "p": "{tmp_path}"\n}}\n')
+    fileio.write_json(path, {"epoch": 2}, indent=None)
+    assert path.read_text() == '{"epoch": 2}\n' and fileio.read_json(path) == {"epoch": 2}
+    assert _listing(tmp_path) == ["summary.json"]
+
+
+def test_read_json_names_a_broken_file_and_a_missing_one_is_told_apart(tmp_path):
+    path = tmp_path / "config.json"
+    assert fileio.read_json(path, missing=None) is None
+    with pytest.raises(FileNotFoundError):
+        fileio.read_json(path)
+    path.write_text('{"half": ')
+    with pytest.raises(ValueError, match=r"config\.json: not valid JSON \(") as e:
+        fileio.read_json(path, missing=None)
+    assert "\n" not in str(e.value)
