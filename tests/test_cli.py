@@ -222,11 +222,11 @@ def test_no_manifest_and_its_deprecated_alias(monkeypatch, capsys):
 
 def test_add_to_manifest_and_its_deprecated_name(tmp_path):
     """The manifest's word is "add" (register is the model registry's and MNI152 registration's):
-    ``register_weights`` still works, with a DeprecationWarning naming ``add_to_manifest``."""
+    ``models.manifest.register_weights`` still works, with a DeprecationWarning naming ``add_to_manifest``."""
     import warnings
 
     import clci_keras.training as training
-    from clci_keras.models.manifest import add_to_manifest, read_manifest
+    from clci_keras.models.manifest import add_to_manifest, read_manifest, register_weights
 
     weights, path = tmp_path / "w.h5", tmp_path / "weights" / "manifest.json"
     weights.write_bytes(b"weights")
@@ -234,7 +234,7 @@ def test_add_to_manifest_and_its_deprecated_name(tmp_path):
         warnings.simplefilter("error")
         assert add_to_manifest(path, weights, "a", format="x")["file"] == os.path.abspath(weights)
     with pytest.warns(DeprecationWarning, match="register_weights is deprecated; use .*add_to_manifest"):
-        assert training.register_weights(path, weights, "b")["name"] == "b"
+        assert register_weights(path, weights, "b")["name"] == "b"
     assert [e["name"] for e in read_manifest(path)["weights"]] == ["a", "b"]
     assert training.add_to_manifest is add_to_manifest
     assert "add_to_manifest" in training.__all__ and "register_weights" not in training.__all__
@@ -302,18 +302,34 @@ def test_every_command_names_precision_alike(command):
     assert tuple(action.choices) == (PRECISIONS if command == "train" else INFERENCE_PRECISIONS)
 
 
-def test_deprecated_training_load_split_name():
-    import warnings
+def test_training_choices_are_the_library_constants():
+    """``train`` and ``demo`` offer the choice lists that TrainConfig checks, not copies of them."""
+    import argparse
 
+    from clci_keras.cli import demo, train
+    from clci_keras.data.reader import INPUT_MODES
+    from clci_keras.models.choices import BN_UPDATES, LOSSES
+    from clci_keras.training.config import EXPORTS, STRATEGIES
+
+    for module, expected in ((train, {"--loss": LOSSES, "--bn-update": BN_UPDATES, "--input-mode": INPUT_MODES,
+                                      "--export": EXPORTS, "--strategy": STRATEGIES}),
+                             (demo, {"--export": EXPORTS})):
+        parser = argparse.ArgumentParser()
+        module.add_arguments(parser)
+        for option, choices in expected.items():
+            action = next(a for a in parser._actions if option in a.option_strings)
+            assert action.choices is choices, option
+
+
+def test_training_has_no_names_of_the_unreleased_0_1_0():
+    """``load_split`` (now ``load_training_split``), ``make_strategy`` and ``register_weights`` are gone."""
     import clci_keras.training as training
     from clci_keras.training import trainer
 
-    assert "load_split" not in training.__all__ and training.load_training_split is trainer.load_training_split
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        assert training.load_split is trainer.load_training_split
-    assert any(issubclass(w.category, DeprecationWarning) and "load_training_split" in str(w.message)
-               for w in caught)
+    assert training.load_training_split is trainer.load_training_split
+    for name in ("load_split", "make_strategy", "register_weights"):
+        with pytest.raises(AttributeError, match=name):
+            getattr(training, name)
 
 
 @pytest.mark.parametrize("option, value, message", [

@@ -140,14 +140,22 @@ def test_demo_cli_defaults_are_run_demos():
 
 
 def test_eager_training_only_for_a_handful_of_steps():
-    """QUICK runs (a step or two) train eagerly; protocol-sized runs trace the step."""
-    from clci_keras.experiments.workflows import EAGER_MAX_STEPS, _use_eager
+    """QUICK runs (a step or two) train eagerly under ``eager="auto"`` (train_and_evaluate's
+    default); protocol-sized runs trace the step."""
+    from clci_keras.training import TrainConfig
+    from clci_keras.training.config import EAGER_MAX_STEPS
+    from clci_keras.training.trainer import _runs_eagerly
+
+    def eager(backend="tensorflow", **options):
+        return _runs_eagerly(TrainConfig(**{"eager": "auto", **options}), backend)
 
     quick = ex.train_options(ex.resolve_settings({"EPOCHS": None, "STEPS_PER_EPOCH": None}, quick=True,
                                                  quick_values=ex.QUICK_TRAINING))
-    assert _use_eager("auto", quick)
-    assert not _use_eager("auto", {"epochs": 100, "steps_per_epoch": None})  # the protocol: slices // batch
-    assert not _use_eager("auto", {"epochs": 8, "steps_per_epoch": 6})  # the demo's defaults
-    assert not _use_eager("auto", {"epochs": 1, "steps_per_epoch": 1, "strategy": "mirrored"})
-    assert _use_eager("auto", {"epochs": 1, "steps_per_epoch": EAGER_MAX_STEPS})
-    assert _use_eager(True, {}) and not _use_eager(False, quick)
+    assert eager(**quick) and eager("torch", **quick) and not eager("jax", **quick)
+    assert not eager(epochs=100, steps_per_epoch=None)  # the protocol: slices // batch
+    assert not eager(epochs=8, steps_per_epoch=6)  # the demo's defaults
+    assert not eager(epochs=1, steps_per_epoch=1, strategy="mirrored")
+    assert eager(epochs=1, steps_per_epoch=EAGER_MAX_STEPS)
+    assert eager(eager=True, epochs=100) and not eager(eager=False, **quick)
+    assert not eager(steps_per_epoch=1)  # the default 100 epochs
+    assert TrainConfig().eager is False  # clci-keras train traces unless told (--set eager=true)

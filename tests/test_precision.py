@@ -61,7 +61,7 @@ def test_an_old_config_json_is_read_with_the_new_names(tmp_path):
     and the run it describes is the same run as one with ``precision="fp32"`` (a resume continues)."""
     from clci_keras.training import TrainConfig
 
-    new = TrainConfig(h5="d.h5", out_dir="r", precision="fp32")
+    new = TrainConfig(h5="d.h5", split="s.json", out_dir="r", precision="fp32")
     for old_value, name in (("off", "fp32"), ("bf16", "bf16"), ("fp16", "fp16")):
         old = new.to_dict()
         del old["precision"]
@@ -97,7 +97,7 @@ def test_precision_policy_sets_and_restores_keras_policy():
     assert keras.config.dtype_policy().name == before
 
 
-def test_compile_model_takes_a_precision_name_and_the_old_bool_with_a_warning():
+def test_compile_model_takes_a_precision_name_only():
     import keras
 
     from clci_keras.training.trainer import compile_model
@@ -110,12 +110,11 @@ def test_compile_model_takes_a_precision_name_and_the_old_bool_with_a_warning():
         warnings.simplefilter("error", DeprecationWarning)
         compile_model(model(), precision="bf16")
         compile_model(model(), precision="fp32")
-    with pytest.warns(DeprecationWarning, match="mixed_precision=True/False.*deprecated; use precision="):
+    for old in ("off", True, False):  # the unreleased 0.1.0's spellings
+        with pytest.raises(ValueError, match=repr(old)):
+            compile_model(model(), precision=old)
+    with pytest.raises(TypeError, match="mixed_precision"):
         compile_model(model(), mixed_precision=True)
-    with pytest.warns(DeprecationWarning, match="deprecated"):
-        compile_model(model(), "dice", 1e-4, False, False)  # the old positional bool
-    with pytest.raises(ValueError, match="'off'"):
-        compile_model(model(), precision="off")
 
 
 # --- the bf16 fallback (train() and the inference engine call it) ------------------------------

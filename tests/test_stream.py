@@ -166,15 +166,15 @@ def test_trainer_pins_the_input_plan_of_the_first_start(synthetic_h5, tmp_path):
     from clci_keras.training.trainer import _make_data
 
     split = {"train": [0, 1, 2], "val": [3]}
-    cfg = TrainConfig(h5=str(synthetic_h5), out_dir=str(tmp_path), input_mode="stream", stream_buffer_subjects=2,
-                      train_slices="lesion", val_slices="lesion", epochs=2).validate()
-    data = _make_data(cfg, str(tmp_path), split)
+    cfg = TrainConfig(h5=str(synthetic_h5), split="s.json", out_dir=str(tmp_path), input_mode="stream",
+                      stream_buffer_subjects=2, train_slices="lesion", val_slices="lesion", epochs=2).validate()
+    inputs = _make_data(cfg, str(tmp_path), split)
     try:
-        assert getattr(data["reader"], "streaming", False) and data["reader"].buffer_subjects == 2
-        x, y = next(iter(data["train_ds"]))
+        assert getattr(inputs.reader, "streaming", False) and inputs.reader.buffer_subjects == 2
+        x, y = next(iter(inputs.train_ds))
         assert x.shape == (8, 224, 176, 1)
     finally:
-        data["reader"].close()
+        inputs.reader.close()
     with open(tmp_path / "input_plan.json") as f:
         assert json.load(f)["mode"] == "stream"
     # a resumed run keeps the plan even where a new one would differ
@@ -183,11 +183,11 @@ def test_trainer_pins_the_input_plan_of_the_first_start(synthetic_h5, tmp_path):
         (tmp_path / "backup" / "epoch_0001" / name).write_text("")
     (tmp_path / "backup" / "latest.json").write_text(json.dumps({"epoch": 1, "dir": "epoch_0001"}))
     cfg.input_mode = "memory"
-    data = _make_data(cfg, str(tmp_path), split)
-    data["reader"].close()
-    assert getattr(data["reader"], "streaming", False)
-    with pytest.raises(ValueError, match="input_mode` must be 'auto', 'memory' or 'stream', got 'ram'"):
-        TrainConfig(h5="x", out_dir="y", input_mode="ram").validate()
+    inputs = _make_data(cfg, str(tmp_path), split)
+    inputs.reader.close()
+    assert getattr(inputs.reader, "streaming", False)
+    with pytest.raises(ValueError, match=r"input_mode` must be one of \('auto', 'memory', 'stream'\), got 'ram'"):
+        TrainConfig(h5="x", split="s.json", out_dir="y", input_mode="ram").validate()
 
 
 def _running(pid):

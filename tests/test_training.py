@@ -4,7 +4,7 @@ precision, the weights manifest, and a mirrored step on two logical CPUs.
 A tiny registered model (:func:`train_tiny`) is trained on a tiny window
 ('r0:r1,c0:c1' crop) of a small hand-made HDF5 file so that each fit takes
 seconds, its steps traced as in real runs; the kill-point tests, which check
-the files of the epoch-end sequence (eight runs), step eagerly (:func:`eager`).
+the files of the epoch-end sequence (eight runs), step eagerly (``eager=True``).
 """
 import csv
 import json
@@ -110,13 +110,6 @@ def fast(**kw):
     return opts
 
 
-def eager():
-    """Callbacks that run the training and validation steps eagerly (the notebooks' QUICK runs' helper)."""
-    from clci_keras.experiments.workflows import _train_eagerly
-
-    return [_train_eagerly()]
-
-
 def _log(run):
     with open(os.path.join(run, "log.csv")) as f:
         return list(csv.DictReader(f))
@@ -128,7 +121,7 @@ def test_config_defaults_follow_the_original_protocol():
     assert (c.reduce_lr_factor, c.reduce_lr_patience, c.reduce_lr_min_delta) == (0.2, 3, 1e-3)
     assert c.early_stopping_patience == 5 and c.monitor == "val_loss" and c.val_batch_size == 9
     with pytest.raises(ValueError, match="batch_size=0"):
-        TrainConfig(h5="x", out_dir="y", batch_size=0).validate()
+        TrainConfig(h5="x", split="s", out_dir="y", batch_size=0).validate()
     with pytest.raises(ValueError, match="'lesion\\+x'"):
         parse_slice_spec("lesion+x")
     with pytest.raises(ValueError, match="unknown training option"):
@@ -259,9 +252,8 @@ MIRRORED = textwrap.dedent(
     sys.path.insert(0, {root!r})
     sys.path.insert(0, {tests!r})
     from test_training import fast, MODEL
-    from clci_keras.training import train, make_strategy
+    from clci_keras.training import train
     devices = ["/cpu:0", "/cpu:1"]
-    assert make_strategy("mirrored", devices).num_replicas_in_sync == 2
     res = train(MODEL, {h5!r}, {split!r}, {out!r}, strategy="mirrored", devices=devices,
                 **fast(epochs=1, steps_per_epoch=1, batch_size=4))
     print("RESULT", json.dumps(res["replicas"]), res["optimizer_iterations"], res["final"]["loss"])
@@ -310,7 +302,7 @@ def test_a_kill_anywhere_in_the_epoch_end_sequence_loses_nothing(tiny, tmp_path,
     from clci_keras.training import train
 
     h5, split = tiny
-    opts = fast(epochs=2, early_stopping_patience=50)
+    opts = fast(epochs=2, early_stopping_patience=50, eager=True)
     run = str(tmp_path / "run")
     real_save, real_write = keras.Model.save_weights, fileio.write_json
 
@@ -337,12 +329,12 @@ def test_a_kill_anywhere_in_the_epoch_end_sequence_loses_nothing(tiny, tmp_path,
         if point == "best_checkpoint":  # make epoch 2 an improvement, so that it is written
             m.setattr(keras.callbacks.ModelCheckpoint, "_should_save_model", lambda *a: True)
         with pytest.raises(Interrupt):
-            train(MODEL, h5, split, run, callbacks=eager(), **opts)
+            train(MODEL, h5, split, run, **opts)
     best = os.path.join(run, "best.weights.h5")
     assert os.path.exists(best)  # epoch 1's, intact
     with h5py.File(best):
         pass
-    res = train(MODEL, h5, split, run, callbacks=eager(), **opts)  # the same command again
+    res = train(MODEL, h5, split, run, **opts)  # the same command again
     assert res["epochs_run"] == 2 and [r["epoch"] for r in _log(run)] == ["0", "1"]
     assert res["optimizer_iterations"] == 4 and not os.path.exists(os.path.join(run, "backup"))
     with h5py.File(best):
@@ -429,14 +421,38 @@ def test_bf16_falls_back_alike_from_python_and_the_cli(tiny, tmp_path, monkeypat
     assert ran_precision[4:] == ["bf16", "bf16", "fp16", "fp32"]
 
 
-def test_train_mixed_precision_keyword_is_deprecated(tiny, tmp_path, ran_precision):
+def test_train_takes_precision_only(tiny, tmp_path, ran_precision):
+    """``mixed_precision=`` (the unreleased 0.1.0's keyword) is an unknown option; config.json files
+    that name it are still read (:func:`test_a_run_folder_with_the_old_precision_spelling_resumes`)."""
     from clci_keras.training import train
 
     h5, split = tiny
-    for old, new in (("off", "fp32"), ("fp16", "fp16")):
-        with pytest.warns(DeprecationWarning, match=r"mixed_precision=.*deprecated; use precision="):
-            train(MODEL, h5, split, str(tmp_path / "r"), mixed_precision=old)
-        assert ran_precision[-1] == new
+    with pytest.raises(ValueError, match=r"unknown training option\(s\) \['mixed_precision'\]"):
+        train(MODEL, h5, split, str(tmp_path / "r"), mixed_precision="off")
+    assert not ran_precision and not os.path.exists(tmp_path / "r")
+
+
+def test_a_missing_or_bad_split_is_refused_before_anything_is_written(tiny, tmp_path, capsys):
+    """No split, a missing file or a split without training subjects: a one-line error, and the
+    run folder is not created (no config.json left to refuse the corrected command)."""
+    from clci_keras.cli import main
+    from clci_keras.data.splits import save_split
+    from clci_keras.training import train
+
+    h5, _ = tiny
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match="`split` .* is required"):
+        train(MODEL, h5, None, str(run), **fast(epochs=1))
+    with pytest.raises(FileNotFoundError, match="split file not found: .*missing.json"):
+        train(MODEL, h5, str(tmp_path / "missing.json"), str(run), **fast(epochs=1))
+    empty = str(tmp_path / "empty.json")
+    save_split({"train": [], "val": [2], "test": [3], "mode": "holdout"}, empty)
+    capsys.readouterr()
+    assert main(["train", "--model", MODEL, "--h5", h5, "--split", empty, "--out", str(run), "--quiet",
+                 "--crop", CROP, "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "empty.json" in err and "no 'train' subjects" in err, err
+    assert not os.path.exists(run)
 
 
 def test_a_run_folder_with_the_old_precision_spelling_resumes(tiny, tmp_path):

@@ -10,6 +10,7 @@ import os
 
 from clci_keras.cli import eval_slices_arg
 from clci_keras.experiments import DEMO_DEFAULTS, run_demo
+from clci_keras.training.config import EXPORTS
 
 
 def add_arguments(parser):
@@ -26,7 +27,7 @@ def add_arguments(parser):
     p.add_argument("--val-slices", default=d["val_slices"], help=f"(default: {d['val_slices']})")
     p.add_argument("--lr", type=float, default=d["learning_rate"], help=f"(default: {d['learning_rate']})")
     p.add_argument("--bn-momentum", type=float, default=d["bn_momentum"], help=f"(default: {d['bn_momentum']})")
-    p.add_argument("--export", choices=("best", "last"), default=d["export"],
+    p.add_argument("--export", choices=EXPORTS, default=d["export"],
                    help=f"weights evaluated: last epoch or best on validation (default: {d['export']})")
     p.add_argument("--eval-slices", type=eval_slices_arg, default=d["eval_slices"], metavar="all|brain|A:B",
                    help=f"(default: {d['eval_slices']})")

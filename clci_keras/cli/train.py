@@ -4,8 +4,10 @@ from __future__ import annotations
 import dataclasses
 import sys
 
+from clci_keras.data.reader import INPUT_MODES
+from clci_keras.models.choices import BN_UPDATES, LOSSES
 from clci_keras.precision import PRECISIONS
-from clci_keras.training.config import RUN_FIELDS, STRATEGIES, TrainConfig
+from clci_keras.training.config import EXPORTS, RUN_FIELDS, STRATEGIES, TrainConfig
 
 #: The TrainConfig fields that are training options, read from the option of the same ``dest``
 #: where there is one (``--epochs``, ``--lr``, ...; ``--set`` reaches any field): every field but
@@ -31,7 +33,7 @@ def add_arguments(parser):
     g.add_argument("--val-batch-size", type=int, help=f"validation batch (default: {d.val_batch_size})")
     g.add_argument("--lr", "--learning-rate", dest="learning_rate", type=float,
                    help=f"Adam learning rate (default: {d.learning_rate})")
-    g.add_argument("--loss", choices=("dice", "bce_dice"), help=f"loss (default: {d.loss})")
+    g.add_argument("--loss", choices=LOSSES, help=f"loss (default: {d.loss})")
     g.add_argument("--steps-per-epoch", type=int, help="batches per epoch (default: training slices // batch)")
     g.add_argument("--max-steps", type=positive_int, metavar="N",
                    help="DRY RUN, not the protocol: one epoch of at most N training steps and N validation "
@@ -44,7 +46,7 @@ def add_arguments(parser):
     g.add_argument("--train-slices", help="all | brain | lesion | lesion+N (default: all)")
     g.add_argument("--val-slices", help="all | brain | lesion | lesion+N (default: all)")
     g.add_argument("--crop", help="crop window: clci (224x176), xnet (224x192) or 'r0:r1,c0:c1'")
-    g.add_argument("--input-mode", choices=("auto", "memory", "stream"),
+    g.add_argument("--input-mode", choices=INPUT_MODES,
                    help="memory: subjects read once, X-Net's global shuffle; stream: whole-subject reads by "
                         "worker processes, shuffled within windows of subjects; auto (default): memory when "
                         "the subjects fit --max-memory-gb")
@@ -52,9 +54,9 @@ def add_arguments(parser):
                    help="memory budget of the input pipeline (default: half the RAM)")
     g.add_argument("--stream-buffer", dest="stream_buffer_subjects", type=int, metavar="N",
                    help="subjects per shuffling window when streaming (default: from the budget, <= 32)")
-    g.add_argument("--export", choices=("best", "last"), help="weights exported at the end (default: best)")
+    g.add_argument("--export", choices=EXPORTS, help=f"weights exported at the end (default: {d.export})")
     g.add_argument("--bn-momentum", type=float, help="override BatchNorm momentum (default: keep 0.99)")
-    g.add_argument("--bn-update", choices=("keras2", "keras3"),
+    g.add_argument("--bn-update", choices=BN_UPDATES,
                    help="BatchNorm moving-statistics update: Keras 2.2.4's (Bessel-corrected, zero-debiased; "
                         "the original code's) or Keras 3's (default: keras2)")
     g.add_argument("--init-weights", metavar="W", help="start from these weights (any supported format)")

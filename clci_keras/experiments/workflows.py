@@ -22,7 +22,6 @@ import os
 import time
 
 import h5py
-import numpy as np
 
 from clci_keras.data import (
     crop_shape,
@@ -183,71 +182,6 @@ def run_dir_for(runs_dir, model_name, fold=None):
 # ---------------------------------------------------------------------------
 # Train -> evaluate -> manifest
 # ---------------------------------------------------------------------------
-def _build_before_first_step():
-    """A callback that creates the optimizer and metric variables before the first step.
-
-    Without a ``tf.distribute`` strategy Keras creates them while tracing the
-    training step, and TensorFlow then traces that step a second time; built
-    beforehand, it is traced once. Same variables, same initial values: the run
-    is unchanged.
-    """
-    import keras
-
-    from clci_keras.models import keras_private
-
-    class BuildBeforeFirstStep(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            model = self.model
-            try:
-                x = np.zeros((1, *model.input_shape[1:]), "float32")
-                y = np.zeros((1, *model.output_shape[1:]), "float32")
-                keras_private.symbolic_build(model, (x, y, None))  # Keras' own pre-build (used for strategies)
-            except Exception:  # an optimisation only: Keras builds them when tracing
-                pass
-
-    return BuildBeforeFirstStep()
-
-
-def _train_eagerly():
-    """A callback that runs the training and validation steps eagerly (no ``tf.function``).
-
-    Same operations, same results (up to float rounding). Worth it only for a
-    handful of steps, where tracing the step costs more than running it eagerly.
-    """
-    import keras
-
-    class TrainEagerly(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            self.model.run_eagerly = True
-            self.model.make_train_function(force=True)
-
-    return TrainEagerly()
-
-
-#: ``eager="auto"`` trains eagerly when a run has at most this many training steps
-#: (``epochs * steps_per_epoch``, both given): QUICK runs, not the protocol's.
-EAGER_MAX_STEPS = 4
-
-
-def _use_eager(eager, options):
-    """Whether a run's steps run eagerly: ``eager``, or for ``"auto"`` a short run off JAX.
-
-    JAX runs an eager step operation by operation, compiling each one apart,
-    so ``"auto"`` compiles the step there.
-    """
-    import keras
-
-    if eager != "auto":
-        return bool(eager)
-    if keras.backend.backend() == "jax":
-        return False
-    steps = options.get("steps_per_epoch")
-    epochs = options.get("epochs")
-    if steps is None or epochs is None or options.get("strategy", "default") != "default":
-        return False
-    return int(epochs) * int(steps) <= EAGER_MAX_STEPS
-
-
 def _manifest_has(manifest, name):
     if not manifest or not name or not os.path.exists(manifest):
         return False
@@ -287,12 +221,9 @@ def train_and_evaluate(model_name, h5, split, out_dir, fold=None, part="test", e
         network: a built network of the same model and input shape to load the
             exported weights into for the evaluation (default: a fresh one);
             it is returned as ``"network"``.
-        eager: run the training steps eagerly instead of tracing them into a
-            ``tf.function``; ``"auto"``: when the run has at most
-            :data:`EAGER_MAX_STEPS` steps (``epochs * steps_per_epoch``, e.g.
-            QUICK runs), where tracing costs far more than the steps, except
-            on JAX (:func:`_use_eager`). The evaluation always uses the
-            traced prediction function.
+        eager: :class:`~clci_keras.training.TrainConfig`'s ``eager`` (``"auto"``: a run of at
+            most :data:`~clci_keras.training.config.EAGER_MAX_STEPS` training steps, e.g. a
+            QUICK run, steps eagerly). The evaluation always uses the traced prediction function.
         **train_options: :class:`clci_keras.training.TrainConfig` fields
             (``epochs=``, ``crop=``, ...), ``callbacks=``, ``overwrite=``.
 
@@ -303,7 +234,7 @@ def train_and_evaluate(model_name, h5, split, out_dir, fold=None, part="test", e
         ``None``, ``seconds`` the wall time of ``training`` and ``evaluation``.
     """
     t = time.time()
-    result = _train(model_name, h5, split, out_dir, fold, manifest, eager, train_options)
+    result = train(model_name, h5, split, out_dir, fold=fold, manifest=manifest, eager=eager, **train_options)
     t_eval = time.time()
     run_dir = result["run_dir"]
     weights = os.path.join(run_dir, result["weights"])
@@ -329,15 +260,6 @@ def train_and_evaluate(model_name, h5, split, out_dir, fold=None, part="test", e
           + format_summary(summary["scores"]), flush=True)
     return dict(model=model_name, fold=fold, run_dir=run_dir, weights=weights, result=result, summary=summary,
                 network=network if keep_model else None, seconds=seconds)
-
-
-def _train(model_name, h5, split, out_dir, fold, manifest, eager, train_options):
-    """:func:`clci_keras.training.train` with ``train_options``, the step callback that
-    ``eager`` selects (:func:`_use_eager`) added after their ``callbacks``; returns its result."""
-    options = dict(train_options)
-    callbacks = list(options.pop("callbacks", ()))
-    callbacks.append(_train_eagerly() if _use_eager(eager, options) else _build_before_first_step())
-    return train(model_name, h5, split, out_dir, fold=fold, manifest=manifest, callbacks=callbacks, **options)
 
 
 def _earlier_evaluation(run_dir, weights, part, slices, fold):

@@ -25,6 +25,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from clci_keras.models.choices import BN_UPDATES
 from clci_keras.models.keras_private import untracked
 
 PACKAGE = "clci_keras"
@@ -284,10 +285,6 @@ class BilinearKernel(keras.initializers.Initializer):
 
     def get_config(self):
         return {}
-
-
-#: ``moving_update`` values of :class:`BatchNormalization`.
-BN_UPDATES = ("keras2", "keras3")
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

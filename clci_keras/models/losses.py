@@ -12,6 +12,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from clci_keras.models.choices import LOSSES
 from clci_keras.models.layers import PACKAGE
 
 SMOOTH = 1.0
@@ -49,11 +50,12 @@ def bce_dice_loss(y_true, y_pred):
     return bce + 1.0 - xnet_dice(y_true, y_pred)
 
 
-LOSSES = {"dice": dice_coef_loss, "bce_dice": bce_dice_loss}
+#: The loss of each name of :data:`clci_keras.models.choices.LOSSES`.
+LOSS_FUNCTIONS = dict(zip(LOSSES, (dice_coef_loss, bce_dice_loss)))
 
 
 def get_loss(name):
-    """Loss function by name (``dice`` or ``bce_dice``)."""
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; choose one of {sorted(LOSSES)}")
-    return LOSSES[name]
+    """Loss function by name (:data:`clci_keras.models.choices.LOSSES`)."""
+    if name not in LOSS_FUNCTIONS:
+        raise ValueError(f"unknown loss {name!r}; choose one of {LOSSES}")
+    return LOSS_FUNCTIONS[name]

@@ -1,6 +1,7 @@
-"""The trainer's callbacks: resume point, atomic best checkpoint, TensorBoard scalars.
+"""The trainer's callbacks: resume point, atomic best checkpoint, TensorBoard scalars, and how
+the steps run (eagerly, or traced with the variables built beforehand).
 
-All three run on every Keras backend; none needs TensorFlow.
+All run on every Keras backend; none needs TensorFlow.
 """
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import keras
 import numpy as np
 
 from clci_keras import fileio
+from clci_keras.models import keras_private
 from clci_keras.models.layers import debias_steps, set_debias_steps
-from clci_keras.models.seeding import seed_generators  # noqa: F401  (public here before models.seeding)
+from clci_keras.models.seeding import seed_generators
 from clci_keras.run_layout import STATE_FILE, WEIGHTS_FILE
 from clci_keras.training import run_folder as rf
 
@@ -163,3 +165,34 @@ class ScalarLogs(keras.callbacks.Callback):
         for w in self._writers.values():
             w.close()
         self._writers = {}
+
+
+class TrainEagerly(keras.callbacks.Callback):
+    """Runs the training and validation steps eagerly (no ``tf.function``): ``TrainConfig.eager``.
+
+    Same operations, same results up to float rounding; worth it for a few steps only, where
+    tracing the step costs more than running it.
+    """
+
+    def on_train_begin(self, logs=None):
+        self.model.run_eagerly = True
+        self.model.make_train_function(force=True)
+
+
+class BuildBeforeFirstStep(keras.callbacks.Callback):
+    """Creates the optimizer and the compiled metric variables before the first step.
+
+    Without a ``tf.distribute`` strategy Keras creates them while tracing the training step,
+    and TensorFlow then traces that step a second time; built beforehand, it is traced once.
+    Same variables, same initial values: the run is unchanged. (Under a strategy Keras builds
+    them beforehand itself.)
+    """
+
+    def on_train_begin(self, logs=None):
+        model = self.model
+        try:
+            x = np.zeros((1, *model.input_shape[1:]), "float32")
+            y = np.zeros((1, *model.output_shape[1:]), "float32")
+            keras_private.symbolic_build(model, (x, y, None))  # Keras' own pre-build (used for strategies)
+        except Exception:  # an optimisation only: Keras builds them when tracing
+            pass

@@ -17,10 +17,20 @@ import dataclasses
 import json
 
 from clci_keras.data.constants import DEFAULT_CROP
+from clci_keras.data.reader import INPUT_MODES, parse_slice_spec
 from clci_keras.fileio import atomic_text
+from clci_keras.models.choices import BN_UPDATES, LOSSES
 from clci_keras.precision import check_precision, read_legacy_precision
 
 STRATEGIES = ("default", "mirrored", "multiworker")
+#: ``export`` values: the best weights on ``monitor``, or the last epoch's.
+EXPORTS = ("best", "last")
+#: ``eager`` values: traced steps, eager steps, or eager for a run of at most
+#: :data:`EAGER_MAX_STEPS` training steps.
+EAGER_MODES = (False, True, "auto")
+#: ``eager="auto"`` runs the steps eagerly when ``epochs * steps_per_epoch`` (``steps_per_epoch``
+#: given) is at most this: a few-step run, never the protocol's.
+EAGER_MAX_STEPS = 4
 #: The fields that say which run this is: :func:`clci_keras.training.train`'s own arguments
 #: (``clci-keras train --model --h5 --split --out --fold``); every other field is a training option.
 RUN_FIELDS = ("model", "h5", "split", "out_dir", "fold")
@@ -57,9 +67,9 @@ class TrainConfig:
     # data selection (see clci_keras.data.reader)
     train_slices: str = "all"
     val_slices: str = "all"
-    # input: "memory" (X-Net's global shuffle), "stream" (whole-subject reads, shuffled within
-    # windows of subjects) or "auto" (memory when the subjects fit `max_memory_gb`, default half
-    # the RAM); the resolved plan is fixed at the first start (RUN_DIR/input_plan.json)
+    # input (clci_keras.data.reader.INPUT_MODES): "memory" (X-Net's global shuffle), "stream"
+    # (whole-subject reads, shuffled within windows of subjects) or "auto" (memory when the subjects
+    # fit `max_memory_gb`, default half the RAM); the resolved plan is fixed at the first start
     input_mode: str = "auto"
     max_memory_gb: float | None = None
     stream_buffer_subjects: int | None = None  # None: from the budget (clci_keras.data.reader.plan_input)
@@ -67,8 +77,7 @@ class TrainConfig:
     export: str = "best"
     # BatchNorm momentum override (None keeps the architecture's 0.99)
     bn_momentum: float | None = None
-    # BatchNorm moving-statistics update: "keras2" (Keras 2.2.4 / TF 1: Bessel-corrected,
-    # zero-debiased; the original code's) or "keras3" (keras.layers.BatchNormalization's)
+    # BatchNorm moving-statistics update (clci_keras.models.choices.BN_UPDATES)
     bn_update: str = "keras2"
     init_weights: str | None = None
     # reproducibility / hardware
@@ -80,6 +89,10 @@ class TrainConfig:
     # CPU that only emulates it (clci_keras.precision.resolve_precision)
     precision: str = "fp32"
     jit: bool = False
+    # steps run eagerly (no tf.function; EAGER_MODES): tracing a network's training step costs
+    # TensorFlow more than a few steps take, so "auto" runs a few-step run eagerly (not on JAX,
+    # which compiles every operation of an eager step apart, nor under a strategy)
+    eager: bool | str = False
     # logging / outputs
     tensorboard: bool = True
     verbose: str | int = "auto"
@@ -87,16 +100,16 @@ class TrainConfig:
     weights_name: str | None = None
 
     #: fields that may differ when a run is resumed
-    RESUMABLE_CHANGES = ("epochs", "verbose", "tensorboard", "manifest", "out_dir", "devices")
+    RESUMABLE_CHANGES = ("epochs", "verbose", "tensorboard", "manifest", "out_dir", "devices", "eager")
 
     def validate(self):
         """Raise ``ValueError`` naming the first bad value."""
-        from clci_keras.data.reader import parse_slice_spec
-
         if not self.h5:
             raise ValueError("`h5` (the HDF5 data file) is required")
         if not self.out_dir:
             raise ValueError("`out_dir` (the run folder) is required")
+        if not self.split:
+            raise ValueError("`split` (the split file: clci-keras split) is required")
         for name in ("batch_size", "val_batch_size", "epochs"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -108,19 +121,21 @@ class TrainConfig:
             raise ValueError(f"`max_steps` must be a positive integer or None, got {self.max_steps!r}")
         if not self.learning_rate > 0:
             raise ValueError(f"`learning_rate` must be > 0, got {self.learning_rate!r}")
-        if self.loss not in ("dice", "bce_dice"):
-            raise ValueError(f"unknown loss {self.loss!r}; choose 'dice' or 'bce_dice'")
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; choose one of {LOSSES}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {self.strategy!r}; choose one of {STRATEGIES}")
         check_precision(self.precision)
-        if self.export not in ("best", "last"):
-            raise ValueError(f"`export` must be 'best' or 'last', got {self.export!r}")
+        if self.export not in EXPORTS:
+            raise ValueError(f"`export` must be one of {EXPORTS}, got {self.export!r}")
         if self.bn_momentum is not None and not 0.0 <= self.bn_momentum < 1.0:
             raise ValueError(f"`bn_momentum` must be in [0, 1), got {self.bn_momentum!r}")
-        if self.bn_update not in ("keras2", "keras3"):
-            raise ValueError(f"`bn_update` must be 'keras2' or 'keras3', got {self.bn_update!r}")
-        if self.input_mode not in ("auto", "memory", "stream"):
-            raise ValueError(f"`input_mode` must be 'auto', 'memory' or 'stream', got {self.input_mode!r}")
+        if self.bn_update not in BN_UPDATES:
+            raise ValueError(f"`bn_update` must be one of {BN_UPDATES}, got {self.bn_update!r}")
+        if self.input_mode not in INPUT_MODES:
+            raise ValueError(f"`input_mode` must be one of {INPUT_MODES}, got {self.input_mode!r}")
+        if not (isinstance(self.eager, bool) or isinstance(self.eager, str) and self.eager in EAGER_MODES):
+            raise ValueError(f"`eager` must be one of {EAGER_MODES}, got {self.eager!r}")
         if self.max_memory_gb is not None and not self.max_memory_gb > 0:
             raise ValueError(f"`max_memory_gb` must be > 0, got {self.max_memory_gb!r}")
         v = self.stream_buffer_subjects

@@ -16,29 +16,30 @@ A completed run is not retrained (``overwrite=True`` starts afresh).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import math
 import os
 import shutil
 import sys
 import time
-import warnings
 
 import numpy as np
 
 from clci_keras import run_layout
 from clci_keras.data import reader as R
 from clci_keras.data.reader import dataset_info
-from clci_keras.data.splits import load_split
+from clci_keras.data.splits import is_split_preset, load_split
 from clci_keras.fileio import exclusive, read_json, write_json
 from clci_keras.models import build_model, get_model_spec, load_weights, save_weights_legacy
 from clci_keras.models.card import LAYOUT_SPACES, card_path, make_card, software_versions, write_card
 from clci_keras.models.manifest import add_to_manifest, sha256
-from clci_keras.precision import check_precision, is_mixed, precision_policy, read_legacy_precision, resolve_precision
+from clci_keras.models.choices import BN_UPDATES
+from clci_keras.precision import check_precision, is_mixed, precision_policy, resolve_precision
 from clci_keras.process import keep_freed_memory
 from clci_keras.training import run_folder as rf
-from clci_keras.training.config import TrainConfig
-from clci_keras.training.run_folder import ResumeError  # noqa: F401  (public here since the first release)
+from clci_keras.training.config import EAGER_MAX_STEPS, TrainConfig
+from clci_keras.training.run_folder import ResumeError
 from clci_keras.version import __version__
 
 
@@ -67,14 +68,6 @@ def set_seed(seed, deterministic=True):
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def make_strategy(name="default", devices=None):
-    """A ``tf.distribute`` strategy (TensorFlow backend only; :func:`clci_keras.training.tf_distribute.make_strategy`)."""
-    from clci_keras.training import distribution, tf_distribute
-
-    cluster = distribution.cluster_source() if name == "multiworker" else None
-    return tf_distribute.make_strategy(name, devices, cluster)
-
-
 def _float32(fn):
     """Wrap a loss/metric so it sees float32 predictions (mixed precision)."""
     from keras import ops
@@ -86,42 +79,53 @@ def _float32(fn):
     return wrapped
 
 
-def compile_model(model, loss="dice", learning_rate=1e-4, jit=False, precision="fp32",
-                  bn_momentum=None, bn_update=None, *, mixed_precision=None):
-    """Compile ``model`` as the original code: Adam, the Dice/BCE+Dice loss, Dice metric.
+def configure_batch_norm(model, momentum=None, update=None):
+    """Set every BatchNormalization of ``model`` (nested models and recurrent cells included).
 
-    ``precision`` (:data:`clci_keras.precision.PRECISIONS`): under ``bf16`` and
-    ``fp16`` the loss and metric are computed in float32 (the dtype policy itself
-    is set around the model's construction: :func:`clci_keras.precision.precision_policy`).
-    ``mixed_precision=True/False`` (or a bool as ``precision``) is the deprecated
-    spelling of ``precision="bf16"/"fp32"``.
-    ``bn_momentum`` (if given) replaces every BatchNormalization's momentum;
-    ``bn_update`` (if given: ``"keras2"`` or ``"keras3"``) sets how every
-    :class:`clci_keras.models.layers.BatchNormalization` updates its
-    moving statistics. ``jit``: XLA compilation on TensorFlow; JAX always
-    compiles, and PyTorch runs eagerly either way (Keras' ``torch.compile``
-    path is not used: ``jit_compile=False`` there).
+    ``momentum`` (if given) replaces every ``keras.layers.BatchNormalization``'s momentum;
+    ``update`` (if given: :data:`clci_keras.models.choices.BN_UPDATES`) sets how every
+    :class:`clci_keras.models.layers.BatchNormalization` updates its moving statistics.
+    Returns ``model``.
     """
     import keras
 
     from clci_keras.models.layers import BatchNormalization as Keras2BN, all_layers
+
+    if update is not None and update not in BN_UPDATES:
+        raise ValueError(f"`update` must be one of {BN_UPDATES}, got {update!r}")
+    for layer in all_layers(model):
+        if momentum is not None and isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = float(momentum)
+        if update is not None and isinstance(layer, Keras2BN):
+            layer.moving_update = update
+    return model
+
+
+def _loss_and_metric(loss, precision):
+    """The loss function named ``loss`` and the Dice metric, both computed in float32 under ``bf16`` / ``fp16``."""
     from clci_keras.models.losses import dice_coef, get_loss
 
-    for layer in all_layers(model):
-        if bn_momentum is not None and isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = float(bn_momentum)
-        if bn_update is not None and isinstance(layer, Keras2BN):
-            if bn_update not in ("keras2", "keras3"):
-                raise ValueError(f"`bn_update` must be 'keras2' or 'keras3', got {bn_update!r}")
-            layer.moving_update = bn_update
-    if mixed_precision is not None or isinstance(precision, bool):
-        warnings.warn("compile_model(mixed_precision=True/False) is deprecated; use precision='bf16'/'fp32' "
-                      "(or 'fp16')", DeprecationWarning, stacklevel=2)
-        precision = "bf16" if (precision if mixed_precision is None else mixed_precision) is True else "fp32"
-    check_precision(precision)
     loss_fn, metric = get_loss(loss), dice_coef
     if is_mixed(precision):
         loss_fn, metric = _float32(loss_fn), _float32(metric)
+    return loss_fn, metric
+
+
+def compile_model(model, loss="dice", learning_rate=1e-4, jit=False, precision="fp32"):
+    """Compile ``model`` as the original code: Adam, the Dice/BCE+Dice loss, the Dice metric.
+
+    ``loss``: :data:`clci_keras.models.choices.LOSSES`. ``precision``
+    (:data:`clci_keras.precision.PRECISIONS`): under ``bf16`` and ``fp16`` the loss
+    and metric are computed in float32 (the dtype policy itself is set around the
+    model's construction: :func:`clci_keras.precision.precision_policy`). ``jit``:
+    XLA compilation on TensorFlow; JAX always compiles, and PyTorch runs eagerly
+    either way (Keras' ``torch.compile`` path is not used: ``jit_compile=False``
+    there). The BatchNormalization settings are :func:`configure_batch_norm`'s.
+    """
+    import keras
+
+    check_precision(precision)
+    loss_fn, metric = _loss_and_metric(loss, precision)
     backend = keras.backend.backend()
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
@@ -165,8 +169,7 @@ def train(model_name="clci_net", h5_path=None, split_path=None, out_dir=None, fo
         force_bf16: run ``precision="bf16"`` even on a CPU that only emulates bf16; without it
             such a CPU trains fp32, with a warning (:func:`clci_keras.precision.resolve_precision`;
             ``clci-keras train --precision bf16`` is this call).
-        **overrides: any :class:`TrainConfig` field, e.g. ``epochs=5``; ``mixed_precision=`` is a
-            deprecated spelling of ``precision=``.
+        **overrides: any :class:`TrainConfig` field, e.g. ``epochs=5``.
 
     Returns:
         The ``result.json`` dict.
@@ -177,6 +180,8 @@ def train(model_name="clci_net", h5_path=None, split_path=None, out_dir=None, fo
         FileNotFoundError: the HDF5 or split file is missing.
         ResumeError: the run folder's resume point cannot be read.
 
+    Options, the HDF5 file and the split are checked before anything is written.
+
     With ``strategy="multiworker"`` every worker process calls this with the
     same arguments; only the chief writes ``out_dir`` (:func:`_join_cluster`).
     """
@@ -185,11 +190,6 @@ def train(model_name="clci_net", h5_path=None, split_path=None, out_dir=None, fo
     base = config.to_dict() if config is not None else TrainConfig().to_dict()
     given = dict(model=model_name, h5=h5_path, split=split_path, out_dir=out_dir, fold=fold)
     base.update({k: v for k, v in given.items() if v is not None})
-    if "mixed_precision" in overrides:
-        warnings.warn("train(mixed_precision=...) is deprecated; use precision= ('fp32', 'bf16' or 'fp16')",
-                      DeprecationWarning, stacklevel=2)
-        overrides = dict(overrides)
-        overrides.setdefault("precision", read_legacy_precision(overrides.pop("mixed_precision")))
     base.update(overrides)
     cfg = TrainConfig.from_dict(base)
     cfg.h5, cfg.split, cfg.out_dir = (os.fspath(p) if p else p for p in (cfg.h5, cfg.split, cfg.out_dir))
@@ -199,24 +199,20 @@ def train(model_name="clci_net", h5_path=None, split_path=None, out_dir=None, fo
     if not os.path.isfile(cfg.h5):
         raise FileNotFoundError(f"HDF5 data file not found: {cfg.h5}")
 
+    if not os.path.isfile(cfg.split) and not is_split_preset(cfg.split):
+        raise FileNotFoundError(f"split file not found: {cfg.split}")
+    split = load_training_split(cfg.split, cfg.fold, h5=cfg.h5)  # e.g. one made for another file
+
     keep_freed_memory()  # steps and batches reuse freed memory instead of page-faulting it in
-    if cfg.split and not os.path.isfile(cfg.split):
-        from clci_keras.data.splits import is_split_preset
-
-        if not is_split_preset(cfg.split):
-            raise FileNotFoundError(f"split file not found: {cfg.split}")
-
-    if cfg.split:  # refuse a split made for another file before anything is written
-        load_training_split(cfg.split, cfg.fold, h5=cfg.h5)
     # Multi-worker: the other workers only read what the chief writes (nothing, with overwrite).
     role = distribution.worker_role(backend_name=distribution.backend()) if cfg.strategy == "multiworker" else None
     chief = role is None or role["chief"]
     # One run per folder: a second one fails at once, naming the first's process.
     with exclusive(cfg.out_dir, what="run folder") if chief else contextlib.nullcontext():
-        return _train_in(cfg, cfg.out_dir, chief, role, overwrite, list(callbacks))
+        return _train_in(cfg, cfg.out_dir, split, chief, role, overwrite, list(callbacks))
 
 
-def _train_in(cfg, run_dir, chief, role, overwrite, callbacks):
+def _train_in(cfg, run_dir, split, chief, role, overwrite, callbacks):
     """:func:`train` once its arguments are checked (and the chief holds the run folder)."""
     cfg_path = os.path.join(run_dir, run_layout.CONFIG_FILE)
     if chief and overwrite and os.path.isdir(run_dir):
@@ -230,7 +226,7 @@ def _train_in(cfg, run_dir, chief, role, overwrite, callbacks):
     if chief:
         cfg.save(cfg_path)
     with precision_policy(cfg.precision):
-        return _fit(cfg, run_dir, callbacks, role)
+        return _fit(cfg, run_dir, split, callbacks, role)
 
 
 def _existing_run(cfg, run_dir, chief):
@@ -282,12 +278,12 @@ def _join_cluster(replicas, run_dir):
     return folder
 
 
-def _fit(cfg, run_dir, extra_callbacks, role=None):
+def _fit(cfg, run_dir, split, extra_callbacks, role=None):
     """Build, fit and export; returns the ``result.json`` dict.
 
-    ``role``: this process's :func:`~clci_keras.training.distribution.worker_role`
-    under ``multiworker`` (else None); a worker other than the chief works in
-    its private folder.
+    ``split``: the fold's :func:`load_training_split`. ``role``: this process's
+    :func:`~clci_keras.training.distribution.worker_role` under ``multiworker``
+    (else None); a worker other than the chief works in its private folder.
     """
     import keras
 
@@ -298,25 +294,18 @@ def _fit(cfg, run_dir, extra_callbacks, role=None):
     replicas = distribution.setup(cfg.strategy, cfg.devices, role)
     try:
         set_seed(cfg.seed, cfg.deterministic)
-        if not cfg.split:
-            raise ValueError("a split file is required (clci-keras split)")
         replicas.check_batches(batch_size=cfg.batch_size, val_batch_size=cfg.val_batch_size)
-        split = load_training_split(cfg.split, cfg.fold, h5=cfg.h5)
         if role is not None:
             run_dir = _join_cluster(replicas, run_dir)
-        data = _make_data(cfg, run_dir, split, shard=replicas.shard)
+        inputs = _make_data(cfg, run_dir, split, shard=replicas.shard)
         with replicas.scope():
-            model = _build_compiled(cfg, data["reader"].shape, replicas)
+            model = _build_compiled(cfg, inputs.reader.shape, replicas)
         try:
-            _run_fit(cfg, run_dir, model, data, extra_callbacks)
+            _run_fit(cfg, run_dir, model, inputs, extra_callbacks)
         finally:
-            from clci_keras.data.batches import close_input
-
-            close_input(data["train_ds"])
-            close_input(data["val_ds"])
-            data["reader"].close()
+            inputs.close()
         iterations = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
-        result = _finish(cfg, run_dir, model, split, data, replicas)
+        result = _finish(cfg, run_dir, model, inputs, replicas)
     finally:
         replicas.close()
     result["optimizer_iterations"] = iterations
@@ -337,33 +326,54 @@ def _fit(cfg, run_dir, extra_callbacks, role=None):
     return result
 
 
-def _run_fit(cfg, run_dir, model, data, extra_callbacks):
+def _run_fit(cfg, run_dir, model, inputs, extra_callbacks):
     """``model.fit`` over the run's epochs (or the dry run's steps) with the trainer's callbacks."""
     import keras
 
-    cbs = _callbacks(cfg, run_dir, data["monitor"]) + list(extra_callbacks)
-    epochs, steps, val_steps = cfg.epochs, data["steps"], data["val_steps"]
-    if cfg.max_steps is not None:  # dry run: one epoch of <= max_steps steps and validation batches
-        epochs, steps = 1, min(steps, cfg.max_steps)
-        val_steps = None if val_steps is None else min(val_steps, cfg.max_steps)
-    data["val_steps"] = val_steps
+    cbs = _callbacks(cfg, run_dir, inputs.monitor) + list(extra_callbacks) + _step_callbacks(cfg)
     print(
-        f"training {cfg.model} on the {keras.backend.backend()} backend: {len(data['train_subjects'])} subjects "
-        f"({data['train_idx'].size} slices, {cfg.train_slices}), validating on {len(data['val_subjects'])} "
-        f"({data['val_idx'].size} slices); {steps} steps of batch {cfg.batch_size} per epoch, up to {epochs} epochs"
+        f"training {cfg.model} on the {keras.backend.backend()} backend: {len(inputs.train_subjects)} subjects "
+        f"({inputs.train_idx.size} slices, {cfg.train_slices}), validating on {len(inputs.val_subjects)} "
+        f"({inputs.val_idx.size} slices); {inputs.steps} steps of batch {cfg.batch_size} per epoch, up to "
+        f"{inputs.epochs} epochs"
         + ("" if cfg.max_steps is None else f" (DRY RUN, max_steps={cfg.max_steps}: not the protocol)")
     )
     model.fit(
-        data["train_ds"],
-        epochs=epochs,
-        steps_per_epoch=steps,
-        validation_data=data["val_ds"],
-        validation_steps=val_steps,
-        initial_epoch=data["first_epoch"],  # the resume point's epochs done (callbacks.ResumePoint restores it)
+        inputs.train_ds,
+        epochs=inputs.epochs,
+        steps_per_epoch=inputs.steps,
+        validation_data=inputs.val_ds,
+        validation_steps=inputs.val_steps,
+        initial_epoch=inputs.first_epoch,  # the resume point's epochs done (callbacks.ResumePoint restores it)
         callbacks=cbs,
         shuffle=False,  # the batches are already in their per-epoch order
         verbose=fit_verbosity(cfg.verbose),
     )
+
+
+def _runs_eagerly(cfg, backend):
+    """Whether the run of ``cfg`` steps eagerly on ``backend``: ``cfg.eager``, or for ``"auto"``
+    a run of at most :data:`~clci_keras.training.config.EAGER_MAX_STEPS` training steps
+    (``epochs * steps_per_epoch``, ``steps_per_epoch`` given) without a strategy, off JAX
+    (which runs an eager step operation by operation, compiling each one apart)."""
+    if cfg.eager != "auto":
+        return bool(cfg.eager)
+    if backend == "jax" or cfg.strategy != "default" or cfg.steps_per_epoch is None:
+        return False
+    return cfg.epochs * cfg.steps_per_epoch <= EAGER_MAX_STEPS
+
+
+def _step_callbacks(cfg):
+    """How the steps run: eagerly (:func:`_runs_eagerly`), else traced, with the optimizer and
+    metric variables built before the first step where Keras would build them while tracing
+    (no strategy)."""
+    import keras
+
+    from clci_keras.training import callbacks as C
+
+    if _runs_eagerly(cfg, keras.backend.backend()):
+        return [C.TrainEagerly()]
+    return [C.BuildBeforeFirstStep()] if cfg.strategy == "default" else []
 
 
 def fit_verbosity(verbose, stream=None):
@@ -386,8 +396,34 @@ def fit_verbosity(verbose, stream=None):
         return 2
 
 
+@dataclasses.dataclass(frozen=True)
+class _Inputs:
+    """What :func:`_make_data` prepares for ``fit``: the slices, their readers and the schedule."""
+
+    reader: object  # clci_keras.data.reader.open_reader's
+    train_ds: object
+    val_ds: object  # None without validation slices
+    train_subjects: list
+    val_subjects: list
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    input_plan: dict
+    monitor: str  # cfg.monitor, or its training twin when there are no validation slices
+    first_epoch: int  # the resume point's epochs done
+    epochs: int  # fit's last epoch: cfg.epochs, 1 in a dry run
+    steps: int  # training steps per epoch (at most max_steps in a dry run)
+    val_steps: int | None  # validation batches per epoch (at most max_steps in a dry run)
+
+    def close(self):
+        from clci_keras.data.batches import close_input
+
+        close_input(self.train_ds)
+        close_input(self.val_ds)
+        self.reader.close()
+
+
 def _make_data(cfg, run_dir, split, shard=None):
-    """Slice selection and the training / validation inputs, from the resume point.
+    """Slice selection and the training / validation inputs, from the resume point (:class:`_Inputs`).
 
     ``shard=(i, n)``: this process feeds part ``i`` of ``n`` of every global
     batch (JAX multi-process); the validation slices are then cut to whole
@@ -439,9 +475,13 @@ def _make_data(cfg, run_dir, split, shard=None):
                                      n_batches=(cfg.epochs - first_epoch + 1) * steps, shard=shard)
     val_ds = batches.eval_dataset(reader, val_idx, cfg.val_batch_size, shard=shard) if val_idx.size else None
     val_steps = math.ceil(val_idx.size / cfg.val_batch_size) if val_ds is not None else None
-    return dict(reader=reader, train_idx=train_idx, val_idx=val_idx, train_subjects=list(split["train"]),
-                val_subjects=val_subjects, monitor=monitor, steps=steps, val_steps=val_steps,
-                train_ds=train_ds, val_ds=val_ds, input_plan=plan, first_epoch=first_epoch)
+    epochs = cfg.epochs
+    if cfg.max_steps is not None:  # dry run: one epoch of <= max_steps steps and validation batches
+        epochs, steps = 1, min(steps, cfg.max_steps)
+        val_steps = None if val_steps is None else min(val_steps, cfg.max_steps)
+    return _Inputs(reader=reader, train_ds=train_ds, val_ds=val_ds, train_subjects=list(split["train"]),
+                   val_subjects=val_subjects, train_idx=train_idx, val_idx=val_idx, input_plan=plan,
+                   monitor=monitor, first_epoch=first_epoch, epochs=epochs, steps=steps, val_steps=val_steps)
 
 
 def _build_compiled(cfg, input_shape, replicas=None):
@@ -464,8 +504,8 @@ def _build_compiled(cfg, input_shape, replicas=None):
                            f"(e.g. {unset[0]}): the seeded draw missed them")
     if replicas is not None:
         model = replicas.prepare(model)
-    compile_model(model, cfg.loss, cfg.learning_rate, cfg.jit, cfg.precision, cfg.bn_momentum, cfg.bn_update)
-    return model
+    configure_batch_norm(model, cfg.bn_momentum, cfg.bn_update)
+    return compile_model(model, cfg.loss, cfg.learning_rate, cfg.jit, cfg.precision)
 
 
 def _callbacks(cfg, run_dir, monitor):
@@ -495,11 +535,11 @@ def _callbacks(cfg, run_dir, monitor):
     return cbs
 
 
-def _finish(cfg, run_dir, model, split, data, replicas):
+def _finish(cfg, run_dir, model, inputs, replicas):
     """Export the chosen weights (Keras 2 legacy HDF5) and summarise the run."""
     import keras
 
-    monitor = data["monitor"]
+    monitor = inputs.monitor
     # Export: best-on-monitor checkpoint (default) or the last epoch's weights.
     best_path = os.path.join(run_dir, run_layout.BEST_CKPT)
     exported_from = "last"
@@ -527,17 +567,17 @@ def _finish(cfg, run_dir, model, split, data, replicas):
         "best_epoch": best_epoch,
         "best_value": best_value,
         "final": log[-1] if log else {},
-        "train_subjects": len(split["train"]),
-        "val_subjects": len(data["val_subjects"]),
-        "train_slices": int(data["train_idx"].size),
-        "val_slices": int(data["val_idx"].size),
+        "train_subjects": len(inputs.train_subjects),
+        "val_subjects": len(inputs.val_subjects),
+        "train_slices": int(inputs.train_idx.size),
+        "val_slices": int(inputs.val_idx.size),
         "replicas": replicas.num_replicas,
-        "input_plan": data.get("input_plan"),
+        "input_plan": inputs.input_plan,
         "data": dataset_info(cfg.h5),
         "params": int(model.count_params()),
         "max_steps": cfg.max_steps,
         "dry_run": cfg.max_steps is not None,
-        "validation_batches_per_epoch": data["val_steps"],
+        "validation_batches_per_epoch": inputs.val_steps,
     }
 
 
