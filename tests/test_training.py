@@ -129,6 +129,24 @@ def test_config_defaults_follow_the_original_protocol():
     assert parse_slice_spec("lesion+12") == ("lesion", 12)
 
 
+def test_configure_batch_norm_sets_every_batch_norm_and_compile_model_compiles_only():
+    import keras
+
+    from clci_keras.models.layers import BatchNormalization
+    from clci_keras.training import compile_model, configure_batch_norm
+
+    model = train_tiny()
+    bns = [layer for layer in model.layers if isinstance(layer, BatchNormalization)]
+    assert len(bns) == 3 and {bn.moving_update for bn in bns} == {"keras2"}
+    compile_model(model, learning_rate=1e-3)
+    assert {(bn.momentum, bn.moving_update) for bn in bns} == {(0.99, "keras2")}
+    assert configure_batch_norm(model, momentum=0.5, update="keras3") is model
+    assert {(bn.momentum, bn.moving_update) for bn in bns} == {(0.5, "keras3")}
+    with pytest.raises(ValueError, match="'keras4'"):
+        configure_batch_norm(model, update="keras4")
+    assert isinstance(model.optimizer, keras.optimizers.Adam)
+
+
 def test_select_slices(tiny):
     h5, _ = tiny
     lesion = select_slices(h5, [1], "lesion", crop=CROP)
