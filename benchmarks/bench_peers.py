@@ -35,7 +35,7 @@ system packages (the same torch), then point ``--nnunet-python`` at it::
 
 The data set, the plans, the checkpoints and the weights are prepared once under ``--work`` and
 reused by later runs. Rows are written to ``benchmarks/results/peers_<date>.json`` after each
-figure (a stopped run keeps what it measured); ``--report FILE`` prints (and with ``--append`` adds
+figure (a stopped run keeps what it measured; a later run of the same day and threads adds to it); ``--report FILE`` prints (and with ``--append`` adds
 to RESULTS.md) the table of an existing record.
 """
 from __future__ import annotations
@@ -383,6 +383,11 @@ def main(argv=None):
               "clci_weights": "draw_initial_state seed 0, one file copied 5x for --ensemble",
               "versions": versions(), "rows": []}
     out = args.out or record_path(date)
+    if os.path.exists(out):  # a later run of the same day adds its rows to the record
+        with open(out, encoding="utf-8") as f:
+            earlier = json.load(f)
+        if earlier.get("date") == date and earlier.get("threads") == threads:
+            record["rows"] = earlier["rows"]
     start = time.time()
     for _ in range(args.repeats):
         for name in args.configs:
