@@ -108,6 +108,8 @@ t1 = time.time()
 p = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirror, perform_everything_on_device=False,
                     device=torch.device("cpu"), verbose=False, verbose_preprocessing=False, allow_tqdm=False)
 p.initialize_from_trained_model_folder(model_dir, use_folds=(0,), checkpoint_name="checkpoint_final.pth")
+if mirror and not p.allowed_mirroring_axes:
+    sys.exit(f"{model_dir}: the checkpoint names no mirroring axes; nnU-Net would predict without mirroring")
 t2 = time.time()
 p.predict_from_files_sequential([[scan]], [out], save_probabilities=False, overwrite=True)
 t3 = time.time()
@@ -119,7 +121,7 @@ print("RESULT " + json.dumps({"import_s": t1 - t0, "init_s": t2 - t1, "predict_s
                                            "torch": torch.__version__}}), flush=True)
 '''
 
-# Saves an initialised, untrained nnUNetTrainer's checkpoint as fold 0 of each configuration.
+# Saves an initialised, untrained nnUNetTrainer's checkpoint, with its mirroring axes, as fold 0 of each configuration.
 _NNUNET_CHECKPOINT = r'''
 import json, os, shutil, sys
 import torch
@@ -132,6 +134,8 @@ for configuration in sys.argv[3:]:
     trainer = nnUNetTrainer(dict(plans, continue_training=False), configuration, 0, dataset_json,
                             device=torch.device("cpu"))
     trainer.initialize()
+    # What a training run sets in get_dataloaders and stores in its checkpoint: the predictor mirrors along these.
+    trainer.inference_allowed_mirroring_axes = trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()[-1]
     os.makedirs(os.path.join(folder, "fold_0"), exist_ok=True)
     shutil.copy(os.path.join(pre, "nnUNetPlans.json"), os.path.join(folder, "plans.json"))
     shutil.copy(os.path.join(pre, "dataset.json"), os.path.join(folder, "dataset.json"))
