@@ -9,8 +9,8 @@
   of a temporary named for it (``per_process=True``), :func:`remove_leftovers` both for
   the outputs a run holds :func:`exclusive` (:func:`remove_leftovers_under`: in a whole
   output folder it holds).
-* :func:`write_json` / :func:`read_json`: the one JSON format (``indent=2`` unless told, a final
-  newline, NumPy values as numbers: :func:`jsonable`), written through :func:`atomic_text`.
+* :func:`write_json` / :func:`read_json`: the one JSON format (:func:`json_text`: ``indent=2`` unless
+  told, a final newline, NumPy values as numbers: :func:`jsonable`), written through :func:`atomic_text`.
 * :func:`check_writable_folder`: fail early, naming the folder, where outputs cannot be written;
   :func:`check_not_an_input`: an output that is (or lies inside) an input, compared as resolved paths.
 * :func:`walk`: a folder walk that follows links to folders, each folder once.
@@ -497,15 +497,26 @@ def jsonable(obj):
     return str(obj)
 
 
-def write_json(path, obj, indent=2, durable=False):
-    """Write ``obj`` to ``path`` as JSON (:func:`jsonable` for what JSON lacks) and a final newline,
-    through :func:`atomic_text`.
+def json_text(obj, indent=2, sort_keys=False):
+    """``obj`` as the text of a JSON file: :func:`jsonable` for what JSON lacks, a final newline.
+
+    For files written together with others (``save_atomic``); a file on its own: :func:`write_json`.
 
     Args:
         indent: as ``json.dump``'s (``None``: one line, for small machine-read records).
+        sort_keys: keys in sorted order (else in the order of ``obj``).
+    """
+    return json.dumps(obj, indent=indent, sort_keys=sort_keys, default=jsonable) + "\n"
+
+
+def write_json(path, obj, indent=2, durable=False, sort_keys=False):
+    """Write ``obj`` to ``path`` as :func:`json_text`, through :func:`atomic_text`.
+
+    Args:
+        indent, sort_keys: as :func:`json_text`'s.
         durable: ``fsync`` the data and the rename (results, resume points).
     """
-    text = json.dumps(obj, indent=indent, default=jsonable) + "\n"
+    text = json_text(obj, indent=indent, sort_keys=sort_keys)
     with atomic_text(path, durable=durable) as f:
         f.write(text)
 

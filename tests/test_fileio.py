@@ -211,6 +211,13 @@ def test_write_json_has_one_format_and_reads_back(tmp_path):
     assert _listing(tmp_path) == ["summary.json"]
 
 
+def test_write_json_sorts_keys_when_told(tmp_path):
+    path = tmp_path / "config.json"
+    fileio.write_json(path, {"b": 1, "a": {"d": 2, "c": 3}}, sort_keys=True)
+    assert path.read_text() == '{\n  "a": {\n    "c": 3,\n    "d": 2\n  },\n  "b": 1\n}\n'
+    assert fileio.json_text({"b": 1, "a": 2}, indent=None) == '{"b": 1, "a": 2}\n'  # the order of obj by default
+
+
 def test_read_json_names_a_broken_file_and_a_missing_one_is_told_apart(tmp_path):
     path = tmp_path / "config.json"
     assert fileio.read_json(path, missing=None) is None
