@@ -14,11 +14,10 @@ Sources of the defaults:
 from __future__ import annotations
 
 import dataclasses
-import json
 
 from clci_keras.data.constants import DEFAULT_CROP
 from clci_keras.data.reader import INPUT_MODES, parse_slice_spec
-from clci_keras.fileio import atomic_text
+from clci_keras.fileio import write_json
 from clci_keras.models.choices import BN_UPDATES, LOSSES
 from clci_keras.precision import check_precision, read_legacy_precision
 
@@ -165,8 +164,7 @@ class TrainConfig:
 
     def save(self, path):
         """Write the values as JSON to ``path`` (atomically and durably: a resume compares them)."""
-        with atomic_text(path, durable=True) as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+        write_json(path, self.to_dict(), sort_keys=True, durable=True)
 
     def differences(self, other):
         """Names of fields that differ from ``other``, except the resumable ones."""
