@@ -8,6 +8,7 @@ from clci_keras.data.reader import INPUT_MODES
 from clci_keras.models.choices import BN_UPDATES, LOSSES
 from clci_keras.precision import PRECISIONS
 from clci_keras.training.config import EXPORTS, RUN_FIELDS, STRATEGIES, TrainConfig
+from clci_keras.training.determinism import prepare_determinism
 
 #: The TrainConfig fields that are training options, read from the option of the same ``dest``
 #: where there is one (``--epochs``, ``--lr``, ...; ``--set`` reaches any field): every field but
@@ -73,8 +74,11 @@ def add_arguments(parser):
                    help="run bf16 even on a CPU without native BF16 (emulated, slower)")
     h.add_argument("--jit", action="store_true", default=None, help="XLA-compile the train step")
     h.add_argument("--seed", type=int, help=f"random seed (default: {d.seed})")
+    h.add_argument("--deterministic", dest="deterministic", action="store_true", default=None,
+                   help="the same seed gives the same weights bit for bit on this machine and backend "
+                        "(the default; TensorFlow without oneDNN: docs/reproducibility.md)")
     h.add_argument("--no-deterministic", dest="deterministic", action="store_false", default=None,
-                   help="do not enable TensorFlow op determinism")
+                   help="the backend's fastest kernels, which may differ in the last bits from run to run")
     o = p.add_argument_group("outputs")
     o.add_argument("--manifest", default="weights/manifest.json",
                    help="weights manifest the result is added to (default: weights/manifest.json)")
@@ -113,13 +117,15 @@ def run(args) -> int:
 
     try:
         check_writable_folder(args.out, what="run folder")
-        from clci_keras.training import train
-
         config = None
         if args.config:
             with open(args.config) as f:
                 config = TrainConfig.from_dict(json.load(f))
         overrides = overrides_from_args(args)
+        # before TensorFlow is imported (by the trainer): oneDNN is chosen then
+        prepare_determinism(overrides.get("deterministic", (config or TrainConfig()).deterministic))
+        from clci_keras.training import train
+
         overrides["manifest"] = None if args.no_manifest else args.manifest
         if args.quiet or not sys.stdout.isatty():  # no progress-bar escapes in log files
             overrides["verbose"] = 2

@@ -46,11 +46,14 @@ from clci_keras.version import __version__
 def set_seed(seed, deterministic=True):
     """Seed Python, NumPy and the backend; ask the backend for deterministic kernels if ``deterministic``.
 
-    TensorFlow: ``enable_op_determinism``. PyTorch:
+    TensorFlow: ``enable_op_determinism``; its oneDNN CPU kernels are switched off
+    only before TensorFlow is imported
+    (:func:`clci_keras.training.determinism.prepare_determinism`). PyTorch:
     ``use_deterministic_algorithms(True, warn_only=True)`` (a kernel without a
-    deterministic version warns instead of failing). JAX on CPU is
-    deterministic; on GPU set ``XLA_FLAGS=--xla_gpu_deterministic_ops=true``
-    before the process starts (XLA reads it once).
+    deterministic version warns instead of failing) and oneDNN's deterministic
+    mode. JAX on CPU is deterministic; on GPU set
+    ``XLA_FLAGS=--xla_gpu_deterministic_ops=true`` before the process starts (XLA
+    reads it once). See :mod:`clci_keras.training.determinism`.
     """
     import keras
 
@@ -66,6 +69,7 @@ def set_seed(seed, deterministic=True):
         import torch
 
         torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.mkldnn.deterministic = True  # its convolutions' thread-parallel sums
 
 
 def _float32(fn):
