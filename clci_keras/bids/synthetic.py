@@ -12,7 +12,6 @@ are written as a valid raw BIDS dataset, one subject per kind:
 """
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -20,7 +19,16 @@ from nibabel import orientations as no
 
 from clci_keras.data.constants import ATLAS_AFFINE, V2_SPACE
 from clci_keras.data.synthetic import axis_rotation as _rot, generate_subject, save_nifti
-from clci_keras.fileio import atomic_path, atomic_text, discard, exclusive, publish, remove_leftovers, temporary
+from clci_keras.fileio import (
+    atomic_path,
+    atomic_text,
+    discard,
+    exclusive,
+    publish,
+    remove_leftovers,
+    temporary,
+    write_json,
+)
 from clci_keras.inference.register import resample
 
 KINDS = ("mni", "native", "sessions", "broken")
@@ -79,9 +87,9 @@ def write_synthetic_bids(out_dir, kinds=KINDS, seed=0):
 def _write(out_dir, kinds, seed):
     """:func:`write_synthetic_bids` into the folder ``out_dir``."""
     os.makedirs(out_dir, exist_ok=True)
-    with atomic_text(os.path.join(out_dir, "dataset_description.json")) as f:
-        json.dump({"Name": "clci-keras synthetic ATLAS-like T1w scans", "BIDSVersion": "1.10.0",
-                   "DatasetType": "raw", "Authors": ["clci-keras synthetic generator"]}, f, indent=2)
+    write_json(os.path.join(out_dir, "dataset_description.json"),
+               {"Name": "clci-keras synthetic ATLAS-like T1w scans", "BIDSVersion": "1.10.0",
+                "DatasetType": "raw", "Authors": ["clci-keras synthetic generator"]})
     records = {}
     for i, kind in enumerate(kinds):
         sub = f"sub-{i + 1:02d}"

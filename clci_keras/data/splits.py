@@ -38,7 +38,7 @@ import numpy as np
 
 from clci_keras.data.preprocess import read_subjects
 from clci_keras.data.published_splits import PUBLISHED_SPLITS
-from clci_keras.fileio import atomic_text
+from clci_keras.fileio import write_json
 
 SPLIT_FORMAT_VERSION = 1
 PARTS = ("train", "val", "test")
@@ -371,9 +371,7 @@ def save_split(split, path):
         kind = "is a file, not a folder" if os.path.lexists(folder) else "does not exist"
         raise FileNotFoundError(f"{path}: cannot write the split file: folder {folder} {kind}.")
     try:
-        with atomic_text(path) as f:
-            json.dump(split, f, indent=1)
-            f.write("\n")
+        write_json(path, split, indent=1)
     except OSError as e:
         raise type(e)(f"{path}: cannot write the split file ({e.strerror or e}).") from e
     return path

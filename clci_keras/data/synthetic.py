@@ -32,7 +32,6 @@ import contextlib
 import csv
 import errno
 import functools
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -51,8 +50,10 @@ from clci_keras.fileio import (
     discard,
     exclusive,
     publish,
+    read_json,
     remove_leftovers,
     temporary,
+    write_json,
 )
 from clci_keras.version import __version__
 
@@ -376,8 +377,7 @@ def generate_dataset(out_dir, layout="r1.1", n_subjects=4, seed=0, t1_dtype="int
             return _generate_new(out_dir, settings, progress)
         _check_output_folder(out_dir, settings, overwrite)
         partial = os.path.join(out_dir, PARTIAL_MARKER)
-        with atomic_text(partial) as f:
-            json.dump(settings, f, indent=2)
+        write_json(partial, settings)
         records = _generate(out_dir, settings, progress)
         os.remove(partial)
         return records
@@ -403,8 +403,7 @@ def _check_output_folder(out_dir, settings, overwrite):
     partial = os.path.join(out_dir, PARTIAL_MARKER)
     if os.path.isfile(partial):
         try:
-            with open(partial) as f:
-                earlier = json.load(f)
+            earlier = read_json(partial)
         except (OSError, ValueError):
             earlier = None
         if earlier == settings:
@@ -571,9 +570,8 @@ def _write_tables(out_dir, layout, records):
 def _write_marker(out_dir, layout, n_subjects, seed):
     """:data:`~clci_keras.data.constants.SYNTHETIC_MARKER`, written last: the release is complete."""
     marker = os.path.join(out_dir, SYNTHETIC_MARKER)
-    with atomic_text(marker) as f:
-        json.dump({"generator": "clci_keras.data.synthetic", "version": __version__,
-                   "layout": layout, "n_subjects": n_subjects, "seed": int(seed)}, f, indent=2)
+    write_json(marker, {"generator": "clci_keras.data.synthetic", "version": __version__,
+                        "layout": layout, "n_subjects": n_subjects, "seed": int(seed)})
 
 
 def plot_synthetic_slices(out_png, n_subjects=4, seed=0, layout="r1.1", dpi=110):

@@ -40,7 +40,7 @@ import numpy as np
 from scipy import ndimage
 
 from clci_keras.data.constants import ATLAS_AFFINE, ATLAS_SHAPE
-from clci_keras.fileio import atomic_text
+from clci_keras.fileio import write_json
 from clci_keras.inference.io import InputError, describe, strip_nifti_suffix, validate_volume
 
 #: Working resolution (mm) of the registration; both images are resampled to it first.
@@ -204,9 +204,7 @@ class Registration:
     def save(self, path):
         """Write the transform as JSON (temporary file, then rename)."""
         path = os.fspath(path)
-        with atomic_text(path) as f:
-            json.dump(self.to_dict(), f, indent=2)
-            f.write("\n")
+        write_json(path, self.to_dict())
         return path
 
     @classmethod

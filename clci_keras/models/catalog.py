@@ -40,10 +40,9 @@ entry and :data:`CARD_FACTS`.
 from __future__ import annotations
 
 import copy
-import json
 import os
 
-from clci_keras.fileio import atomic_text
+from clci_keras.fileio import write_json
 from clci_keras.models.card import LAYOUT_SPACES, make_card
 
 CATALOG_FORMAT = 1
@@ -162,9 +161,7 @@ def catalog_json():
 def write_catalog_json(path):
     """Write :func:`catalog_json` to ``path`` (atomically)."""
     path = os.fspath(path)
-    with atomic_text(path) as f:
-        json.dump(catalog_json(), f, indent=2)
-        f.write("\n")
+    write_json(path, catalog_json())
     return path
 
 
