@@ -353,11 +353,15 @@ def versions():
     import importlib.metadata as md
 
     out = {"python": sys.version.split()[0]}
-    for pkg in ("clci_keras", "keras", "tensorflow"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = None
+    for key, names in (("clci_keras", ("clci_keras",)), ("keras", ("keras",)),
+                       ("tensorflow", ("tensorflow", "tensorflow-cpu"))):
+        out[key] = None
+        for name in names:
+            try:
+                out[key] = md.version(name)
+                break
+            except md.PackageNotFoundError:
+                pass
     return out
 
 
