@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata as md
-import json
 import os
 
 import numpy as np
 
 from clci_keras.bids.layout import SOURCE_ENTITIES
-from clci_keras.fileio import atomic_text
+from clci_keras.fileio import atomic_text, json_text, read_json
 from clci_keras.version import __version__
 
 #: Folder of the derivative dataset under OUTPUT_DIR (BIDS Apps: one folder per pipeline).
@@ -140,8 +139,7 @@ def dataset_description(bids_dir, weights=()):
     bids_dir = os.path.abspath(os.fspath(bids_dir))
     source = {"URL": "file://" + bids_dir}
     try:
-        with open(os.path.join(bids_dir, "dataset_description.json")) as f:
-            raw = json.load(f)
+        raw = read_json(os.path.join(bids_dir, "dataset_description.json"))
         if raw.get("DatasetDOI"):
             source["DOI"] = raw["DatasetDOI"]
         if raw.get("Name"):
@@ -168,7 +166,7 @@ def dataset_description(bids_dir, weights=()):
 def write_dataset_files(root, bids_dir):
     """Write (or refresh) ``dataset_description.json``, ``descriptions.tsv``, ``.bidsignore``, ``README.md``."""
     files = {
-        "dataset_description.json": json.dumps(dataset_description(bids_dir), indent=2) + "\n",
+        "dataset_description.json": json_text(dataset_description(bids_dir)),
         "descriptions.tsv": "desc_id\tdescription\n" + "".join(f"desc-{k}\t{v}\n" for k, v in DESCRIPTIONS.items()),
         ".bidsignore": "".join(p + "\n" for p in BIDSIGNORE),
         "README.md": (

@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import glob
-import json
 import os
 
 import nibabel as nib
@@ -29,6 +28,7 @@ import numpy as np
 from clci_keras.bids import derivatives as dv
 from clci_keras.bids.layout import Scan, parse_entities
 from clci_keras.data.constants import ATLAS_AFFINE, ATLAS_SHAPE
+from clci_keras.fileio import json_text, read_json
 from clci_keras.inference.io import save_atomic
 from clci_keras.inference.lesions import LOAD_COLUMNS, sidecar_bytes, tsv_bytes
 from clci_keras.inference.register import resample, template
@@ -81,8 +81,7 @@ def finished_scans(root):
     pattern = os.path.join(root, "sub-*", "**", "anat", f"*_label-{dv.LESION_LABEL}_desc-{dv.LESION_DESC}_mask.json")
     for side in sorted(glob.glob(pattern, recursive=True)):
         try:
-            with open(side) as f:
-                meta = json.load(f)
+            meta = read_json(side)
             raw = next(s for s in meta.get("Sources", []) if s.startswith("bids:raw:"))[len("bids:raw:"):]
         except (OSError, ValueError, StopIteration, AttributeError):
             continue
@@ -163,10 +162,9 @@ def run_group(output_dir, on_event=None):
     fig = rh.overlap_figure_png(tpl, overlap, len(finished))
     figure = os.path.join(root, "group", f"space-{dv.TEMPLATE_SPACE}_desc-{dv.OVERLAP_DESC}.png")
     table = os.path.join(root, TABLE)
-    save_atomic([(img, ov_path), ((json.dumps(side, indent=2) + "\n").encode("utf8"), ov_path[:-7] + ".json"),
+    save_atomic([(img, ov_path), (json_text(side).encode("utf8"), ov_path[:-7] + ".json"),
                  (tsv.encode("utf8"), table),
-                 ((json.dumps({k: {"Description": v} for k, v in COLUMNS.items()}, indent=2) + "\n").encode("utf8"),
-                  table[:-4] + ".json"),
+                 (json_text({k: {"Description": v} for k, v in COLUMNS.items()}).encode("utf8"), table[:-4] + ".json"),
                  (fig, figure)] + _load_files(root, load_rows))
     summary = {"scans": len(finished), "left out (unfinished)": len(incomplete),
                "largest overlap": f"{float(overlap.max()):.3f}", "overlap map": os.path.relpath(ov_path, root),

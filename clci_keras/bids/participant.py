@@ -22,7 +22,6 @@ A scan that fails is named and the others go on.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 
@@ -35,7 +34,7 @@ from clci_keras.bids.lesion_roi import write_lesion_roi
 from clci_keras.data.constants import ATLAS_AFFINE
 from clci_keras.data.intensity import normalize_intensity, v2_reference
 from clci_keras.data.regions import ATLASES, DEFAULT_ATLAS
-from clci_keras.fileio import WRITE_FAILURES, check_writable_folder, exclusive, remove_leftovers_under
+from clci_keras.fileio import WRITE_FAILURES, check_writable_folder, exclusive, json_text, remove_leftovers_under
 from clci_keras.inference import InputError
 from clci_keras.inference.io import load_image, save_atomic
 from clci_keras.inference.lesions import FLAGS, lesion_files, lesion_report
@@ -391,12 +390,11 @@ def _sidecar_files(job, thr, common, registration):
                                         "SpatialReference": dv.TEMPLATE_DESCRIPTION}
         sidecars[outs.template_prob] = {"Description": "stroke lesion probability (CLCI-Net) in template space",
                                         "Sources": [raw] + xfm, "SpatialReference": dv.TEMPLATE_DESCRIPTION}
-    files = [((json.dumps({**extra, **common}, indent=2, default=str) + "\n").encode("utf8"), outs.sidecar(path))
+    files = [(json_text({**extra, **common}).encode("utf8"), outs.sidecar(path))
              for path, extra in sidecars.items()]
     if registration is not None:
         files.append((dv.itk_affine_text(registration.mni_to_native).encode("ascii"), outs.transform_itk))
-        files.append(((json.dumps({**registration.to_dict(), "source": raw}, indent=2) + "\n").encode("utf8"),
-                      outs.transform_json))
+        files.append((json_text({**registration.to_dict(), "source": raw}).encode("utf8"), outs.transform_json))
     return files
 
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import tempfile
 import time
 
 import numpy as np
 
-from clci_keras.fileio import WRITE_FAILURES, check_not_an_input, exclusive
+from clci_keras.fileio import WRITE_FAILURES, check_not_an_input, exclusive, json_text
 from clci_keras.inference.io import (
     MASK_SUFFIX,
     find_inputs,
@@ -297,8 +296,7 @@ def _segment_job(engine, job, register, transform):
         outputs += lesion_files(seg.lesions, job.lesions, job.load)
         labels = seg.lesions
     if job.transform and registration is not None:
-        text = json.dumps({**registration.to_dict(), "source": job.input}, indent=2) + "\n"
-        outputs.append((text.encode("utf8"), job.transform))
+        outputs.append((json_text({**registration.to_dict(), "source": job.input}).encode("utf8"), job.transform))
     if job.qc:
         title = f"{os.path.basename(job.input)}: lesion mask outline (red), {seg.grid} grid"
         outputs.append((qc_png(image, data, mask, title=title, lesions=labels), job.qc))

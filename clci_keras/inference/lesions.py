@@ -32,7 +32,7 @@ from scipy import ndimage
 from clci_keras.data import regions
 from clci_keras.data.constants import ATLAS_AFFINE, ATLAS_SHAPE
 from clci_keras.data.regions import DEFAULT_ATLAS
-from clci_keras.fileio import exclusive
+from clci_keras.fileio import exclusive, json_text
 from clci_keras.inference.io import InputError, load_image, save_atomic, strip_nifti_suffix
 from clci_keras.inference.register import register_to_mni, resample
 
@@ -345,7 +345,7 @@ def sidecar_bytes(columns, extra=None):
         if units:
             doc[name]["Units"] = units
     doc.update(extra or {})
-    return (json.dumps(doc, indent=2) + "\n").encode("utf-8")
+    return json_text(doc).encode("utf-8")
 
 
 def _json_path(tsv_path):
@@ -366,7 +366,7 @@ def lesion_files(report, lesions_path, load_path):
     lesions_side["flags"]["Levels"] = dict(FLAGS)
     lesions_side["Summary"] = report.summary
     return [(tsv_bytes(report.lesions, LESION_COLUMNS), os.fspath(lesions_path)),
-            ((json.dumps(lesions_side, indent=2) + "\n").encode("utf-8"), _json_path(lesions_path)),
+            (json_text(lesions_side).encode("utf-8"), _json_path(lesions_path)),
             (tsv_bytes(report.load, LOAD_COLUMNS), os.fspath(load_path)),
             (sidecar_bytes(LOAD_COLUMNS, extra), _json_path(load_path))]
 
