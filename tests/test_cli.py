@@ -321,6 +321,29 @@ def test_training_choices_are_the_library_constants():
             assert action.choices is choices, option
 
 
+def test_data_and_inference_choices_are_the_library_constants():
+    """``prep``, ``synth``, ``recipe``, ``export``, ``evaluate`` and ``bids`` offer the lists the library checks."""
+    import argparse
+
+    from clci_keras.bids.layout import REGISTER_CHOICES
+    from clci_keras.cli import bids, evaluate, export, prep, recipe, synth
+    from clci_keras.data.constants import CROPS, LAYOUT_CHOICES, LAYOUTS
+    from clci_keras.data.intensity import SCHEMES
+    from clci_keras.data.splits import PARTS
+    from clci_keras.inference.export import FORMATS
+
+    for module, expected in ((prep, {"--layout": LAYOUT_CHOICES, "--intensity": SCHEMES}),
+                             (recipe, {"--layout": LAYOUT_CHOICES}), (synth, {"--layout": LAYOUTS}),
+                             (export, {"--crop": CROPS, "--format": FORMATS}), (evaluate, {"--part": PARTS}),
+                             (bids, {"--register": REGISTER_CHOICES})):
+        parser = argparse.ArgumentParser()
+        module.add_arguments(parser)
+        for option, choices in expected.items():
+            action = next(a for a in parser._actions if option in a.option_strings)
+            assert action.choices is choices, (module.__name__, option)
+    assert LAYOUT_CHOICES == ("auto", *LAYOUTS)
+
+
 def test_training_has_no_names_of_the_unreleased_0_1_0():
     """``load_split`` (now ``load_training_split``), ``make_strategy`` and ``register_weights`` are gone."""
     import clci_keras.training as training

@@ -20,7 +20,7 @@ import os
 import sys
 
 from clci_keras.bids.group import run_group
-from clci_keras.bids.layout import BidsUnavailable
+from clci_keras.bids.layout import REGISTER_CHOICES, BidsUnavailable
 from clci_keras.bids.participant import run_participant
 from clci_keras.cli import nonnegative_float, positive_float, positive_int, positive_ints, report
 from clci_keras.data.intensity import SCHEMES
@@ -41,7 +41,7 @@ def add_arguments(parser):
                         default=None, help="sessions to process (1 or ses-1); default all")
     parser.add_argument("--weights", nargs="+", metavar="W", default=None,
                         help="trained weights (.h5, .weights.h5, .keras); several: an ensemble (mean probability)")
-    parser.add_argument("--register", choices=("auto", "always", "never"), default="auto",
+    parser.add_argument("--register", choices=REGISTER_CHOICES, default="auto",
                         help="registration to the MNI152 template: auto (default) registers the scans that are "
                         "neither on the template grid nor in an MNI152 space-; needs dipy")
     parser.add_argument("--reg-resolution", type=positive_float, default=None, metavar="MM",

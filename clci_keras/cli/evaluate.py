@@ -6,6 +6,7 @@ import os
 import sys
 
 from clci_keras.cli import eval_slices_arg, positive_int, report
+from clci_keras.data.splits import PARTS
 from clci_keras.evaluation.published import evaluate_published
 from clci_keras.fileio import check_writable_folder
 from clci_keras.run_layout import scores_file
@@ -25,7 +26,7 @@ def add_arguments(parser):
     p.add_argument("--h5", required=True, metavar="DATA.h5", help="HDF5 slice file")
     p.add_argument("--split", default=None, metavar="SPLIT",
                    help="split file, or a published split name (spin_traintest); required without --preset")
-    p.add_argument("--part", default=None, choices=("test", "val", "train"), help="(default: test)")
+    p.add_argument("--part", default=None, choices=PARTS, help="(default: test)")
     p.add_argument("--fold", type=int, default=None, help="fold number (k-fold split files)")
     p.add_argument("--out", metavar="DIR", help="output folder (default: the weights' folder)")
     p.add_argument("--crop", default=None,

@@ -14,18 +14,19 @@ from __future__ import annotations
 import os
 
 from clci_keras.cli import report
-from clci_keras.inference.export import ExportUnavailable, export_model
+from clci_keras.data.constants import CROPS
+from clci_keras.inference.export import FORMATS, ExportUnavailable, export_model
 
 
 def add_arguments(parser):
     parser.add_argument("--weights", required=True, metavar="W", help="trained weights (.h5, .weights.h5, .keras)")
     parser.add_argument("--model", default=None, metavar="NAME",
                         help="registered model name (default: the weights' model card's, else clci_net)")
-    parser.add_argument("--format", required=True, choices=("onnx", "savedmodel"),
+    parser.add_argument("--format", required=True, choices=FORMATS,
                         help="onnx (a .onnx file: ONNX Runtime, OpenVINO...) or savedmodel (a TensorFlow "
                              "SavedModel folder: TensorFlow Serving, OpenVINO...)")
     parser.add_argument("-o", "--output", required=True, metavar="PATH", help="the .onnx file or SavedModel folder")
-    parser.add_argument("--crop", default=None, choices=("clci", "xnet", "spin"),
+    parser.add_argument("--crop", default=None, choices=CROPS,
                         help="input window (default: the weights' model card's, else clci = 224x176)")
     parser.add_argument("--no-optimize", action="store_true",
                         help="export the model layer for layer as trained (default: the exact zero-state "

@@ -5,6 +5,8 @@ import sys
 import warnings
 
 from clci_keras.cli import int_in, positive_int, report
+from clci_keras.data.constants import LAYOUT_CHOICES
+from clci_keras.data.intensity import SCHEMES
 from clci_keras.data.preprocess import StaleTemporaryWarning, prepare_h5
 
 
@@ -13,11 +15,11 @@ def add_arguments(parser):
                         help="release root (R1.1: folder with the metadata CSV; R1.2: folder with c0001/, "
                              "c0002/, ... of the unpacked standard_MNI release; 2.0: BIDS tree)")
     parser.add_argument("-o", "--output", required=True, metavar="OUT.h5", help="output HDF5 file")
-    parser.add_argument("--layout", choices=("auto", "r1.1", "r1.2", "v2"), default="auto",
+    parser.add_argument("--layout", choices=LAYOUT_CHOICES, default="auto",
                         help="source layout (default: auto)")
     parser.add_argument("--workers", type=positive_int, default=1, help="parallel reader/compressor processes (default: 1)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    parser.add_argument("--intensity", choices=("r1.1", "v2", "none"), default=None,
+    parser.add_argument("--intensity", choices=SCHEMES, default=None,
                         help="intensity scheme (default: r1.1 = /100 for R1.1 and R1.2, v2 for 2.0)")
     parser.add_argument("--compression-level", type=int_in(0, 9), default=1, help="deflate level 0-9 (default: 1)")
     parser.add_argument("--max-subjects", type=positive_int, default=None, metavar="N",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 
 from clci_keras.cli import int_in, nonnegative_int, positive_int, report
+from clci_keras.data.constants import LAYOUT_CHOICES
 from clci_keras.experiments.recipe import DRY_STEPS, DRY_SUBJECTS, EMITS, Recipe, SlurmResources
 
 
@@ -26,7 +27,7 @@ def add_arguments(parser):
     g.add_argument("--synth", type=positive_int, metavar="N",
                    help="first write a synthetic release of N subjects (into --src, default WORK/synthetic_src)")
     g.add_argument("--synth-seed", type=int, default=d.synth_seed, help=f"seed of --synth (default: {d.synth_seed})")
-    g.add_argument("--layout", choices=("auto", "r1.1", "r1.2", "v2"), default=d.layout,
+    g.add_argument("--layout", choices=LAYOUT_CHOICES, default=d.layout,
                    help="release layout for prep (and --synth: auto = r1.1) (default: auto)")
     g.add_argument("--workers", type=positive_int, default=d.workers,
                    help=f"prep worker processes (default: {d.workers})")

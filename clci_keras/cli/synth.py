@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 from clci_keras.cli import set_interrupt_note
+from clci_keras.data.constants import LAYOUTS
 from clci_keras.data.synthetic import generate_dataset
 
 
@@ -17,7 +18,7 @@ def add_arguments(parser):
     parser.add_argument("out", metavar="OUT_DIR",
                         help="output folder (created, or an empty one; an unfinished one of the same arguments "
                              "is completed)")
-    parser.add_argument("--layout", choices=("r1.1", "r1.2", "v2"), default="r1.1", help="release layout (default: r1.1)")
+    parser.add_argument("--layout", choices=LAYOUTS, default="r1.1", help="release layout (default: r1.1)")
     parser.add_argument("--subjects", type=int, default=8,
                         help="number of subjects (default: 8; r1.2: the first N published SPiN test ids, "
                              "then their training ids)")

@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, field
 import nibabel as nib
 import numpy as np
 
-from clci_keras.data.constants import ATLAS_SHAPE, R11_CSV_NAME
+from clci_keras.data.constants import ATLAS_SHAPE, LAYOUT_CHOICES, R11_CSV_NAME
 from clci_keras.fileio import walk
 
 _NII = (".nii.gz", ".nii")
@@ -347,8 +347,8 @@ def discover_v2(src):
 
 def discover_subjects(src, layout="auto"):
     """Return ``(layout, records)`` for the tree at ``src``."""
-    if layout not in ("auto", "r1.1", "r1.2", "v2"):
-        raise AtlasDataError(f"Unknown layout {layout!r}; expected 'auto', 'r1.1', 'r1.2' or 'v2'.")
+    if layout not in LAYOUT_CHOICES:
+        raise AtlasDataError(f"Unknown layout {layout!r}; expected one of {', '.join(LAYOUT_CHOICES)}.")
     if layout == "auto":
         layout = detect_layout(src)
     elif not os.path.isdir(os.fspath(src)):

@@ -61,6 +61,9 @@ V2_SPACE = "MNI152NLin2009aSym"
 #: Known layouts of a source tree.
 LAYOUTS = ("r1.1", "r1.2", "v2")
 
+#: How a source tree's layout may be given: one of :data:`LAYOUTS`, or ``"auto"`` (detected).
+LAYOUT_CHOICES = ("auto", *LAYOUTS)
+
 #: Intensity scheme used for each layout (R1.2: the SPiN authors' generator
 #: divides by 100 as the R1.1 one, external_src/generate_h5/generate_h5.py).
 LAYOUT_INTENSITY = {"r1.1": "r1.1", "r1.2": "r1.1", "v2": "v2"}

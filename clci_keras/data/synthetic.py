@@ -40,7 +40,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from clci_keras.data.constants import ATLAS_SHAPE, R11_CSV_NAME, SYNTHETIC_MARKER, V2_SPACE
+from clci_keras.data.constants import ATLAS_SHAPE, LAYOUTS, R11_CSV_NAME, SYNTHETIC_MARKER, V2_SPACE
 from clci_keras.data.published_splits import SPIN_TRAINTEST_TEST, SPIN_TRAINTEST_TRAIN
 from clci_keras.fileio import (
     LOCK_NAME,
@@ -480,8 +480,8 @@ def _check_dataset_arguments(out_dir, layout, n_subjects, subject_ids):
         ``(out_dir, n_subjects, r12_ids)``: the folder as a ``str``, the number of
         subjects to write and, for the r1.2 layout, their scan ids (else ``None``).
     """
-    if layout not in ("r1.1", "r1.2", "v2"):
-        raise ValueError(f"Unknown layout {layout!r}; expected 'r1.1', 'r1.2' or 'v2'.")
+    if layout not in LAYOUTS:
+        raise ValueError(f"Unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}.")
     if subject_ids is not None and layout != "r1.2":
         raise ValueError(f"subject_ids is only used by the r1.2 layout, not {layout!r}.")
     r12_ids = None

@@ -33,7 +33,7 @@ import os
 import shlex
 import subprocess
 
-from clci_keras.data.constants import SYNTHETIC_MARKER
+from clci_keras.data.constants import LAYOUT_CHOICES, SYNTHETIC_MARKER
 from clci_keras.data.slicing import get_crop
 from clci_keras.experiments.workflows import TABLE1_MODELS, TABLE2_MODELS
 from clci_keras.fileio import atomic_text
@@ -195,8 +195,8 @@ class Recipe:
             raise ValueError(f"val must be in [0, 1), got {self.val!r}")
         if self.crop is not None:
             get_crop(self.crop)
-        if self.layout not in ("auto", "r1.1", "r1.2", "v2"):
-            raise ValueError(f"layout must be auto, r1.1, r1.2 or v2, got {self.layout!r}")
+        if self.layout not in LAYOUT_CHOICES:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUT_CHOICES)}, got {self.layout!r}")
         for name in ("max_steps", "max_subjects", "workers"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
