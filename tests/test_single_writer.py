@@ -3,8 +3,10 @@
 A renaming call (``os.replace(``, ``os.rename(``), a hand-made temporary
 (``tempfile.mkstemp(``) or a ``.tmp`` name in a string anywhere else in the
 package is a second writer: its own temporary names (two writers collide), its
-own permissions, its own leftovers on error. Comments do not count; strings,
-docstrings included, do.
+own permissions, its own leftovers on error. So is a ``json.dump(`` into a file
+opened elsewhere: JSON files are written by ``fileio.write_json`` (or, for files
+published together, from ``fileio.json_text``), in the one format. Comments do not
+count; strings, docstrings included, do.
 """
 import io
 import pathlib
@@ -17,8 +19,9 @@ WRITER = "clci_keras/fileio.py"
 
 _TMP_NAME = re.compile(r"\.tmp\b")
 _STRINGS = {tokenize.STRING} | {getattr(tokenize, "FSTRING_MIDDLE", tokenize.STRING)}
-#: Calls that are the writer's business: ``os.replace(``, ``os.rename(``; ``mkstemp(`` however imported.
-_DOTTED_CALLS = {("os", "replace"), ("os", "rename")}
+#: Calls that are the writer's business: ``os.replace(``, ``os.rename(``, ``json.dump(``; ``mkstemp(``
+#: however imported.
+_DOTTED_CALLS = {("os", "replace"), ("os", "rename"), ("json", "dump")}
 _CALLS = {"mkstemp"}
 
 
@@ -52,7 +55,7 @@ def _all_offences():
 
 def test_every_published_file_goes_through_fileio():
     bad = [f"{rel}:{row}: {what}: {line}" for rel, row, line, what in _all_offences()]
-    assert not bad, "write these through clci_keras.fileio (atomic_text / atomic_path / atomic_folder):\n" + "\n".join(bad)
+    assert not bad, "write these through clci_keras.fileio (atomic_text / atomic_path / atomic_folder / write_json):\n" + "\n".join(bad)
 
 
 def test_the_check_finds_what_it_looks_for(tmp_path):
@@ -64,8 +67,9 @@ def test_the_check_finds_what_it_looks_for(tmp_path):
         '    fd, t = tempfile.mkstemp(dir=".")\n'
         '    os.replace(tmp, path)\n'
         '    os.rename(tmp, path)\n'
+        '    json.dump({}, open(path, "w")); json.dumps({})\n'
         '    """Docstring naming x.tmp-PID."""\n'
         '    self_tmp = path.tmp  # an attribute\n'
         '    return os.path.join(path, "ok")\n', encoding="utf-8")
     assert [(row, what) for row, _, what in _offences(sample)] == [
-        (3, "a .tmp name"), (4, "mkstemp("), (5, "os.replace("), (6, "os.rename("), (7, "a .tmp name")]
+        (3, "a .tmp name"), (4, "mkstemp("), (5, "os.replace("), (6, "os.rename("), (7, "json.dump("), (8, "a .tmp name")]
