@@ -110,17 +110,14 @@ def overrides_from_args(args):
 
 
 def run(args) -> int:
-    import json
-
     from clci_keras.cli import report
-    from clci_keras.fileio import check_writable_folder
+    from clci_keras.fileio import check_writable_folder, read_json
 
     try:
         check_writable_folder(args.out, what="run folder")
         config = None
         if args.config:
-            with open(args.config) as f:
-                config = TrainConfig.from_dict(json.load(f))
+            config = TrainConfig.from_dict(read_json(args.config))
         overrides = overrides_from_args(args)
         # before TensorFlow is imported (by the trainer): oneDNN is chosen then
         prepare_determinism(overrides.get("deterministic", (config or TrainConfig()).deterministic))
