@@ -322,20 +322,23 @@ def test_training_choices_are_the_library_constants():
 
 
 def test_data_and_inference_choices_are_the_library_constants():
-    """``prep``, ``synth``, ``recipe``, ``export``, ``evaluate`` and ``bids`` offer the lists the library checks."""
+    """``prep``, ``synth``, ``recipe``, ``export``, ``evaluate``, ``predict`` and ``bids`` offer the lists the
+    library checks."""
     import argparse
 
     from clci_keras.bids.layout import REGISTER_CHOICES
-    from clci_keras.cli import bids, evaluate, export, prep, recipe, synth
+    from clci_keras.cli import bids, evaluate, export, predict, prep, recipe, synth
     from clci_keras.data.constants import CROPS, LAYOUT_CHOICES, LAYOUTS
     from clci_keras.data.intensity import SCHEMES
     from clci_keras.data.splits import PARTS
+    from clci_keras.inference.ensemble import TTA_CHOICES
     from clci_keras.inference.export import FORMATS
 
     for module, expected in ((prep, {"--layout": LAYOUT_CHOICES, "--intensity": SCHEMES}),
                              (recipe, {"--layout": LAYOUT_CHOICES}), (synth, {"--layout": LAYOUTS}),
                              (export, {"--crop": CROPS, "--format": FORMATS}), (evaluate, {"--part": PARTS}),
-                             (bids, {"--register": REGISTER_CHOICES})):
+                             (bids, {"--register": REGISTER_CHOICES, "--tta": TTA_CHOICES}),
+                             (predict, {"--tta": TTA_CHOICES})):
         parser = argparse.ArgumentParser()
         module.add_arguments(parser)
         for option, choices in expected.items():

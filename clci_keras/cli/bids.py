@@ -25,6 +25,7 @@ from clci_keras.bids.participant import run_participant
 from clci_keras.cli import nonnegative_float, positive_float, positive_int, positive_ints, report
 from clci_keras.data.intensity import SCHEMES
 from clci_keras.data.regions import ATLASES, DEFAULT_ATLAS
+from clci_keras.inference.ensemble import TTA_CHOICES
 from clci_keras.inference.register import RegistrationUnavailable
 from clci_keras.precision import INFERENCE_PRECISIONS
 
@@ -50,7 +51,7 @@ def add_arguments(parser):
                         help="optimiser iterations per pyramid level, coarse to fine (default 100,30)")
     parser.add_argument("--model", default=None, metavar="NAME",
                         help="registered model name (default: the weights' model card's, else clci_net)")
-    parser.add_argument("--tta", choices=("none", "flip"), default="none", help="flip: also predict the mirror image")
+    parser.add_argument("--tta", choices=TTA_CHOICES, default="none", help="flip: also predict the mirror image")
     parser.add_argument("--threshold", type=float, default=0.5, help="mask = probability > THRESHOLD (default 0.5)")
     parser.add_argument("--min-lesion-size", type=nonnegative_float, default=0.0, metavar="MM3",
                         help="drop lesion components smaller than MM3 mm^3 (default 0: off)")

@@ -38,6 +38,7 @@ from clci_keras.data.regions import ATLASES, DEFAULT_ATLAS
 from clci_keras.fileio import exclusive, remove_leftovers_under
 from clci_keras.inference import plan_outputs, segment_files
 from clci_keras.inference.batch import add_side_outputs, check_output_targets
+from clci_keras.inference.ensemble import TTA_CHOICES
 from clci_keras.inference.io import is_nifti_name
 from clci_keras.inference.qc import SUMMARY_NAME
 from clci_keras.inference.register import Registration, RegistrationUnavailable, require_dipy
@@ -62,7 +63,7 @@ def add_arguments(parser):
     parser.add_argument("--weights", metavar="W", help="trained weights (.h5, .weights.h5, .keras)")
     parser.add_argument("--ensemble", nargs="+", metavar="W", default=None,
                         help="several weight files of the same model (e.g. the five folds): mean probability")
-    parser.add_argument("--tta", choices=("none", "flip"), default="none",
+    parser.add_argument("--tta", choices=TTA_CHOICES, default="none",
                         help="test-time augmentation: flip also predicts the left-right mirror image and "
                         "averages (twice the model work)")
     parser.add_argument("--min-lesion-size", type=nonnegative_float, default=0.0, metavar="MM3",

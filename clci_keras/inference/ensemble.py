@@ -14,7 +14,6 @@ import numpy as np
 from scipy import ndimage
 
 from clci_keras.data.slicing import crop_slices, slices_to_volume, uncrop_slices, volume_to_slices
-from clci_keras.models.predictor import predict_slices
 
 #: Test-time augmentations of :func:`ensemble_probabilities` (``None`` or ``"none"``: off).
 TTA_CHOICES = ("none", "flip")
@@ -54,6 +53,8 @@ def ensemble_probabilities(models, volume, idx, *, crop_of, flip=False, batch_si
     Returns:
         float32 (197, 233, 189) probabilities, the mean over models x views.
     """
+    from clci_keras.models.predictor import predict_slices  # loads Keras: not at import, for the CLI's choices
+
     views = [False, True] if flip else [False]
     total = None
     idx = np.asarray(idx)
