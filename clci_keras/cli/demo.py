@@ -11,6 +11,7 @@ import os
 from clci_keras.cli import eval_slices_arg
 from clci_keras.experiments import DEMO_DEFAULTS, run_demo
 from clci_keras.training.config import EXPORTS
+from clci_keras.training.determinism import prepare_determinism
 
 
 def add_arguments(parser):
@@ -35,10 +36,14 @@ def add_arguments(parser):
     p.add_argument("--init-weights", metavar="W",
                    help="start from these weights instead of the seeded network, e.g. another backend's "
                         "OUT/untrained/initial.weights.h5 (each backend draws other random numbers)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="the same seed gives the same demo bit for bit on this machine and backend (TensorFlow: "
+                        "oneDNN off, one inter-op thread; about 2x the CPU time per step; docs/reproducibility.md)")
     p.add_argument("--overwrite", action="store_true", help="reuse a non-empty DIR (its data and run are replaced)")
 
 
 def run(args) -> int:
+    prepare_determinism(args.deterministic)  # before TensorFlow is imported, which reads the settings then
     try:
         s = run_demo(args.out, subjects=args.subjects, seed=args.seed, epochs=args.epochs,
                      steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,

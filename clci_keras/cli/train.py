@@ -75,10 +75,12 @@ def add_arguments(parser):
     h.add_argument("--jit", action="store_true", default=None, help="XLA-compile the train step")
     h.add_argument("--seed", type=int, help=f"random seed (default: {d.seed})")
     h.add_argument("--deterministic", dest="deterministic", action="store_true", default=None,
-                   help="the same seed gives the same weights bit for bit on this machine and backend "
-                        "(the default; TensorFlow without oneDNN: docs/reproducibility.md)")
+                   help="the same seed gives the same weights bit for bit on this machine and backend; on "
+                        "TensorFlow also oneDNN off and one inter-op thread (about 2x the CPU time per step; "
+                        "docs/reproducibility.md)")
     h.add_argument("--no-deterministic", dest="deterministic", action="store_false", default=None,
-                   help="the backend's fastest kernels, which may differ in the last bits from run to run")
+                   help="no deterministic kernels at all (default: op determinism, the last bits may still "
+                        "differ from run to run)")
     o = p.add_argument_group("outputs")
     o.add_argument("--manifest", default="weights/manifest.json",
                    help="weights manifest the result is added to (default: weights/manifest.json)")
@@ -119,8 +121,8 @@ def run(args) -> int:
         if args.config:
             config = TrainConfig.from_dict(read_json(args.config))
         overrides = overrides_from_args(args)
-        # before TensorFlow is imported (by the trainer): oneDNN is chosen then
-        prepare_determinism(overrides.get("deterministic", (config or TrainConfig()).deterministic))
+        # --deterministic: before TensorFlow is imported (by the trainer), which reads the settings then
+        prepare_determinism(args.deterministic is True)
         from clci_keras.training import train
 
         overrides["manifest"] = None if args.no_manifest else args.manifest
