@@ -12,8 +12,9 @@ segmented, in one run and interleaved so that the machine's load falls on both a
   process, tile step 0.5, Gaussian weighting) with its ``2d`` and ``3d_fullres`` configurations
   planned (``nnUNetv2_plan_and_preprocess``) on a data set of ``--subjects`` synthetic scans and
   masks (Dataset934_CLCISynth), with and without its mirroring (4 passes in 2d, 8 in 3d), fold 0.
-  Its checkpoint is that of an initialised, untrained ``nnUNetTrainer`` (``initialize()`` then
-  ``save_checkpoint``), not of a training run: again the time does not depend on the weights.
+  Its checkpoint is that of an initialised, untrained ``nnUNetTrainer`` (``initialize()``, the
+  mirroring axes that training would set, ``save_checkpoint``), not of a training run: again the
+  time does not depend on the weights.
 
 Each figure is one fresh process started through a wrapper process, which reports the wall time
 from process start to end and the peak RSS of the largest process it waited for
@@ -395,7 +396,7 @@ def main(argv=None):
         with open(out, encoding="utf-8") as f:
             earlier = json.load(f)
         if earlier.get("date") == date and earlier.get("threads") == threads:
-            record["rows"] = earlier["rows"]
+            record = {**earlier, **{k: v for k, v in record.items() if k != "rows"}}  # its rows and notes too
     start = time.time()
     for _ in range(args.repeats):
         for name in args.configs:
