@@ -14,7 +14,9 @@ per worker at a time (``--dist loadfile``: a file's module fixtures, e.g. the
 notebook chain 01 -> 05, stay in one process). The longest files are handed
 out first (:data:`LONGEST_FIRST`) so that the two workers finish together.
 """
+import importlib.util
 import os
+import sys
 
 import pytest
 
@@ -39,12 +41,14 @@ def pytest_configure(config):
 SYNTH_R11_SUBJECTS = 4
 SYNTH_V2_SUBJECTS = 3
 
-#: Test files handed to the workers first, longest first (the rest keep their order); measured
-#: with ``--durations=0`` on the 2-core AVX2 machine (benchmarks/RESULTS.md, CI section).
-LONGEST_FIRST = ("test_notebooks.py", "test_backends.py", "test_gpu_check.py", "test_comparators.py", "test_clci_net.py", "test_cli.py",
-                 "test_recipe.py", "test_bids.py", "test_training.py", "test_predict.py", "test_register.py",
-                 "test_reliability.py", "test_multiworker.py", "test_model_card.py", "test_export.py",
-                 "test_batchnorm.py")
+#: Test files handed to the workers first, longest first (the rest keep their order); from the
+#: per-test ``--durations`` of a full run (benchmarks/RESULTS.md, CI sections).
+LONGEST_FIRST = ("test_backends.py", "test_notebooks.py", "test_clci_net.py", "test_training.py",
+                 "test_deferred_init.py", "test_fresh_interpreter.py", "test_gpu_check.py", "test_comparators.py",
+                 "test_multiworker.py", "test_recipe.py", "test_register.py", "test_bids.py", "test_predict.py",
+                 "test_cli.py", "test_seeding.py", "test_reliability.py", "test_reliability_3.py",
+                 "test_determinism.py", "test_model_card.py", "test_export.py", "test_batchnorm.py",
+                 "test_plain_logs.py", "test_published.py")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -107,6 +111,21 @@ def slow_prep_script(src, out, pids, slow_body, sigint_default=False):
             + "pp.process_subject = slow\n"
             "from clci_keras.cli import main\n"
             f"sys.exit(main(['prep', {str(src)!r}, '-o', {str(out)!r}, '--workers', '2', '--quiet']))\n")
+
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+
+
+def benchmark_script(name):
+    """``benchmarks/<name>.py`` as a module (its folder on ``sys.path`` while it loads: ``_harness``)."""
+    sys.path.insert(0, BENCHMARKS)
+    try:
+        spec = importlib.util.spec_from_file_location(name, os.path.join(BENCHMARKS, f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(BENCHMARKS)
+    return module
 
 
 def wait_for(predicate, proc, what, timeout=600):

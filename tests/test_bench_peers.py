@@ -1,24 +1,14 @@
 """benchmarks/bench_peers.py without nnunetv2: its arguments, its parsing of the children's output, its table."""
 from __future__ import annotations
 
-import importlib
 import json
-import os
-import sys
 
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCHMARKS = os.path.join(ROOT, "benchmarks")
-
+from conftest import benchmark_script
 
 @pytest.fixture(scope="module")
 def peers():
-    sys.path.insert(0, BENCHMARKS)  # the script imports benchmarks/_harness.py as its siblings do
-    try:
-        return importlib.import_module("bench_peers")
-    finally:
-        sys.path.remove(BENCHMARKS)
+    return benchmark_script("bench_peers")
 
 
 def test_arguments(peers):

@@ -2,27 +2,18 @@
 benchmarks/goals.json and the JSON records of benchmarks/results/ (pure Python, no Keras)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
 
 import pytest
+from conftest import benchmark_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCHMARKS = os.path.join(ROOT, "benchmarks")
 
 
 @pytest.fixture(scope="module")
 def results_table():
-    sys.path.insert(0, BENCHMARKS)  # the script imports benchmarks/_harness.py as its siblings do
-    try:
-        spec = importlib.util.spec_from_file_location("results_table", os.path.join(BENCHMARKS, "results_table.py"))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(BENCHMARKS)
-    return module
+    return benchmark_script("results_table")
 
 
 def test_results_md_opens_with_the_generated_table(results_table):
