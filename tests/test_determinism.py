@@ -63,6 +63,8 @@ def _weights(path):
     return out
 
 
+HANG_GUARD = 1800  # seconds; only against a hung child, never reached by a working one
+
 def _child_env():
     env = {k: v for k, v in os.environ.items() if k not in ("TF_ENABLE_ONEDNN_OPTS", "TF_NUM_INTEROP_THREADS")}
     env.update(KERAS_BACKEND="tensorflow", PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""),
@@ -77,7 +79,7 @@ def test_same_seed_same_weights_in_two_processes(synthetic_h5, split, tmp_path):
                               env=_child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
              for out in outs]
     for proc in procs:
-        _, err = proc.communicate(timeout=600)
+        _, err = proc.communicate(timeout=HANG_GUARD)
         assert proc.returncode == 0, err[-3000:]
     first, second = (_weights(os.path.join(out, "det_net_weights.h5")) for out in outs)
     assert first.keys() == second.keys() and len(first) >= 20
@@ -94,7 +96,7 @@ def test_the_cli_switches_onednn_off_before_tensorflow_loads(tmp_path):
             "from clci_keras.training.determinism import onednn_enabled\n"
             "print(os.environ.get('TF_ENABLE_ONEDNN_OPTS'), 'tensorflow' in sys.modules, onednn_enabled())\n")
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "r")], env=_child_env(),
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+                          capture_output=True, text=True, timeout=HANG_GUARD, cwd=tmp_path)
     assert proc.stdout.strip().splitlines()[-1] == "0 True False", proc.stderr[-3000:]
 
 
