@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 
 from clci_keras.data.reader import INPUT_MODES
+from clci_keras.fileio import check_writable_folder, read_json
 from clci_keras.models.choices import BN_UPDATES, LOSSES
 from clci_keras.precision import PRECISIONS
 from clci_keras.training.config import EXPORTS, RUN_FIELDS, STRATEGIES, TrainConfig
@@ -97,8 +99,6 @@ def add_arguments(parser):
 
 def overrides_from_args(args):
     """TrainConfig overrides given on the command line (None = not given), ``--set`` ones last."""
-    import json
-
     out = {k: getattr(args, k) for k in OPTION_FIELDS if getattr(args, k, None) is not None}
     for item in args.set:
         key, sep, value = item.partition("=")
@@ -113,7 +113,6 @@ def overrides_from_args(args):
 
 def run(args) -> int:
     from clci_keras.cli import report
-    from clci_keras.fileio import check_writable_folder, read_json
 
     try:
         check_writable_folder(args.out, what="run folder")
