@@ -312,15 +312,16 @@ def test_training_without_validation_subjects(tiny, tmp_path):
 
 @pytest.mark.parametrize("point", ["best_checkpoint", "resume_weights", "before_commit", "after_commit"])
 def test_a_kill_anywhere_in_the_epoch_end_sequence_loses_nothing(tiny, tmp_path, monkeypatch, point):
-    """Killed at each step of epoch 2's end (a half-written file left behind where the kill
-    hits a write), the same command resumes or restarts and completes; nothing is deleted."""
+    """Killed at each step of epoch 2's end (of 3: the last epoch writes no resume point; a
+    half-written file left behind where the kill hits a write), the same command resumes or
+    restarts and completes; nothing is deleted."""
     import keras
 
     from clci_keras import fileio
     from clci_keras.training import train
 
     h5, split = tiny
-    opts = fast(epochs=2, early_stopping_patience=50, eager=True)
+    opts = fast(epochs=3, early_stopping_patience=50, eager=True)
     run = str(tmp_path / "run")
     real_save, real_write = keras.Model.save_weights, fileio.write_json
 
@@ -353,10 +354,23 @@ def test_a_kill_anywhere_in_the_epoch_end_sequence_loses_nothing(tiny, tmp_path,
     with h5py.File(best):
         pass
     res = train(MODEL, h5, split, run, **opts)  # the same command again
-    assert res["epochs_run"] == 2 and [r["epoch"] for r in _log(run)] == ["0", "1"]
-    assert res["optimizer_iterations"] == 4 and not os.path.exists(os.path.join(run, "backup"))
+    assert res["epochs_run"] == 3 and [r["epoch"] for r in _log(run)] == ["0", "1", "2"]
+    assert res["optimizer_iterations"] == 6 and not os.path.exists(os.path.join(run, "backup"))
     with h5py.File(best):
         pass
+
+
+def test_the_last_epoch_writes_no_resume_point(tiny, tmp_path, monkeypatch):
+    """The run exports and deletes its backup right after its last epoch: no point is written for it."""
+    from clci_keras.training import run_folder as rf
+    from clci_keras.training import train
+
+    h5, split = tiny
+    committed, real = [], rf.commit_resume_point
+    monkeypatch.setattr(rf, "commit_resume_point", lambda run_dir, epoch, write: (committed.append(epoch),
+                                                                                 real(run_dir, epoch, write)))
+    train(MODEL, h5, split, str(tmp_path / "run"), **fast(epochs=3, early_stopping_patience=50))
+    assert committed == [1, 2]
 
 
 def test_an_unreadable_resume_point_is_an_error_naming_the_file(tiny, tmp_path):

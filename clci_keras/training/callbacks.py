@@ -44,7 +44,9 @@ class ResumePoint(keras.callbacks.Callback):
     by :func:`clci_keras.training.run_folder.commit_resume_point`. A process
     killed at any moment leaves the previous point intact
     (``keras.callbacks.BackupAndRestore`` overwrites its one weights file in
-    place, so a kill during that write loses the run). Put it last, so that it
+    place, so a kill during that write loses the run). A run's last epoch (the planned
+    last, or early stopping's) writes no point: the run then exports and deletes its
+    backup, and a kill before that redoes the epoch. Put it last, so that it
     saves the states after the other callbacks updated them, and pass
     ``fit(initial_epoch=run_folder.resume_point(run_dir)[0])``: the callback
     restores the state, ``fit`` starts at that epoch.
@@ -80,6 +82,8 @@ class ResumePoint(keras.callbacks.Callback):
         set_debias_steps(model, state.get("bn_debias_steps", {}))
 
     def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 >= self.params.get("epochs", np.inf) or self.model.stop_training:
+            return  # the run ends here
         state = {"epoch": epoch + 1}
         for cb in self.tracked:
             fields = RESUME_FIELDS.get(type(cb).__name__, ())
