@@ -14,6 +14,8 @@ installs both (``.[jax,torch]``).
   TensorFlow's exactly, and CLCI-Net's training-mode outputs TensorFlow's (<= 1e-4);
 * the Keras 2.2 BatchNormalization update (tests/test_batchnorm.py's traced-step
   and CLCI-Net checks, run on the backend) (<= 1e-5 relative);
+
+  (these four run in one child per backend, :data:`CHECKS`; each test reads its part)
 * ``clci-keras train`` on a streamed input, killed after its first epoch and
   started again (it resumes), then ``evaluate`` and ``predict`` of a NIfTI scan,
   all through the command line, on a 32 x 32 window;
@@ -79,73 +81,137 @@ per_backend = pytest.mark.parametrize("backend", [
     pytest.param(b, marks=pytest.mark.skipif(not installed(b), reason=f"{b} is not installed")) for b in BACKENDS])
 
 
-def test_the_blocker_hides_tensorflow():
-    out = run_child("jax" if installed("jax") else "torch", ["-c", textwrap.dedent("""
-        import importlib.util
-        assert importlib.util.find_spec("tensorflow") is None and importlib.util.find_spec("tf_keras") is None
-        try:
-            import tensorflow
-        except ModuleNotFoundError:
-            print("NO TENSORFLOW")
-        """)])
-    assert "NO TENSORFLOW" in out
-
-
-PARITY = textwrap.dedent("""
-    import sys
-    import numpy as np
-    import keras
-    assert "tensorflow" not in sys.modules
-    from clci_keras.models import CLCI_Net, load_weights
-    x, expected = np.load(sys.argv[2]), np.load(sys.argv[3])
-    model = CLCI_Net(input_shape=x.shape[1:])
-    assert load_weights(model, sys.argv[1]) == "legacy_weights"
-    got = model.predict(x, batch_size=len(x), verbose=0)  # one compiled forward pass (JAX: jitted)
-    print("BACKEND", keras.backend.backend(), "MAXDIFF", float(np.abs(got - expected).max()))
-    assert "tensorflow" not in sys.modules
-    """)
-
-
-@per_backend
-def test_original_keras2_weights_give_the_reference_outputs(backend, tmp_path):
-    from keras2_reference import randomize_keras2, reference_clci_net
-
-    shape = (48, 32, 1)
-    ref = reference_clci_net(shape)
-    randomize_keras2(ref, seed=48)
-    ref.save_weights(str(tmp_path / "keras2_weights.h5"))
-    x = np.random.default_rng(2).uniform(0, 1, (3, *shape)).astype("float32")
-    expected = ref(x, training=False).numpy()
-    assert expected.std() > 1e-4
-    np.save(tmp_path / "x.npy", x)
-    np.save(tmp_path / "expected.npy", expected)
-    out = run_child(backend, ["-c", PARITY, str(tmp_path / "keras2_weights.h5"), str(tmp_path / "x.npy"),
-                              str(tmp_path / "expected.npy")])
-    line = next(l for l in out.splitlines() if l.startswith("BACKEND")).split()
-    assert line[1] == backend and float(line[3]) <= 1e-5
-
-
 #: tests/test_batchnorm.py's checks run on each backend: the traced training step on both; the
 #: 50 BatchNormalizations of CLCI-Net (3 steps run eagerly) on PyTorch, whose steps are eager
 #: anyway (on JAX an eager CLCI-Net step compiles each operation apart: minutes of CPU).
-BATCHNORM_CHECKS = {"jax": ["compiled_training_step"],
-                    "torch": ["compiled_training_step", "clci_net_trained_a_few_steps"]}
+BATCHNORM_CHECKS = {"jax": ["test_a_compiled_training_step_updates_as_keras_224"],
+                    "torch": ["test_a_compiled_training_step_updates_as_keras_224",
+                              "test_clci_net_trained_a_few_steps_ends_with_the_keras_224_statistics"]}
+
+#: The in-process checks of one backend, in one child (a process start with Keras and the
+#: backend imported costs 5-9 s): each writes its result into ``results``; a check that raises
+#: records its traceback, and the test that reads it fails with it.
+CHECKS = textwrap.dedent("""
+    import importlib.util, json, sys, traceback
+    import numpy as np
+    import keras
+
+    refs, out, batchnorm_checks = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
+    results = {"backend": keras.backend.backend(),
+               "tensorflow_hidden": importlib.util.find_spec("tensorflow") is None
+               and importlib.util.find_spec("tf_keras") is None and "tensorflow" not in sys.modules}
+
+    def check(name, fn):
+        try:
+            results[name] = fn()
+        except BaseException:
+            results[name] = {"error": traceback.format_exc()}
+
+    def seeded():
+        import test_seeding
+        test_seeding.training_mode_outputs(out + "/seeded.npz")
+        return "written"
+
+    def parity():
+        from clci_keras.models import CLCI_Net, load_weights
+        x, expected = np.load(refs + "/x.npy"), np.load(refs + "/expected.npy")
+        model = CLCI_Net(input_shape=x.shape[1:])
+        kind = load_weights(model, refs + "/keras2_weights.h5")
+        got = model.predict(x, batch_size=len(x), verbose=0)  # one compiled forward pass (JAX: jitted)
+        return {"loaded_as": kind, "max_diff": float(np.abs(got - expected).max())}
+
+    def batchnorm():
+        import test_batchnorm
+        for name in batchnorm_checks:
+            getattr(test_batchnorm, name)()
+        return batchnorm_checks
+
+    def fit_order():
+        import test_batches
+        return test_batches.fit_order()
+
+    check("seeded", seeded)  # first: nothing built before it
+    check("parity", parity)
+    check("batchnorm", batchnorm)
+    check("fit_order", fit_order)
+    results["tensorflow_still_absent"] = "tensorflow" not in sys.modules
+    try:
+        import tensorflow
+        results["import_tensorflow"] = "imported"
+    except ModuleNotFoundError:
+        results["import_tensorflow"] = "ModuleNotFoundError"
+    with open(out + "/results.json", "w") as f:
+        json.dump(results, f)
+    """)
 
 
-@per_backend
-def test_fit_trains_on_the_batches_in_order(backend):
-    out = run_child(backend, ["-c", "import test_batches; print(test_batches.fit_order())"])
-    assert out.strip().splitlines()[-1] == "[0, 1, 2, 3, 4, 5]"
-
-
-@per_backend
-def test_seeded_start_and_dropout_equal_tensorflows(backend, tmp_path):
+@pytest.fixture(scope="module")
+def tensorflow_references(tmp_path_factory):
+    """What the children compare with, made here on TensorFlow: the Keras-2 reference network's
+    weights, inputs and outputs (parity) and the seeded start's training-mode outputs."""
+    from keras2_reference import randomize_keras2, reference_clci_net
     from test_seeding import training_mode_outputs
 
-    training_mode_outputs(str(tmp_path / "tensorflow.npz"))
-    run_child(backend, ["-c", "import sys, test_seeding; test_seeding.training_mode_outputs(sys.argv[1])",
-                        str(tmp_path / "other.npz")])
-    ref, got = np.load(tmp_path / "tensorflow.npz"), np.load(tmp_path / "other.npz")
+    refs = tmp_path_factory.mktemp("tensorflow_references")
+    shape = (48, 32, 1)
+    ref = reference_clci_net(shape)
+    randomize_keras2(ref, seed=48)
+    ref.save_weights(str(refs / "keras2_weights.h5"))
+    x = np.random.default_rng(2).uniform(0, 1, (3, *shape)).astype("float32")
+    expected = ref(x, training=False).numpy()
+    assert expected.std() > 1e-4
+    np.save(refs / "x.npy", x)
+    np.save(refs / "expected.npy", expected)
+    training_mode_outputs(str(refs / "seeded.npz"))
+    return refs
+
+
+@pytest.fixture(scope="module")
+def checks(tensorflow_references, tmp_path_factory):
+    """``checks(backend)``: the results of :data:`CHECKS` on ``backend`` (its child runs once)."""
+    done = {}
+
+    def run(backend):
+        if backend not in done:
+            out = tmp_path_factory.mktemp(f"checks_{backend}")
+            run_child(backend, ["-c", CHECKS, str(tensorflow_references), str(out),
+                                ",".join(BATCHNORM_CHECKS[backend])])
+            with open(out / "results.json") as f:
+                done[backend] = dict(json.load(f), out=out)
+        return done[backend]
+
+    return run
+
+
+def result(checks, backend, name):
+    """The result of check ``name`` on ``backend``; fails with the child's traceback if it raised."""
+    got = checks(backend)[name]
+    assert not (isinstance(got, dict) and "error" in got), got["error"] if isinstance(got, dict) else got
+    return got
+
+
+def test_the_blocker_hides_tensorflow(checks):
+    results = checks("jax" if installed("jax") else "torch")
+    assert results["tensorflow_hidden"] and results["tensorflow_still_absent"]
+    assert results["import_tensorflow"] == "ModuleNotFoundError"
+
+
+@per_backend
+def test_original_keras2_weights_give_the_reference_outputs(backend, checks):
+    got = result(checks, backend, "parity")
+    assert checks(backend)["backend"] == backend
+    assert got["loaded_as"] == "legacy_weights" and got["max_diff"] <= 1e-5
+
+
+@per_backend
+def test_fit_trains_on_the_batches_in_order(backend, checks):
+    assert result(checks, backend, "fit_order") == [0, 1, 2, 3, 4, 5]
+
+
+@per_backend
+def test_seeded_start_and_dropout_equal_tensorflows(backend, checks, tensorflow_references):
+    result(checks, backend, "seeded")
+    ref, got = np.load(tensorflow_references / "seeded.npz"), np.load(checks(backend)["out"] / "seeded.npz")
     assert sorted(ref.files) == sorted(got.files)
     for key in ref.files:
         if key.startswith("arr_") or key.startswith("mask"):  # weights and masks: bit for bit
@@ -157,11 +223,8 @@ def test_seeded_start_and_dropout_equal_tensorflows(backend, tmp_path):
 
 
 @per_backend
-def test_batchnorm_updates_as_keras_224(backend):
-    checks = BATCHNORM_CHECKS[backend]
-    out = run_child(backend, ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
-                              os.path.join(TESTS, "test_batchnorm.py"), "-k", " or ".join(checks)], cwd=ROOT)
-    assert f"{len(checks)} passed" in out
+def test_batchnorm_updates_as_keras_224(backend, checks):
+    assert result(checks, backend, "batchnorm") == BATCHNORM_CHECKS[backend]
 
 
 #: Test-only: the child pauses after its first epoch's resume point (then the test kills it).
