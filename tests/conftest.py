@@ -6,6 +6,7 @@
   (4 x 189 slices, intensity scheme "r1.1").
 * ``synthetic_v2_dir`` / ``synthetic_v2_h5``: 2.0 BIDS tree, 3 subjects, seed 1,
   and its HDF5 file (intensity scheme "v2").
+* ``notebook_01``: notebook 01 run in QUICK mode (3 subjects), the data of notebooks 02-05.
 
 Treat them as read-only; copy before modifying.
 
@@ -17,6 +18,7 @@ out first (:data:`LONGEST_FIRST`) so that the two workers finish together.
 import importlib.util
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -93,6 +95,30 @@ def synthetic_v2_h5(synthetic_v2_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("h5") / "atlas_v2.h5"
     prepare_h5(synthetic_v2_dir, out, progress=False)
     return out
+
+
+#: A child ``pytest`` of tests/test_backends.py reuses its parent's notebook 01 (this folder).
+NOTEBOOK_01_ENV = "CLCI_TESTS_NOTEBOOK_01"
+
+
+@pytest.fixture(scope="session")
+def notebook_01(tmp_path_factory):
+    """``(folder, executed notebook)`` of notebook 01 in QUICK mode, run once per test process
+    (from a copy saved with stale outputs): the 3-subject ``atlas.h5`` that notebooks 02-05 use,
+    here and in tests/test_backends.py's children (given :data:`NOTEBOOK_01_ENV`). Read-only."""
+    import nbformat
+
+    from test_notebooks import dirty_copy, execute
+
+    given = os.environ.get(NOTEBOOK_01_ENV)
+    if given:
+        out = Path(given)
+        yield out, nbformat.read(out / "01_prepare_data.executed.ipynb", as_version=4)
+        return
+    out = tmp_path_factory.mktemp("nb01")
+    source = dirty_copy("01_prepare_data", tmp_path_factory.mktemp("dirty") / "01_prepare_data.ipynb")
+    yield out, execute("01_prepare_data", out, source=source, keep=True)
+    (out / "atlas.h5").unlink(missing_ok=True)  # ~100 MB
 
 
 def slow_prep_script(src, out, pids, slow_body, sigint_default=False):

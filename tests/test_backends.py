@@ -68,10 +68,10 @@ def backend_env(backend, **extra):
     return env
 
 
-def run_child(backend, args, **kw):
-    """Run ``[python, *args]`` on ``backend``; fail with its output unless it exits 0."""
+def run_child(backend, args, env=None, **kw):
+    """Run ``[python, *args]`` on ``backend`` (``env``: more variables); fail with its output unless it exits 0."""
     res = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=HANG_GUARD,
-                         env=backend_env(backend), **kw)
+                         env=backend_env(backend, **(env or {})), **kw)
     assert res.returncode == 0, f"exit {res.returncode}\n--- stdout:\n{res.stdout[-3000:]}\n--- stderr:\n" \
                                 f"{res.stderr[-5000:]}"
     return res.stdout
@@ -296,10 +296,14 @@ def test_cli_train_killed_resumes_then_evaluate_and_predict(backend, tiny, synth
 
 
 @per_backend
-def test_notebook_02_quick(backend):
-    """Notebooks 01 and 02 in QUICK mode (tests/test_notebooks.py's checks), kernels on ``backend``."""
+def test_notebook_02_quick(backend, notebook_01):
+    """Notebook 02 in QUICK mode (tests/test_notebooks.py's checks), its kernel on ``backend``, on
+    the file of notebook 01 run here (01 only prepares data; 02 imports all that 01 does)."""
+    from conftest import NOTEBOOK_01_ENV
+
     out = run_child(backend, ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
-                              os.path.join(TESTS, "test_notebooks.py"), "-k", "test_02_train_clci_net"], cwd=ROOT)
+                              os.path.join(TESTS, "test_notebooks.py"), "-k", "test_02_train_clci_net"], cwd=ROOT,
+                    env={NOTEBOOK_01_ENV: str(notebook_01[0])})
     assert "1 passed" in out
 
 

@@ -56,13 +56,15 @@ def _remove_weight_files():
                 p.unlink()
 
 
-def execute(name, out_dir, source=None, **params):
-    """Run notebook ``name`` (or the file ``source``) with QUICK=True and ``params``."""
+def execute(name, out_dir, source=None, keep=False, **params):
+    """Run notebook ``name`` (or the file ``source``) with QUICK=True and ``params``; the big
+    weight files it writes are deleted after this module's tests unless ``keep``."""
     import papermill as pm
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _OUT_DIRS.append(out_dir)
+    if not keep:
+        _OUT_DIRS.append(out_dir)
     params = {"QUICK": True, "OUT_DIR": str(out_dir), **params}
     t = time.time()
     nb = pm.execute_notebook(
@@ -207,12 +209,9 @@ def test_settings_cells_resolve_at_run_time(name, tmp_path, monkeypatch):
 # Executed in QUICK mode, sharing data and runs as the study does
 # ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def nb01(tmp_path_factory):
-    """Notebook 01 (run from a copy saved with stale outputs): the shared 3-subject synthetic file."""
-    out = tmp_path_factory.mktemp("nb01")
-    source = dirty_copy("01_prepare_data", tmp_path_factory.mktemp("dirty") / "01_prepare_data.ipynb")
-    nb = execute("01_prepare_data", out, source=source)
-    return out, nb
+def nb01(notebook_01):
+    """Notebook 01 (tests/conftest.py, once per process): the shared 3-subject synthetic file."""
+    return notebook_01
 
 
 @pytest.fixture(scope="module")
