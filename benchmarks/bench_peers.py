@@ -55,6 +55,7 @@ DATASET_ID = 934
 DATASET = f"Dataset{DATASET_ID}_CLCISynth"
 NNUNET_CONFIGS = {"2d": "2d", "3d": "3d_fullres"}
 SECTION = "Side by side with nnU-Net v2 (issue 34 item 6)"
+WITHOUT_TENSORFLOW = os.path.join(_harness.ROOT, "tests", "without_tensorflow")
 
 
 def _clci_configs():
@@ -173,10 +174,14 @@ def parse_args(argv=None):
     return args
 
 
-def child_env(work):
+def child_env(work, backend="tensorflow"):
+    """The children's environment; on JAX or PyTorch without TensorFlow (tests/without_tensorflow hides it)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
-    env.update(KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="",
-               PYTHONPATH=os.pathsep.join([_harness.ROOT, env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    path = [_harness.ROOT, env.get("PYTHONPATH", "")]
+    if backend != "tensorflow":
+        path.insert(0, WITHOUT_TENSORFLOW)
+    env.update(KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="",
+               PYTHONPATH=os.pathsep.join(path).rstrip(os.pathsep),
                nnUNet_raw=os.path.join(work, "nnUNet_raw"),
                nnUNet_preprocessed=os.path.join(work, "nnUNet_preprocessed"),
                nnUNet_results=os.path.join(work, "nnUNet_results"))
@@ -263,12 +268,18 @@ def command(name, inputs, work, threads, nnunet_python):
     out = os.path.join(work, "out", name)
     os.makedirs(out, exist_ok=True)
     if c["tool"] == "clci":
-        w = ["--weights", inputs["weights"][0]] if c["nets"] == 1 else ["--ensemble", *inputs["weights"]]
-        return [sys.executable, "-m", "clci_keras", "predict", inputs["scan"], "-o", os.path.join(out, "mask.nii.gz"),
-                *w, "--precision", c["precision"], "--tta", c["tta"], "--threads", str(threads),
-                "--no-qc", "--no-lesions", "--overwrite"]
+        return clci_command(inputs, out, c["nets"], c["precision"], c["tta"], threads)
     return [nnunet_python, "-c", _NNUNET_PREDICT, inputs["models"][c["configuration"]], "1" if c["mirror"] else "0",
             str(threads), inputs["scan"], os.path.join(out, "mask")]
+
+
+def clci_command(inputs, out, nets=1, precision="fp32", tta="none", threads=None, side_outputs=False):
+    """``clci-keras predict`` of ``inputs["scan"]`` into folder ``out`` with ``nets`` of ``inputs["weights"]``;
+    ``threads`` None: the backend's default; without ``side_outputs``: no QC picture, no lesion tables."""
+    w = ["--weights", inputs["weights"][0]] if nets == 1 else ["--ensemble", *inputs["weights"][:nets]]
+    return [sys.executable, "-m", "clci_keras", "predict", inputs["scan"], "-o", os.path.join(out, "mask.nii.gz"),
+            *w, "--precision", precision, "--tta", tta, *(["--threads", str(threads)] if threads else []),
+            *([] if side_outputs else ["--no-qc", "--no-lesions"]), "--overwrite"]
 
 
 def parse_child(name, stdout):
@@ -288,16 +299,21 @@ def parse_child(name, stdout):
     return row
 
 
-def run_config(name, inputs, work, threads, nnunet_python):
-    cmd = command(name, inputs, work, threads, nnunet_python)
+def run_wrapped(name, cmd, env):
+    """``cmd`` run through the wrapper: its figures (:func:`parse_child`) and the load average at start and end."""
     load = os.getloadavg()[0]
-    res = subprocess.run([sys.executable, "-c", _WRAPPER, *cmd], capture_output=True, text=True,
-                         env=child_env(work))
+    res = subprocess.run([sys.executable, "-c", _WRAPPER, *cmd], capture_output=True, text=True, env=env)
     try:
         row = parse_child(name, res.stdout)
     except RuntimeError as e:
         raise RuntimeError(f"{e}\n{res.stderr[-3000:]}") from None
-    row.update(config=name, **CONFIGS[name], threads=threads, load_avg=[load, os.getloadavg()[0]])
+    row["load_avg"] = [load, os.getloadavg()[0]]
+    return row
+
+
+def run_config(name, inputs, work, threads, nnunet_python):
+    row = run_wrapped(name, command(name, inputs, work, threads, nnunet_python), child_env(work))
+    row.update(config=name, **CONFIGS[name], threads=threads)
     return row
 
 
