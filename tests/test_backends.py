@@ -114,8 +114,10 @@ CHECKS = textwrap.dedent("""
 
     def parity():
         from clci_keras.models import CLCI_Net, load_weights
+        from clci_keras.models.seeding import deferred_initializers
         x, expected = np.load(refs + "/x.npy"), np.load(refs + "/expected.npy")
-        model = CLCI_Net(input_shape=x.shape[1:])
+        with deferred_initializers():  # as build_with_weights (predict, evaluate) builds it
+            model = CLCI_Net(input_shape=x.shape[1:])
         kind = load_weights(model, refs + "/keras2_weights.h5")
         got = model.predict(x, batch_size=len(x), verbose=0)  # one compiled forward pass (JAX: jitted)
         return {"loaded_as": kind, "max_diff": float(np.abs(got - expected).max())}
