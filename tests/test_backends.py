@@ -250,6 +250,19 @@ PAUSE_WRAPPER = textwrap.dedent("""
     """)
 
 
+#: Test-only: ``clci-keras`` commands run one after the other in one process (argv[1]: a JSON list of argvs).
+COMMANDS = textwrap.dedent("""
+    import json, sys
+    import test_training  # registers the tiny model
+    from clci_keras.cli import main
+
+    for argv in json.loads(sys.argv[1]):
+        rc = main(argv)
+        if rc:
+            sys.exit(rc)
+    """)
+
+
 @per_backend
 def test_cli_train_killed_resumes_then_evaluate_and_predict(backend, tiny, synthetic_r11_dir, tmp_path):
     h5, split = tiny
@@ -281,17 +294,16 @@ def test_cli_train_killed_resumes_then_evaluate_and_predict(backend, tiny, synth
     assert os.path.isdir(os.path.join(run, "tensorboard", "train")) and not os.path.exists(os.path.join(run, "backup"))
     weights = os.path.join(run, f"{MODEL}_weights.h5")
 
-    run_child(backend, ["-c", PAUSE_WRAPPER, "evaluate", "--model", MODEL, "--weights", weights, "--h5", h5,
-                        "--split", split, "--crop", CROP, "--out", run, "--quiet"])
-    rows = list(csv.DictReader(open(os.path.join(run, "scores_test.csv"))))
-    assert [r["subject_id"] for r in rows] == ["s3"] and 0.0 <= float(rows[0]["dsc"]) <= 1.0
-
     import nibabel as nib
 
     scan = next(p for p in sorted(synthetic_r11_dir.rglob("*.nii.gz")) if "t1w" in p.name.lower())
     mask = tmp_path / "mask.nii.gz"
-    run_child(backend, ["-c", PAUSE_WRAPPER, "predict", str(scan), "-o", str(mask), "--model", MODEL,
-                        "--weights", weights, "--no-qc", "--quiet"])
+    run_child(backend, ["-c", COMMANDS, json.dumps([  # one process: a process start costs 5-9 s
+        ["evaluate", "--model", MODEL, "--weights", weights, "--h5", h5, "--split", split, "--crop", CROP,
+         "--out", run, "--quiet"],
+        ["predict", str(scan), "-o", str(mask), "--model", MODEL, "--weights", weights, "--no-qc", "--quiet"]])])
+    rows = list(csv.DictReader(open(os.path.join(run, "scores_test.csv"))))
+    assert [r["subject_id"] for r in rows] == ["s3"] and 0.0 <= float(rows[0]["dsc"]) <= 1.0
     img, seg = nib.load(str(scan)), nib.load(str(mask))
     assert seg.shape == img.shape and np.allclose(seg.affine, img.affine)
     assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1}
