@@ -54,3 +54,25 @@ def test_child_output_and_table(peers, tmp_path):
     peers.write_record(str(path), record)
     assert json.loads(path.read_text()) == record
     assert peers.section(record).startswith(f"\n## {peers.SECTION}, 2026-12-07\n")
+
+
+def test_predict_memory_arguments_commands_and_table(peers, tmp_path):
+    """benchmarks/bench_predict_memory.py: per backend, the lean and default predict commands and environments."""
+    mem = benchmark_script("bench_predict_memory")
+    args = mem.parse_args([])
+    assert args.backends == ["tensorflow", "jax", "torch"] and args.variants == ["lean", "default"]
+    with pytest.raises(SystemExit):
+        mem.parse_args(["--backends", "mxnet"])
+    inputs = {"scan": "s.nii.gz", "weights": ["w0.weights.h5"]}
+    lean = peers.clci_command(inputs, str(tmp_path))
+    default = peers.clci_command(inputs, str(tmp_path), side_outputs=True)
+    assert "--no-qc" in lean and "--no-lesions" in lean and "--no-qc" not in default
+    assert peers.WITHOUT_TENSORFLOW not in peers.child_env(str(tmp_path))["PYTHONPATH"]
+    env = peers.child_env(str(tmp_path), "jax")
+    assert env["KERAS_BACKEND"] == "jax" and env["PYTHONPATH"].startswith(peers.WITHOUT_TENSORFLOW)
+    rows = [{"backend": "jax", "variant": "lean", "peak_rss_mib": 1442.9, "wall_s": 74.4, "cpu_s": 79.8,
+             "predict_s": 66.3, "load_avg": [1.7, 2.0]},
+            {"backend": "torch", "variant": "lean", "failed": "torch-lean: no figures"}]
+    text = mem.table(rows)
+    assert "| jax | lean | 1443 | 74.4 | 79.8 | 66.3 | 1.7-2.0 |" in text
+    assert "| torch | lean | failed: torch-lean: no figures |" in text
