@@ -209,14 +209,9 @@ def test_settings_cells_resolve_at_run_time(name, tmp_path, monkeypatch):
 # Executed in QUICK mode, sharing data and runs as the study does
 # ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def nb01(notebook_01):
-    """Notebook 01 (tests/conftest.py, once per process): the shared 3-subject synthetic file."""
-    return notebook_01
-
-
-@pytest.fixture(scope="module")
-def quick_h5(nb01):
-    return str(nb01[0] / "atlas.h5")
+def quick_h5(notebook_01):
+    """Notebook 01's shared 3-subject synthetic file (tests/conftest.py: once per process)."""
+    return str(notebook_01[0] / "atlas.h5")
 
 
 @pytest.fixture(scope="module")
@@ -242,8 +237,8 @@ def table1_run(quick_h5, shared_runs, nb02, tmp_path_factory):
     return out, nb, before
 
 
-def test_01_prepare_data(nb01):
-    out, nb = nb01
+def test_01_prepare_data(notebook_01):
+    out, nb = notebook_01
     text = text_outputs(nb)
     assert "QUICK SYNTHETIC run" in text
     assert "STALE OUTPUT" not in text  # saved outputs are replaced, not kept
