@@ -18,7 +18,7 @@ out first (:data:`LONGEST_FIRST`) so that the two workers finish together.
 import importlib.util
 import os
 import sys
-from pathlib import Path
+import tempfile
 
 import pytest
 
@@ -39,6 +39,13 @@ def pytest_configure(config):
     if hasattr(config.option, "loadscopereorder"):
         config.option.loadscopereorder = False
 
+
+#: JAX's persistent compilation cache, shared by the tests' JAX child processes (and kept between
+#: runs): building a network compiles one small XLA program per weight initialiser, and every
+#: training or prediction step one more, which a later process then loads instead (the same
+#: programs, so the same results).
+JAX_CACHE_ENV = {"JAX_COMPILATION_CACHE_DIR": os.path.join(tempfile.gettempdir(), "clci_keras_tests_jax_cache"),
+                 "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
 
 SYNTH_R11_SUBJECTS = 4
 SYNTH_V2_SUBJECTS = 3
@@ -97,24 +104,13 @@ def synthetic_v2_h5(synthetic_v2_dir, tmp_path_factory):
     return out
 
 
-#: A child ``pytest`` of tests/test_backends.py reuses its parent's notebook 01 (this folder).
-NOTEBOOK_01_ENV = "CLCI_TESTS_NOTEBOOK_01"
-
-
 @pytest.fixture(scope="session")
 def notebook_01(tmp_path_factory):
     """``(folder, executed notebook)`` of notebook 01 in QUICK mode, run once per test process
     (from a copy saved with stale outputs): the 3-subject ``atlas.h5`` that notebooks 02-05 use,
-    here and in tests/test_backends.py's children (given :data:`NOTEBOOK_01_ENV`). Read-only."""
-    import nbformat
-
+    here and in tests/test_backends.py's notebook-02 kernels on JAX and PyTorch. Read-only."""
     from test_notebooks import dirty_copy, execute
 
-    given = os.environ.get(NOTEBOOK_01_ENV)
-    if given:
-        out = Path(given)
-        yield out, nbformat.read(out / "01_prepare_data.executed.ipynb", as_version=4)
-        return
     out = tmp_path_factory.mktemp("nb01")
     source = dirty_copy("01_prepare_data", tmp_path_factory.mktemp("dirty") / "01_prepare_data.ipynb")
     yield out, execute("01_prepare_data", out, source=source, keep=True)

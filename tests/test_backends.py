@@ -21,6 +21,9 @@ installs both (``.[jax,torch]``).
   all through the command line, on a 32 x 32 window;
 * ``clci-keras bids`` participant and group levels: the masks and probability maps of
   TensorFlow (<= 1e-5);
+
+  (the commands after the killed ``train`` run in one child per backend, :func:`command_line`)
+* notebook 02 in QUICK mode, its kernel on the backend;
 * the multi-process JAX distribution: tests/test_multiworker.py (JAX case).
 """
 import csv
@@ -30,13 +33,13 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 
 import numpy as np
 import pytest
 
+from conftest import JAX_CACHE_ENV
 from test_training import CROP, MODEL, tiny  # noqa: F401  (the module-scoped tiny HDF5 file and split)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,19 +53,13 @@ def installed(backend):
     return importlib.util.find_spec(backend) is not None
 
 
-#: JAX's persistent compilation cache, shared by the JAX children of a test run: building a
-#: network compiles one small XLA program per weight initialiser, which a later process reuses
-#: (the same programs, so the same results).
-JAX_CACHE = os.path.join(tempfile.gettempdir(), "clci_keras_tests_jax_cache")
-
-
 def backend_env(backend, **extra):
     """The environment of a child process on ``backend`` without TensorFlow."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     env.update(KERAS_BACKEND=backend, PYTHONPATH=os.pathsep.join([BLOCKER, TESTS, ROOT]),
                CUDA_VISIBLE_DEVICES="", **extra)
     if backend == "jax":
-        env.update(JAX_COMPILATION_CACHE_DIR=JAX_CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+        env.update(JAX_CACHE_ENV)
     if backend == "torch":  # one thread per process: the suite runs two workers on two cores, and
         env.setdefault("OMP_NUM_THREADS", "1")  # PyTorch's threads spin at barriers on a shared CPU
     return env
@@ -83,10 +80,12 @@ per_backend = pytest.mark.parametrize("backend", [
 
 #: tests/test_batchnorm.py's checks run on each backend: the traced training step on both; the
 #: 50 BatchNormalizations of CLCI-Net (3 steps run eagerly) on PyTorch, whose steps are eager
-#: anyway (on JAX an eager CLCI-Net step compiles each operation apart: minutes of CPU).
+#: anyway (on JAX an eager CLCI-Net step compiles each operation apart: minutes of CPU); and on
+#: PyTorch, that a BatchNormalization keeps one full-size tensor for the backward pass.
 BATCHNORM_CHECKS = {"jax": ["test_a_compiled_training_step_updates_as_keras_224"],
                     "torch": ["test_a_compiled_training_step_updates_as_keras_224",
-                              "test_clci_net_trained_a_few_steps_ends_with_the_keras_224_statistics"]}
+                              "test_clci_net_trained_a_few_steps_ends_with_the_keras_224_statistics",
+                              "pytorch_keeps_one_full_size_tensor"]}
 
 #: The in-process checks of one backend, in one child (a process start with Keras and the
 #: backend imported costs 5-9 s): each writes its result into ``results``; a check that raises
@@ -250,30 +249,75 @@ PAUSE_WRAPPER = textwrap.dedent("""
     """)
 
 
-#: Test-only: ``clci-keras`` commands run one after the other in one process (argv[1]: a JSON list of argvs).
+#: Test-only: ``clci-keras`` commands run one after the other in one process (a process start
+#: costs 5-9 s). argv[1]: a JSON list of argvs; argv[2]: where each command's exit status (or the
+#: traceback it raised) is written, as a JSON list. A failed command does not stop the others.
 COMMANDS = textwrap.dedent("""
-    import json, sys
+    import json, sys, traceback
+    import test_bids  # registers the BIDS App's stand-in model
     import test_training  # registers the tiny model
     from clci_keras.cli import main
 
+    done = []
     for argv in json.loads(sys.argv[1]):
-        rc = main(argv)
-        if rc:
-            sys.exit(rc)
+        try:
+            done.append(main(argv))
+        except BaseException:
+            done.append(traceback.format_exc())
+        print(f"=== exit {done[-1]!r:.2000}", flush=True)
+        with open(sys.argv[2], "w") as f:
+            json.dump(done, f)
     """)
 
 
-@per_backend
-def test_cli_train_killed_resumes_then_evaluate_and_predict(backend, tiny, synthetic_r11_dir, tmp_path):
+@pytest.fixture(scope="module")
+def bids_reference(tmp_path_factory):
+    """The BIDS App's inputs and TensorFlow's participant-level outputs, made once for both backends."""
+    pytest.importorskip("bids", reason="pybids (the [bids] extra) is not installed")
+    import test_bids
+
+    from clci_keras.bids.synthetic import write_synthetic_bids
+    from clci_keras.cli import main
+    from clci_keras.models import save_weights_legacy
+
+    tmp = tmp_path_factory.mktemp("bids_reference")
+    ds, weights = tmp / "ds", tmp / "band.h5"
+    write_synthetic_bids(ds, seed=0, kinds=("mni", "sessions"))  # on the template grid, and reoriented
+    save_weights_legacy(test_bids._band_model(), str(weights))
+    participant = ["participant", "--weights", str(weights), "--model", test_bids.MODEL, *test_bids.FAST]
+    assert main(["bids", str(ds), str(tmp / "tf"), *participant]) == 0
+    return dict(ds=ds, participant=participant, root=tmp / "tf" / "clci_keras")
+
+
+@pytest.fixture(scope="module")
+def command_line(tiny, synthetic_r11_dir, bids_reference, tmp_path_factory):
+    """``command_line(backend)``: the command-line runs of one backend, made once.
+
+    ``clci-keras train`` on a streamed input, paused after its first epoch's resume point and
+    killed; then one child (:data:`COMMANDS`) runs the same ``train`` again (it resumes),
+    ``evaluate`` and ``predict`` of a NIfTI scan, and ``bids`` participant and group levels.
+    """
+    done = {}
+
+    def run(backend):
+        if backend not in done:
+            done[backend] = _command_line(backend, tiny, synthetic_r11_dir, bids_reference,
+                                          tmp_path_factory.mktemp(f"cli_{backend}"))
+        return done[backend]
+
+    return run
+
+
+def _command_line(backend, tiny, synthetic_r11_dir, bids_reference, tmp):
     h5, split = tiny
-    run = str(tmp_path / "run")
-    train = [sys.executable, "-c", PAUSE_WRAPPER, "train", "--model", MODEL, "--h5", h5, "--split", split,
-             "--crop", CROP, "--out", run, "--batch-size", "2", "--val-batch-size", "8", "--epochs", "3",
-             "--steps-per-epoch", "2", "--train-slices", "lesion+2", "--val-slices", "lesion", "--lr", "1e-3",
-             "--input-mode", "stream", "--stream-buffer", "1", "--export", "last", "--quiet"]
-    pause = tmp_path / "paused"
-    child = subprocess.Popen(train, env=backend_env(backend, PAUSE_FILE=str(pause)), stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
+    run = str(tmp / "run")
+    train = ["train", "--model", MODEL, "--h5", h5, "--split", split, "--crop", CROP, "--out", run,
+             "--batch-size", "2", "--val-batch-size", "8", "--epochs", "3", "--steps-per-epoch", "2",
+             "--train-slices", "lesion+2", "--val-slices", "lesion", "--lr", "1e-3", "--input-mode", "stream",
+             "--stream-buffer", "1", "--export", "last", "--quiet"]
+    pause = tmp / "paused"
+    child = subprocess.Popen([sys.executable, "-c", PAUSE_WRAPPER, *train], env=backend_env(backend, PAUSE_FILE=str(pause)),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         end = time.monotonic() + HANG_GUARD
         while not pause.exists() and child.poll() is None and time.monotonic() < end:
@@ -283,70 +327,83 @@ def test_cli_train_killed_resumes_then_evaluate_and_predict(backend, tiny, synth
     finally:
         child.kill()
         child.wait()
-    assert json.load(open(os.path.join(run, "backup", "latest.json")))["epoch"] == 1
+    killed_at = json.load(open(os.path.join(run, "backup", "latest.json")))["epoch"]
 
-    out = run_child(backend, train[1:], cwd=str(tmp_path))  # the same command again
-    assert f"resuming {run} after epoch 1" in out
+    weights = os.path.join(run, f"{MODEL}_weights.h5")
+    scan = next(p for p in sorted(synthetic_r11_dir.rglob("*.nii.gz")) if "t1w" in p.name.lower())
+    ds, bids_out = str(bids_reference["ds"]), str(tmp / "bids")
+    commands = {
+        "train": train,  # the same command again
+        "evaluate": ["evaluate", "--model", MODEL, "--weights", weights, "--h5", h5, "--split", split, "--crop",
+                     CROP, "--out", run, "--quiet"],
+        "predict": ["predict", str(scan), "-o", str(tmp / "mask.nii.gz"), "--model", MODEL, "--weights", weights,
+                    "--no-qc", "--quiet"],
+        "bids participant": ["bids", ds, bids_out, *bids_reference["participant"]],
+        "bids group": ["bids", ds, bids_out, "group"],
+    }
+    statuses = tmp / "statuses.json"
+    res = subprocess.run([sys.executable, "-c", COMMANDS, json.dumps(list(commands.values())), str(statuses)],
+                         capture_output=True, text=True, timeout=HANG_GUARD, cwd=str(tmp), env=backend_env(backend))
+    got = json.load(open(statuses)) if statuses.exists() else []
+    return dict(killed_at=killed_at, run=run, scan=scan, mask=tmp / "mask.nii.gz", bids=tmp / "bids" / "clci_keras",
+                status=dict(zip(commands, got)), output=f"exit {res.returncode}\n--- stdout:\n{res.stdout[-3000:]}"
+                                                        f"\n--- stderr:\n{res.stderr[-5000:]}")
+
+
+def ran(runs, *names):
+    """Fail with the child's output unless the commands ``names`` exited 0."""
+    for name in names:
+        assert runs["status"].get(name) == 0, f"{name}: {runs['status'].get(name, 'not run')}\n{runs['output']}"
+
+
+@per_backend
+def test_cli_train_killed_resumes_then_evaluate_and_predict(backend, command_line):
+    import nibabel as nib
+
+    runs = command_line(backend)
+    run = runs["run"]
+    assert runs["killed_at"] == 1
+    ran(runs, "train")
+    assert f"resuming {run} after epoch 1" in runs["output"]
     result = json.load(open(os.path.join(run, "result.json")))
     assert result["backend"] == backend and result["epochs_run"] == 3 and result["optimizer_iterations"] == 6
     assert result["input_plan"]["mode"] == "stream" and np.isfinite(result["final"]["loss"])
     assert [r["epoch"] for r in csv.DictReader(open(os.path.join(run, "log.csv")))] == ["0", "1", "2"]
     assert os.path.isdir(os.path.join(run, "tensorboard", "train")) and not os.path.exists(os.path.join(run, "backup"))
-    weights = os.path.join(run, f"{MODEL}_weights.h5")
 
-    import nibabel as nib
-
-    scan = next(p for p in sorted(synthetic_r11_dir.rglob("*.nii.gz")) if "t1w" in p.name.lower())
-    mask = tmp_path / "mask.nii.gz"
-    run_child(backend, ["-c", COMMANDS, json.dumps([  # one process: a process start costs 5-9 s
-        ["evaluate", "--model", MODEL, "--weights", weights, "--h5", h5, "--split", split, "--crop", CROP,
-         "--out", run, "--quiet"],
-        ["predict", str(scan), "-o", str(mask), "--model", MODEL, "--weights", weights, "--no-qc", "--quiet"]])])
+    ran(runs, "evaluate", "predict")
     rows = list(csv.DictReader(open(os.path.join(run, "scores_test.csv"))))
     assert [r["subject_id"] for r in rows] == ["s3"] and 0.0 <= float(rows[0]["dsc"]) <= 1.0
-    img, seg = nib.load(str(scan)), nib.load(str(mask))
+    img, seg = nib.load(str(runs["scan"])), nib.load(str(runs["mask"]))
     assert seg.shape == img.shape and np.allclose(seg.affine, img.affine)
     assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1}
 
 
 @per_backend
-def test_notebook_02_quick(backend, notebook_01):
-    """Notebook 02 in QUICK mode (tests/test_notebooks.py's checks), its kernel on ``backend``, on
-    the file of notebook 01 run here (01 only prepares data; 02 imports all that 01 does)."""
-    from conftest import NOTEBOOK_01_ENV
+def test_notebook_02_quick(backend, notebook_01, tmp_path, monkeypatch):
+    """Notebook 02 in QUICK mode with its kernel on ``backend`` (TensorFlow hidden from the kernel),
+    on the file of notebook 01 run here; tests/test_notebooks.py's checks."""
+    import test_notebooks
 
-    out = run_child(backend, ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
-                              os.path.join(TESTS, "test_notebooks.py"), "-k", "test_02_train_clci_net"], cwd=ROOT,
-                    env={NOTEBOOK_01_ENV: str(notebook_01[0])})
-    assert "1 passed" in out
+    for name in [k for k in os.environ if k.startswith("PYTEST_")]:
+        monkeypatch.delenv(name)
+    for name, value in backend_env(backend).items():  # the kernel inherits this environment
+        monkeypatch.setenv(name, value)
+    quick_h5 = str(notebook_01[0] / "atlas.h5")
+    out = tmp_path / "nb02"
+    nb = test_notebooks.execute("02_train_clci_net", out, DATA=quick_h5)
+    test_notebooks.test_02_train_clci_net((out, nb), quick_h5)
+    assert json.load(open(out / "runs" / "clci_net" / "fold0" / "result.json"))["backend"] == backend
 
 
 @per_backend
-def test_bids_app_participant_and_group_match_tensorflow(backend, tmp_path):
+def test_bids_app_participant_and_group_match_tensorflow(backend, command_line, bids_reference):
     """`clci-keras bids` (participant, then group) on the backend: the same masks and maps as on TensorFlow."""
     import nibabel as nib
 
-    pytest.importorskip("bids", reason="pybids (the [bids] extra) is not installed")
-    import test_bids
-
-    from clci_keras.bids.synthetic import write_synthetic_bids
-    from clci_keras.cli import main
-    from clci_keras.models import save_weights_legacy
-
-    ds, weights = tmp_path / "ds", tmp_path / "band.h5"
-    write_synthetic_bids(ds, seed=0, kinds=("mni", "sessions"))  # on the template grid, and reoriented
-    save_weights_legacy(test_bids._band_model(), str(weights))
-    participant = ["participant", "--weights", str(weights), "--model", test_bids.MODEL, *test_bids.FAST]
-    assert main(["bids", str(ds), str(tmp_path / "tf"), *participant]) == 0
-    run_child(backend, ["-c", textwrap.dedent(f"""
-        import sys
-        import test_bids  # registers the stand-in model
-        from clci_keras.cli import main
-        ds, out = {str(ds)!r}, {str(tmp_path / backend)!r}
-        assert main(["bids", ds, out, *{participant!r}]) == 0
-        assert main(["bids", ds, out, "group"]) == 0
-    """)], cwd=str(tmp_path))
-    ref_root, root = tmp_path / "tf" / "clci_keras", tmp_path / backend / "clci_keras"
+    runs = command_line(backend)
+    ran(runs, "bids participant", "bids group")
+    ref_root, root = bids_reference["root"], runs["bids"]
     maps = sorted(p.relative_to(ref_root) for p in ref_root.rglob("*_probseg.nii.gz"))
     assert len(maps) == 3  # sub-01, sub-02 ses-1 and ses-2
     for rel in maps:

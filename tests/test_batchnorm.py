@@ -210,3 +210,28 @@ def test_clci_net_trained_a_few_steps_ends_with_the_keras_224_statistics():
     model.run_eagerly = True
     model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0)
     _assert_keras224(bns, seen, steps)
+
+
+def pytorch_keeps_one_full_size_tensor():
+    """On PyTorch (tests/test_backends.py runs it there): a training-mode call keeps, of the
+    tensors as large as its input, only the input itself for the backward pass (PyTorch's fused
+    ``batch_norm``; Keras's ``ops.batch_normalization`` would keep ``x - mean`` too: a second
+    full-size tensor per layer, benchmarks/RESULTS.md)."""
+    import torch
+
+    assert keras.backend.backend() == "torch"
+    layer = Keras2BatchNormalization()
+    x = torch.tensor(np.random.default_rng(0).normal(size=(2, 16, 16, 8)).astype("float32"))
+    layer.build(x.shape)
+    full = {}
+
+    def pack(t):
+        if t.numel() >= x.numel():
+            full[t.untyped_storage().data_ptr()] = t
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = layer(x, training=True)
+    assert y.shape == x.shape and len(full) == 1, [tuple(t.shape) for t in full.values()]
+    assert next(iter(full.values())).untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
+    return "one"

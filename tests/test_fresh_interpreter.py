@@ -15,6 +15,8 @@ import sys
 
 import pytest
 
+from conftest import JAX_CACHE_ENV
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BACKENDS = ("tensorflow", "jax", "torch")
 
@@ -24,7 +26,7 @@ def _bare_python(code, cwd, backend="tensorflow"):
     paths = [str(ROOT), *site.getsitepackages()]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "KERAS_BACKEND"))}
     env.update(PYTHONPATH=os.pathsep.join(paths), KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3",
-               CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu")
+               CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu", **JAX_CACHE_ENV)  # (a disk cache: no imports)
     return subprocess.run([sys.executable, "-S", "-c", code], cwd=cwd, env=env, capture_output=True, text=True)
 
 

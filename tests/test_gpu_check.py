@@ -22,6 +22,8 @@ import sys
 
 import pytest
 
+from conftest import JAX_CACHE_ENV
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "gpu_check.sh")
 BACKENDS = ("torch", "jax")
@@ -49,6 +51,7 @@ def dry(tmp_path_factory):
     out, work = tmp / "out", tmp / "work"
     env = dict(os.environ)
     env.pop("KERAS_BACKEND", None)  # the script sets it per step
+    env.update(JAX_CACHE_ENV)  # the tests' JAX cache instead of one in WORK: the script keeps a given one
     proc = subprocess.run(["bash", SCRIPT, "--dry", "--out", str(out), "--work", str(work), "--python", sys.executable],
                           capture_output=True, text=True, env=env, timeout=HANG_GUARD_S)
     assert proc.returncode == 0, f"stdout:\n{_tail(proc.stdout)}\nstderr:\n{_tail(proc.stderr)}"

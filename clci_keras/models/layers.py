@@ -287,6 +287,21 @@ class BilinearKernel(keras.initializers.Initializer):
         return {}
 
 
+def _torch_batch_norm(x, gamma, beta, epsilon):
+    """PyTorch's fused training-mode normalisation of a channels-last 4-D ``x`` (batch statistics).
+
+    The same numbers as ``ops.batch_normalization`` with the biased batch moments (to float
+    rounding), but autograd keeps only ``x`` and two per-channel vectors for the backward pass,
+    where Keras's unfused ops keep ``x - mean`` as well, and the backward pass is one kernel:
+    CLCI-Net's training step on PyTorch ran faster and in less memory (benchmarks/RESULTS.md).
+    ``x.permute`` is a view (NHWC data in PyTorch's channels-last layout): nothing is copied.
+    """
+    import torch  # the backend's own module: only reached when Keras runs on PyTorch
+
+    y = torch.nn.functional.batch_norm(x.permute(0, 3, 1, 2), None, None, gamma, beta, training=True, eps=epsilon)
+    return y.permute(0, 2, 3, 1)
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class BatchNormalization(keras.layers.BatchNormalization):
     """BatchNormalization whose moving statistics follow Keras 2.2.4 on TensorFlow 1.x.
@@ -298,7 +313,8 @@ class BatchNormalization(keras.layers.BatchNormalization):
     ``clci_keras>BatchNormalization``.
 
     Normalisation is Keras 3's (batch statistics in training, the moving ones
-    in inference); what changes is how a training step updates
+    in inference; on PyTorch a training step normalises with PyTorch's fused
+    ``batch_norm``, the same numbers in less memory); what changes is how a training step updates
     ``moving_mean`` / ``moving_variance``. Keras 2.2.4 on TensorFlow
     (``keras/layers/normalization.py`` ``BatchNormalization.call``,
     ``keras/backend/tensorflow_backend.py`` ``normalize_batch_in_training``
@@ -376,8 +392,11 @@ class BatchNormalization(keras.layers.BatchNormalization):
         self._debias_step.assign(t + 1.0)
         gamma = ops.cast(self.gamma, x.dtype) if self.scale else None
         beta = ops.cast(self.beta, x.dtype) if self.center else None
-        out = ops.batch_normalization(x, mean, variance, axis=self.axis, offset=beta, scale=gamma,
-                                      epsilon=self.epsilon)
+        if keras.backend.backend() == "torch" and self._fused:
+            out = _torch_batch_norm(x, gamma, beta, self.epsilon)
+        else:
+            out = ops.batch_normalization(x, mean, variance, axis=self.axis, offset=beta, scale=gamma,
+                                          epsilon=self.epsilon)
         return ops.cast(out, self.compute_dtype)
 
     def get_config(self):
