@@ -346,8 +346,8 @@ def _command_line(backend, tiny, synthetic_r11_dir, bids_reference, tmp):
                          capture_output=True, text=True, timeout=HANG_GUARD, cwd=str(tmp), env=backend_env(backend))
     got = json.load(open(statuses)) if statuses.exists() else []
     return dict(killed_at=killed_at, run=run, scan=scan, mask=tmp / "mask.nii.gz", bids=tmp / "bids" / "clci_keras",
-                status=dict(zip(commands, got)), output=f"exit {res.returncode}\n--- stdout:\n{res.stdout[-3000:]}"
-                                                        f"\n--- stderr:\n{res.stderr[-5000:]}")
+                status=dict(zip(commands, got)), log=res.stdout + res.stderr,
+                output=f"exit {res.returncode}\n--- stdout:\n{res.stdout[-3000:]}\n--- stderr:\n{res.stderr[-5000:]}")
 
 
 def ran(runs, *names):
@@ -364,7 +364,7 @@ def test_cli_train_killed_resumes_then_evaluate_and_predict(backend, command_lin
     run = runs["run"]
     assert runs["killed_at"] == 1
     ran(runs, "train")
-    assert f"resuming {run} after epoch 1" in runs["output"]
+    assert f"resuming {run} after epoch 1" in runs["log"], runs["output"]
     result = json.load(open(os.path.join(run, "result.json")))
     assert result["backend"] == backend and result["epochs_run"] == 3 and result["optimizer_iterations"] == 6
     assert result["input_plan"]["mode"] == "stream" and np.isfinite(result["final"]["loss"])
