@@ -85,7 +85,8 @@ per_backend = pytest.mark.parametrize("backend", [
 BATCHNORM_CHECKS = {"jax": ["test_a_compiled_training_step_updates_as_keras_224"],
                     "torch": ["test_a_compiled_training_step_updates_as_keras_224",
                               "test_clci_net_trained_a_few_steps_ends_with_the_keras_224_statistics",
-                              "pytorch_keeps_one_full_size_tensor"]}
+                              "pytorch_keeps_one_full_size_tensor",
+                              "test_one_value_per_channel_trains_to_beta"]}
 
 #: The in-process checks of one backend, in one child (a process start with Keras and the
 #: backend imported costs 5-9 s): each writes its result into ``results``; a check that raises

@@ -90,6 +90,21 @@ def test_first_step_replaces_the_initial_statistics_and_inference_uses_them():
     np.testing.assert_allclose(y_inf.reshape(-1, 2), expect, rtol=1e-4, atol=1e-5)
 
 
+def test_one_value_per_channel_trains_to_beta():
+    """A batch of one 1 x 1 map (an image-level pooling branch trained at batch 1): the batch
+    variance is 0, the output is ``beta`` and the moving mean that value, as Keras 2.2.4 gave;
+    PyTorch's fused kernel refuses such input, so the layer must not hand it over (run there
+    by tests/test_backends.py)."""
+    layer = Keras2BatchNormalization()
+    x = np.array([[[[0.5, -2.0, 3.0, 7.0]]]], dtype="float32")
+    layer.build(x.shape)
+    layer.beta.assign(np.array([0.1, 0.2, 0.3, 0.4], dtype="float32"))
+    y = keras.ops.convert_to_numpy(layer(x, training=True))
+    np.testing.assert_allclose(y.reshape(-1), [0.1, 0.2, 0.3, 0.4], atol=1e-4)  # float rounding of x - mean
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.moving_mean), x.reshape(-1), rtol=1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.moving_variance), 0.0, atol=1e-3)
+
+
 def test_keras3_switch_is_keras_layers_batchnormalization():
     x = _batches((4, 3, 3, 2), 3, seed=5)
     ours = Keras2BatchNormalization(moving_update="keras3", momentum=0.9)

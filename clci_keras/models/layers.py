@@ -379,7 +379,8 @@ class BatchNormalization(keras.layers.BatchNormalization):
         x = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
         mean, variance = ops.moments(x, axes=self._reduction_axes)  # biased, as the fused op normalises
         shape = ops.shape(x)
-        n = ops.cast(math.prod(shape[a] for a in self._reduction_axes), x.dtype)
+        count = math.prod(shape[a] for a in self._reduction_axes)
+        n = ops.cast(count, x.dtype)
         fed = variance * (n / (n - (1.0 + self.epsilon)))
         if self._fused:
             fed = fed * (n / ops.maximum(n - 1.0, 1.0))
@@ -392,7 +393,8 @@ class BatchNormalization(keras.layers.BatchNormalization):
         self._debias_step.assign(t + 1.0)
         gamma = ops.cast(self.gamma, x.dtype) if self.scale else None
         beta = ops.cast(self.beta, x.dtype) if self.center else None
-        if keras.backend.backend() == "torch" and self._fused:
+        # PyTorch's kernel refuses one value per channel (a pooled 1 x 1 map at batch 1).
+        if keras.backend.backend() == "torch" and self._fused and count > 1:
             out = _torch_batch_norm(x, gamma, beta, self.epsilon)
         else:
             out = ops.batch_normalization(x, mean, variance, axis=self.axis, offset=beta, scale=gamma,
