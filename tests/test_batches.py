@@ -28,6 +28,23 @@ def test_random_access_batches_equal_the_walk_and_shard_it(synthetic_h5):
     np.testing.assert_array_equal(np.concatenate([ev[k][0] for k in range(len(ev))]), reader.read(idx)[0])
 
 
+def test_micro_batches_are_the_batches_in_order(synthetic_h5):
+    idx = select_slices(synthetic_h5, [0, 1], "lesion", crop="74:122,34:82")
+    reader = SliceReader(synthetic_h5, "74:122,34:82")
+    src = TrainBatches(reader, idx, 8, seed=3, first_batch=5, n_batches=6)
+    micro = TrainBatches(reader, idx, 8, seed=3, first_batch=5, n_batches=6, micro_batch=2)
+    assert (len(micro), micro.parts, micro.rows, src.rows) == (24, 4, 2, 8)
+    for k in (5, 0, 3):
+        for part in (0, 1):  # x and y
+            np.testing.assert_array_equal(np.concatenate([micro[4 * k + j][part] for j in range(4)]), src[k][part])
+    sharded = TrainBatches(reader, idx, 8, 3, 5, 6, shard=(1, 2), micro_batch=2)
+    assert (len(sharded), sharded.rows) == (12, 2)
+    np.testing.assert_array_equal(np.concatenate([sharded[2 * 3 + j][0] for j in (0, 1)]), src[3][0][4:])
+    for bad in (3, 0, True):
+        with pytest.raises(ValueError, match="micro_batch"):
+            TrainBatches(reader, idx, 8, micro_batch=bad)
+
+
 class _Numbered:
     """Batch ``k``: images of 3 x 1 pixels equal to k, labels 0 (an identity network's loss is k^2)."""
 

@@ -127,6 +127,13 @@ def test_config_defaults_follow_the_original_protocol():
     with pytest.raises(ValueError, match="unknown training option"):
         TrainConfig.from_dict({"epochz": 3})
     assert parse_slice_spec("lesion+12") == ("lesion", 12)
+    # the whole batch per pass, as the original; micro-batches only as divisors, without a strategy
+    assert c.micro_batch is None and c.micro_steps == 1 and TrainConfig(micro_batch=2).micro_steps == 4
+    for bad in (3, 0, True):
+        with pytest.raises(ValueError, match="micro_batch"):
+            TrainConfig(h5="x", split="s", out_dir="y", micro_batch=bad).validate()
+    with pytest.raises(ValueError, match="strategy='mirrored'"):
+        TrainConfig(h5="x", split="s", out_dir="y", micro_batch=2, strategy="mirrored").validate()
 
 
 def test_configure_batch_norm_sets_every_batch_norm_and_compile_model_compiles_only():
@@ -164,15 +171,18 @@ class Interrupt(Exception):
     pass
 
 
-def test_resume_continues_exactly_where_it_stopped(tiny, tmp_path):
-    """A run killed after epoch 2 of 3 and restarted equals an uninterrupted run."""
+@pytest.mark.parametrize("micro_batch", [None, 1])
+def test_resume_continues_exactly_where_it_stopped(tiny, tmp_path, micro_batch):
+    """A run killed after epoch 2 of 3 and restarted equals an uninterrupted run; with micro-batches
+    too (Adam's accumulated gradients and its update count are resumed)."""
     import keras
 
     from clci_keras.training import train
 
     h5, split = tiny
     # min_delta 10: val_loss never "improves" after epoch 1 -> LR x0.2 after epochs 2 and 3.
-    opts = fast(epochs=3, reduce_lr_patience=1, reduce_lr_min_delta=10.0, early_stopping_patience=50)
+    opts = fast(epochs=3, reduce_lr_patience=1, reduce_lr_min_delta=10.0, early_stopping_patience=50,
+                micro_batch=micro_batch)
 
     ref = train(MODEL, h5, split, str(tmp_path / "ref"), **opts)
 
@@ -193,7 +203,7 @@ def test_resume_continues_exactly_where_it_stopped(tiny, tmp_path):
     lrs = [float(r["learning_rate"]) for r in log]
     assert lrs == pytest.approx([1e-3, 1e-3, 2e-4])  # logged LR = LR during the epoch
     assert lrs == pytest.approx([float(r["learning_rate"]) for r in ref_log])
-    assert res["optimizer_iterations"] == ref["optimizer_iterations"] == 6
+    assert res["optimizer_iterations"] == ref["optimizer_iterations"] == 6  # updates, one per batch of 2
     for a, b in zip(log, ref_log):
         assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-4, abs=1e-5)
         assert float(a["val_loss"]) == pytest.approx(float(b["val_loss"]), rel=1e-4, abs=1e-5)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from clci_keras.cli import eval_slices_arg
+from clci_keras.cli import eval_slices_arg, positive_int
 from clci_keras.experiments import DEMO_DEFAULTS, run_demo
 from clci_keras.training.config import EXPORTS
 from clci_keras.training.determinism import prepare_determinism
@@ -24,6 +24,10 @@ def add_arguments(parser):
     p.add_argument("--steps-per-epoch", type=int, default=d["steps_per_epoch"],
                    help=f"batches per epoch (default: {d['steps_per_epoch']})")
     p.add_argument("--batch-size", type=int, default=d["batch_size"], help=f"(default: {d['batch_size']})")
+    p.add_argument("--micro-batch", type=positive_int, default=d["micro_batch"], metavar="M",
+                   help="train each batch as micro-batches of M slices, gradients averaged: less memory "
+                        "(about 4 GB with M=1 or 2; docs/training.md), BatchNorm statistics and the Dice "
+                        "loss per micro-batch (default: the whole batch)")
     p.add_argument("--train-slices", default=d["train_slices"], help=f"(default: {d['train_slices']})")
     p.add_argument("--val-slices", default=d["val_slices"], help=f"(default: {d['val_slices']})")
     p.add_argument("--lr", type=float, default=d["learning_rate"], help=f"(default: {d['learning_rate']})")
@@ -47,6 +51,7 @@ def run(args) -> int:
     try:
         s = run_demo(args.out, subjects=args.subjects, seed=args.seed, epochs=args.epochs,
                      steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
+                     micro_batch=args.micro_batch,
                      train_slices=args.train_slices, val_slices=args.val_slices, learning_rate=args.lr,
                      bn_momentum=args.bn_momentum, export=args.export, eval_slices=args.eval_slices,
                      crop=args.crop, model=args.model, init_weights=args.init_weights, overwrite=args.overwrite,

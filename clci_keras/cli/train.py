@@ -33,6 +33,10 @@ def add_arguments(parser):
     g = p.add_argument_group("protocol (defaults: CLCI-Net / X-Net)")
     g.add_argument("--epochs", type=int, help=f"maximum epochs (default: {d.epochs})")
     g.add_argument("--batch-size", type=int, help=f"global batch size (default: {d.batch_size})")
+    g.add_argument("--micro-batch", type=positive_int, metavar="M",
+                   help="slices per forward/backward pass: each batch's gradients are averaged over its "
+                        "micro-batches of M (less memory; BatchNorm statistics and the Dice loss per "
+                        "micro-batch, a departure; default: the whole batch)")
     g.add_argument("--val-batch-size", type=int, help=f"validation batch (default: {d.val_batch_size})")
     g.add_argument("--lr", "--learning-rate", dest="learning_rate", type=float,
                    help=f"Adam learning rate (default: {d.learning_rate})")

@@ -20,7 +20,9 @@ whose thread reads ahead. The sources use neither Keras nor TensorFlow.
 
 ``shard=(i, n)`` keeps part ``i`` of ``n`` equal parts of every batch: the
 process-local part of a global batch under multi-process data parallelism
-(:mod:`clci_keras.training.distribute`).
+(:mod:`clci_keras.training.distribute`). ``micro_batch=m`` hands each training
+batch over as ``batch_size / m`` consecutive micro-batches of ``m`` slices (the
+trainer accumulates their gradients into one update per batch).
 """
 from __future__ import annotations
 
@@ -38,6 +40,16 @@ def _check_batch_size(batch_size):
     if isinstance(batch_size, bool) or int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
     return int(batch_size)
+
+
+def _check_micro_batch(micro_batch, batch_size):
+    """The number of micro-batches per batch (1 without ``micro_batch``)."""
+    if micro_batch is None:
+        return 1
+    if isinstance(micro_batch, bool) or int(micro_batch) < 1 or batch_size % int(micro_batch):
+        raise ValueError(f"micro_batch must be a positive divisor of the batch size {batch_size}, "
+                         f"got {micro_batch!r}")
+    return batch_size // int(micro_batch)
 
 
 def _check_shard(shard, batch_size):
@@ -65,9 +77,14 @@ class TrainBatches:
     In memory any batch is computed directly; a streamed walk is followed in
     order (a reader loads each window of subjects ahead of use), so asking for
     an earlier batch restarts it and a later one advances it.
+
+    With ``micro_batch`` item ``j`` is micro-batch ``j % p`` of batch ``j // p``
+    (``p = batch_size / micro_batch`` items per batch, :attr:`parts`): the same
+    slices in the same order, ``p`` times as many items.
     """
 
-    def __init__(self, reader, indices, batch_size, seed=0, first_batch=0, n_batches=None, shard=None):
+    def __init__(self, reader, indices, batch_size, seed=0, first_batch=0, n_batches=None, shard=None,
+                 micro_batch=None):
         self.batch_size = _check_batch_size(batch_size)
         self.indices = np.asarray(indices, dtype=np.int64)
         if self.indices.size == 0:
@@ -75,14 +92,18 @@ class TrainBatches:
         self.reader, self.seed, self.first_batch = reader, int(seed), int(first_batch)
         self.n_batches = steps_for(self.indices.size, batch_size) if n_batches is None else int(n_batches)
         self.shard = _check_shard(shard, self.batch_size)
+        self.parts = _check_micro_batch(micro_batch, self.batch_size // (self.shard[1] if self.shard else 1))
+        #: slices per item (a process's share of a batch, or of a micro-batch)
+        self.rows = self.batch_size // (self.shard[1] if self.shard else 1) // self.parts
         self.streaming = bool(getattr(reader, "streaming", False))
-        self._lock = threading.Lock()  # the streamed walk's state, and a streaming reader's reads
+        self._lock = threading.RLock()  # the streamed walk's state, and a streaming reader's reads
         self._walk, self._next, self._orders = None, None, {}
+        self._last = (None, None)  # (batch, its slices): a batch's micro-batches are read one by one
         if self.streaming:
             self._subjects, self._groups = _groups(reader, self.indices)
 
     def __len__(self):
-        return self.n_batches
+        return self.n_batches * self.parts
 
     def _order(self, p):
         """The slice order of pass ``p`` (the last few kept)."""
@@ -122,19 +143,27 @@ class TrainBatches:
         self._next += 1
         return next(self._walk)
 
-    def __getitem__(self, k):
+    def __getitem__(self, j):
+        k, part = divmod(int(j), self.parts)
         if self.streaming:
             with self._lock:
-                idx = self._part(self.batch_indices(k))
-                return self.reader.read(idx)
-        return self.reader.read(self._part(self.batch_indices(k)))
+                return self.reader.read(self._item(k, part))
+        return self.reader.read(self._item(k, part))
 
-    def _part(self, idx):
-        if self.shard is None:
-            return idx
-        i, n = self.shard
-        step = idx.size // n
-        return idx[i * step:(i + 1) * step]
+    def _item(self, k, part):
+        """The slices of micro-batch ``part`` of this process's share of batch ``k``."""
+        if self.parts == 1:
+            idx = self.batch_indices(k)
+        else:  # a streamed walk must not be restarted for each micro-batch
+            with self._lock:
+                if self._last[0] != k:
+                    self._last = (k, self.batch_indices(k))
+                idx = self._last[1]
+        if self.shard is not None:
+            i, n = self.shard
+            step = idx.size // n
+            idx = idx[i * step:(i + 1) * step]
+        return idx[part * self.rows:(part + 1) * self.rows]
 
 
 class EvalBatches:
@@ -207,9 +236,7 @@ def _tf_dataset(source):
         # stateful: tf.data never runs it in parallel, so a streamed walk is followed in order
         x, y = tf.numpy_function(lambda i: source[int(i)], [k], [tf.float32, tf.float32], stateful=True)
         shape = tuple(source.reader.shape)
-        fixed = getattr(source, "batch_size", None)
-        if fixed is not None and source.shard is not None:
-            fixed //= source.shard[1]
+        fixed = getattr(source, "rows", None)  # training items have a fixed size
         x.set_shape((fixed, *shape))
         y.set_shape((fixed, *shape))
         return x, y
@@ -278,9 +305,11 @@ def close_input(dataset):
         dataset.close()
 
 
-def train_dataset(reader, indices, batch_size, seed=0, first_batch=0, n_batches=None, shard=None, workers=2):
+def train_dataset(reader, indices, batch_size, seed=0, first_batch=0, n_batches=None, shard=None, workers=2,
+                  micro_batch=None):
     """:class:`TrainBatches` as ``fit`` input (:func:`fit_input`)."""
-    return fit_input(TrainBatches(reader, indices, batch_size, seed, first_batch, n_batches, shard), workers)
+    return fit_input(TrainBatches(reader, indices, batch_size, seed, first_batch, n_batches, shard, micro_batch),
+                     workers)
 
 
 def eval_dataset(reader, indices, batch_size, shard=None, workers=2):

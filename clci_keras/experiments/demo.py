@@ -50,7 +50,7 @@ from clci_keras.training import set_seed
 STEPS = 5
 
 
-def run_demo(out_dir, subjects=6, seed=0, epochs=8, steps_per_epoch=6, batch_size=8,
+def run_demo(out_dir, subjects=6, seed=0, epochs=8, steps_per_epoch=6, batch_size=8, micro_batch=None,
              train_slices="lesion+8", val_slices="lesion", learning_rate=1e-3, bn_momentum=0.5,
              export="last", eval_slices="brain", crop=DEFAULT_CROP, model="clci_net", init_weights=None,
              overwrite=False, verbose="auto", log=print):
@@ -65,7 +65,7 @@ def run_demo(out_dir, subjects=6, seed=0, epochs=8, steps_per_epoch=6, batch_siz
         subjects: synthetic subjects (at least 3: train, val, test).
         seed: data, split and training seed.
         model: registered model trained and scored.
-        epochs, steps_per_epoch, batch_size, train_slices, val_slices,
+        epochs, steps_per_epoch, batch_size, micro_batch, train_slices, val_slices,
             learning_rate, bn_momentum, export, crop: training options
             (:class:`clci_keras.training.TrainConfig`).
         eval_slices: ``brain`` (155 slices) or ``all``.
@@ -98,7 +98,7 @@ def run_demo(out_dir, subjects=6, seed=0, epochs=8, steps_per_epoch=6, batch_siz
 
     step(4, f"training {model} ({epochs} epochs x {steps_per_epoch} steps of batch {batch_size}), "
             "evaluation of the exported weights")
-    settings = dict(epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size,
+    settings = dict(epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, micro_batch=micro_batch,
                     train_slices=train_slices, val_slices=val_slices, learning_rate=learning_rate,
                     bn_momentum=bn_momentum, export=export, eval_slices=eval_slices, crop=crop, seed=seed)
     manifest = os.path.join(out_dir, "weights", "manifest.json")

@@ -50,6 +50,11 @@ class TrainConfig:
     learning_rate: float = 1e-4
     # protocol (X-Net main.py)
     batch_size: int = 8
+    # slices per forward and backward pass (None: the whole batch, as the original); smaller, the
+    # gradients of batch_size / micro_batch micro-batches are averaged into one Adam update per batch
+    # (Keras's gradient accumulation): a step's memory falls with it, but BatchNormalization's
+    # statistics and the Dice loss then come from each micro-batch (a departure: docs/training.md)
+    micro_batch: int | None = None
     val_batch_size: int = 9
     epochs: int = 100
     steps_per_epoch: int | None = None  # None: training slices // batch_size
@@ -113,6 +118,12 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {name}={v!r}")
+        v = self.micro_batch
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1 or self.batch_size % v):
+            raise ValueError(f"`micro_batch` must be a positive divisor of batch_size={self.batch_size}, "
+                             f"got micro_batch={v!r}")
+        if v is not None and v < self.batch_size and self.strategy != "default":
+            raise ValueError(f"`micro_batch` runs with strategy='default' only, got strategy={self.strategy!r}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ValueError(f"`steps_per_epoch` must be >= 1 or None, got {self.steps_per_epoch!r}")
         if self.max_steps is not None and (isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int)
@@ -143,6 +154,11 @@ class TrainConfig:
         parse_slice_spec(self.train_slices)
         parse_slice_spec(self.val_slices)
         return self
+
+    @property
+    def micro_steps(self):
+        """Forward and backward passes per batch (``batch_size / micro_batch``; 1 without micro-batches)."""
+        return self.batch_size // self.micro_batch if self.micro_batch else 1
 
     def to_dict(self):
         return dataclasses.asdict(self)

@@ -115,7 +115,7 @@ def _loss_and_metric(loss, precision):
     return loss_fn, metric
 
 
-def compile_model(model, loss="dice", learning_rate=1e-4, jit=False, precision="fp32"):
+def compile_model(model, loss="dice", learning_rate=1e-4, jit=False, precision="fp32", micro_steps=1):
     """Compile ``model`` as the original code: Adam, the Dice/BCE+Dice loss, the Dice metric.
 
     ``loss``: :data:`clci_keras.models.choices.LOSSES`. ``precision``
@@ -124,7 +124,9 @@ def compile_model(model, loss="dice", learning_rate=1e-4, jit=False, precision="
     model's construction: :func:`clci_keras.precision.precision_policy`). ``jit``:
     XLA compilation on TensorFlow; JAX always compiles, and PyTorch runs eagerly
     either way (Keras' ``torch.compile`` path is not used: ``jit_compile=False``
-    there). The BatchNormalization settings are :func:`configure_batch_norm`'s.
+    there). ``micro_steps`` > 1: Adam averages the gradients of that many training steps
+    into one update (``gradient_accumulation_steps``; its ``iterations`` counts updates).
+    The BatchNormalization settings are :func:`configure_batch_norm`'s.
     """
     import keras
 
@@ -132,7 +134,8 @@ def compile_model(model, loss="dice", learning_rate=1e-4, jit=False, precision="
     loss_fn, metric = _loss_and_metric(loss, precision)
     backend = keras.backend.backend()
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate,
+                                        gradient_accumulation_steps=micro_steps if micro_steps > 1 else None),
         loss=loss_fn,
         metrics=[metric],
         # JAX: always traced and compiled by XLA; torch: eager (torch.compile is not used)
@@ -338,14 +341,16 @@ def _run_fit(cfg, run_dir, model, inputs, extra_callbacks):
     print(
         f"training {cfg.model} on the {keras.backend.backend()} backend: {len(inputs.train_subjects)} subjects "
         f"({inputs.train_idx.size} slices, {cfg.train_slices}), validating on {len(inputs.val_subjects)} "
-        f"({inputs.val_idx.size} slices); {inputs.steps} steps of batch {cfg.batch_size} per epoch, up to "
+        f"({inputs.val_idx.size} slices); {inputs.steps} steps of batch {cfg.batch_size} per epoch"
+        + (f" (each {cfg.micro_steps} micro-batches of {cfg.micro_batch}, gradients averaged)"
+           if cfg.micro_steps > 1 else "") + ", up to "
         f"{inputs.epochs} epochs"
         + ("" if cfg.max_steps is None else f" (DRY RUN, max_steps={cfg.max_steps}: not the protocol)")
     )
     model.fit(
         inputs.train_ds,
         epochs=inputs.epochs,
-        steps_per_epoch=inputs.steps,
+        steps_per_epoch=inputs.steps * cfg.micro_steps,  # fit's steps are micro-batches
         validation_data=inputs.val_ds,
         validation_steps=inputs.val_steps,
         initial_epoch=inputs.first_epoch,  # the resume point's epochs done (callbacks.ResumePoint restores it)
@@ -476,7 +481,8 @@ def _make_data(cfg, run_dir, split, shard=None):
     # X-Net's wrap-around walk over the shuffled slices; epoch e = batches e*steps ..
     # (one epoch spare, so that the iterator never runs dry at the last step)
     train_ds = batches.train_dataset(reader, train_idx, cfg.batch_size, cfg.seed, first_batch=first_epoch * steps,
-                                     n_batches=(cfg.epochs - first_epoch + 1) * steps, shard=shard)
+                                     n_batches=(cfg.epochs - first_epoch + 1) * steps, shard=shard,
+                                     micro_batch=cfg.micro_batch)
     val_ds = batches.eval_dataset(reader, val_idx, cfg.val_batch_size, shard=shard) if val_idx.size else None
     val_steps = math.ceil(val_idx.size / cfg.val_batch_size) if val_ds is not None else None
     epochs = cfg.epochs
@@ -509,7 +515,7 @@ def _build_compiled(cfg, input_shape, replicas=None):
     if replicas is not None:
         model = replicas.prepare(model)
     configure_batch_norm(model, cfg.bn_momentum, cfg.bn_update)
-    return compile_model(model, cfg.loss, cfg.learning_rate, cfg.jit, cfg.precision)
+    return compile_model(model, cfg.loss, cfg.learning_rate, cfg.jit, cfg.precision, cfg.micro_steps)
 
 
 def _callbacks(cfg, run_dir, monitor):
