@@ -25,9 +25,9 @@ def add_arguments(parser):
                    help=f"batches per epoch (default: {d['steps_per_epoch']})")
     p.add_argument("--batch-size", type=int, default=d["batch_size"], help=f"(default: {d['batch_size']})")
     p.add_argument("--micro-batch", type=positive_int, default=d["micro_batch"], metavar="M",
-                   help="train each batch as micro-batches of M slices, gradients averaged: less memory "
-                        "(about 4 GB with M=1 or 2; docs/training.md), BatchNorm statistics and the Dice "
-                        "loss per micro-batch (default: the whole batch)")
+                   help="train each batch as micro-batches of M slices, gradients averaged: less memory, "
+                        "but BatchNorm statistics and the Dice loss per micro-batch move the result "
+                        "(docs/training.md; default: the whole batch)")
     p.add_argument("--train-slices", default=d["train_slices"], help=f"(default: {d['train_slices']})")
     p.add_argument("--val-slices", default=d["val_slices"], help=f"(default: {d['val_slices']})")
     p.add_argument("--lr", type=float, default=d["learning_rate"], help=f"(default: {d['learning_rate']})")
