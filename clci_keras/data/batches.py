@@ -92,9 +92,10 @@ class TrainBatches:
         self.reader, self.seed, self.first_batch = reader, int(seed), int(first_batch)
         self.n_batches = steps_for(self.indices.size, batch_size) if n_batches is None else int(n_batches)
         self.shard = _check_shard(shard, self.batch_size)
-        self.parts = _check_micro_batch(micro_batch, self.batch_size // (self.shard[1] if self.shard else 1))
+        share = self.batch_size // (self.shard[1] if self.shard else 1)  # this process's slices of a batch
+        self.parts = _check_micro_batch(micro_batch, share)
         #: slices per item (a process's share of a batch, or of a micro-batch)
-        self.rows = self.batch_size // (self.shard[1] if self.shard else 1) // self.parts
+        self.rows = share // self.parts
         self.streaming = bool(getattr(reader, "streaming", False))
         self._lock = threading.RLock()  # the streamed walk's state, and a streaming reader's reads
         self._walk, self._next, self._orders = None, None, {}
